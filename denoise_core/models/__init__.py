@@ -1,0 +1,6 @@
+"""Architectures and the registry that names them."""
+from . import seed as _seed  # noqa: F401  (registers `seed`)
+from . import unet as _unet  # noqa: F401  (registers `unet`, `fast`)
+from .registry import UnknownModelError, create_model, is_model, list_models, register_model
+
+__all__ = ["UnknownModelError", "create_model", "is_model", "list_models", "register_model"]

@@ -1,0 +1,127 @@
+"""Reduced-resolution residual U-Net: the default (`unet`) and preview (`fast`) architectures.
+
+The image is pixel-unshuffled 2x on entry, so every convolution runs at a quarter of the pixels
+or fewer; three scales of plain conv-ReLU residual blocks (the fastest block on a CPU), pixel-shuffle
+upsampling, and a global residual so the net predicts the noise and a clean input passes through.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import register_model
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x), inplace=True))
+
+
+class Down(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x), inplace=True)
+
+
+class Up(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout * 4, 1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def _stage(channels: int, blocks: int) -> nn.Sequential:
+    return nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
+
+
+class UNet(nn.Module):
+    """Blind denoiser; input and output are sRGB-encoded images in [0, 1], NCHW."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        widths: tuple[int, int, int] = (32, 64, 128),
+        enc_blocks: tuple[int, int] = (1, 2),
+        mid_blocks: int = 2,
+        dec_blocks: tuple[int, int] = (2, 1),
+    ) -> None:
+        super().__init__()
+        w1, w2, w3 = widths
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.intro = nn.Conv2d(in_channels * 4, w1, 3, padding=1)
+        self.enc1 = _stage(w1, enc_blocks[0])
+        self.down1 = Down(w1, w2)
+        self.enc2 = _stage(w2, enc_blocks[1])
+        self.down2 = Down(w2, w3)
+        self.mid = _stage(w3, mid_blocks)
+        self.up2 = Up(w3, w2)
+        self.dec2 = _stage(w2, dec_blocks[0])
+        self.up1 = Up(w2, w1)
+        self.dec1 = _stage(w1, dec_blocks[1])
+        self.outro = nn.Conv2d(w1, in_channels * 4, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        nn.init.zeros_(self.outro.weight)
+        nn.init.zeros_(self.outro.bias)
+        depth = 2 * (1 + enc_blocks[0] + dec_blocks[1]) + 1
+        depth += 2 * 2 * (enc_blocks[1] + dec_blocks[0]) + 2
+        depth += 2 * 4 * mid_blocks + 4
+        self.receptive_radius = 2 * depth + 8
+
+    size_multiple = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s1 = self.enc1(F.relu(self.intro(self.unshuffle(x)), inplace=True))
+        s2 = self.enc2(self.down1(s1))
+        y = self.mid(self.down2(s2))
+        y = self.dec2(self.up2(y) + s2)
+        y = self.dec1(self.up1(y) + s1)
+        return x - self.shuffle(self.outro(y))
+
+
+@register_model
+def unet(
+    *,
+    in_channels: int = 3,
+    widths: tuple[int, int, int] = (32, 64, 128),
+    enc_blocks: tuple[int, int] = (1, 2),
+    mid_blocks: int = 2,
+    dec_blocks: tuple[int, int] = (2, 1),
+) -> UNet:
+    return UNet(
+        in_channels=in_channels,
+        widths=tuple(widths),
+        enc_blocks=tuple(enc_blocks),
+        mid_blocks=mid_blocks,
+        dec_blocks=tuple(dec_blocks),
+    )
+
+
+@register_model
+def fast(
+    *,
+    in_channels: int = 3,
+    widths: tuple[int, int, int] = (16, 32, 64),
+    enc_blocks: tuple[int, int] = (1, 1),
+    mid_blocks: int = 1,
+    dec_blocks: tuple[int, int] = (1, 1),
+) -> UNet:
+    return UNet(
+        in_channels=in_channels,
+        widths=tuple(widths),
+        enc_blocks=tuple(enc_blocks),
+        mid_blocks=mid_blocks,
+        dec_blocks=tuple(dec_blocks),
+    )

@@ -1,0 +1,59 @@
+"""Train the shipped weights on the allowed photos (see denoise_core/photos.py) with synthetic noise.
+
+    python scripts/train_shipped.py --arch unet --out weights/unet.safetensors --steps 16000 [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from denoise_core.noise import apply_noise
+from denoise_core.photos import TRAIN, VALIDATION, load_photos
+from denoise_core.train import TrainConfig, fixed_val_set, random_patches, train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="unet")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--photos", default="/work/data/prepared")
+    ap.add_argument("--steps", type=int, default=16000)
+    ap.add_argument("--patch", type=int, default=96)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--loss", default="l1")
+    ap.add_argument("--noise", default="mix")
+    ap.add_argument("--val-every", type=int, default=1000)
+    ap.add_argument("--resume", action="store_true")
+    a = ap.parse_args()
+    train_imgs = load_photos(a.photos, TRAIN)
+    val_imgs = load_photos(a.photos, VALIDATION)
+    cfg = TrainConfig(arch=a.arch, noise=a.noise, patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr,
+                      loss=a.loss, val_every=a.val_every, checkpoint_every=250, device="cpu",
+                      data=f"{len(TRAIN)} photos from Debian packages lomiri-wallpapers-16.04, mate-backgrounds, "
+                           f"plasma-workspace-wallpapers, palapeli-data (2x box-downscaled); "
+                           f"validation: {', '.join(VALIDATION)}")
+    val = fixed_val_set(val_imgs, "mix", crop=256, per_image=2)
+
+    def batches(gen):
+        clean = random_patches(train_imgs, a.batch, a.patch, gen)
+        return apply_noise(clean, a.noise, gen), clean
+
+    t0 = time.time()
+
+    def report(p):
+        if p.step % 50 == 0 or p.val_psnr is not None:
+            extra = f" val_psnr={p.val_psnr:.3f} ssim={p.val_ssim:.4f}" if p.val_psnr is not None else ""
+            print(f"step {p.step}/{p.steps} loss={p.loss:.5f} lr={p.lr:.2e} "
+                  f"{(time.time() - t0):.0f}s eta={p.eta_s or 0:.0f}s{extra}", flush=True)
+
+    res = train(cfg, a.out, batches=batches, val_pairs=val, resume=a.resume, on_progress=report,
+                card={"trained_with": "scripts/train_shipped.py", "val_noise": "mix (fixed seed)"})
+    print("best", res["best_psnr"], file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
