@@ -20,13 +20,17 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     c = a.shape[1]
     g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5 ** 2))
-    g = (g / g.sum())
-    w = (g[:, None] * g[None, :]).expand(c, 1, 11, 11).contiguous()
-    mu_a = F.conv2d(a, w, groups=c)
-    mu_b = F.conv2d(b, w, groups=c)
-    saa = F.conv2d(a * a, w, groups=c) - mu_a ** 2
-    sbb = F.conv2d(b * b, w, groups=c) - mu_b ** 2
-    sab = F.conv2d(a * b, w, groups=c) - mu_a * mu_b
+    g = g / g.sum()
+    gy = g.reshape(1, 1, 11, 1).expand(c, 1, 11, 1).contiguous()
+    gx = g.reshape(1, 1, 1, 11).expand(c, 1, 1, 11).contiguous()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # separable Gaussian window, valid region
+        return F.conv2d(F.conv2d(t, gy, groups=c), gx, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    saa = blur(a * a) - mu_a ** 2
+    sbb = blur(b * b) - mu_b ** 2
+    sab = blur(a * b) - mu_a * mu_b
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
     return float(s.mean())

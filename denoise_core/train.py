@@ -1,8 +1,16 @@
-"""Training loop: patches, noise, loss, Adam with cosine decay, validation, atomic resumable state.
+"""Training loop: patches, validation split and crops, loss, Adam with cosine decay, validation,
+atomic resumable state, DistributedDataParallel under torchrun, and the progress images.
 
-Training state (model, optimizer, schedule, RNG, step, best PSNR) goes to `<out>.state.pt`, saved
-with torch.save and read back with `weights_only=True` (no code runs on load). The best validation
-weights go to `<out>` as a safetensors checkpoint with a card.
+Training state (model, optimizer, schedule position, every rank's patch generator, AMP scaler,
+step, best PSNR, curves) goes to `<out>.state.pt`, saved with torch.save and read back with
+`weights_only=True` (no code runs on load). A resumed run continues with exactly the batches and
+updates the uninterrupted run would have made. The best validation weights go to `<out>` as a
+safetensors checkpoint with a card; beside them `<stem>.curves.png` (loss and validation
+PSNR/SSIM) and `<stem>.compare.png` (noisy | denoised | clean for a validation crop).
+
+Under torchrun every rank draws its own patches from its own generator (seeded `seed + rank`), the
+gradients are averaged by DDP (gloo on CPU, NCCL on CUDA), and only rank 0 validates and writes
+files. `batch` is per process.
 """
 from __future__ import annotations
 
@@ -11,19 +19,21 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
 from .checkpoint import save_checkpoint
 from .device import pick_device
 from .metrics import psnr, ssim
 from .models import create_model
-from .noise import NoiseSpec, apply_noise, parse_noise
+from .noise import NoiseSpec, apply_noise
 
 
 class TrainingError(RuntimeError):
@@ -47,6 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     device: str = "cpu"
     data: str = ""
+    threads: int = 0  # CPU threads per process; 0: all cores, shared out among local ranks
 
 
 @dataclass
@@ -61,10 +72,10 @@ class Progress:
     eta_s: float | None = None
 
 
-# --------------------------------------------------------------------------- patches
+# --------------------------------------------------------------------------- data
 def random_patches(images: Sequence[np.ndarray], n: int, size: int, gen: torch.Generator,
                    partners: Sequence[np.ndarray] | None = None):
-    """`n` random crops with random flips and 90-degree rotations, as float (N, C, size, size).
+    """`n` random crops with random flips and 90-degree rotations, as float (N, 3, size, size).
 
     With `partners` (noisy images aligned to `images`), the same crop and transform is cut from
     both and a pair (partner_batch, image_batch) is returned.
@@ -99,12 +110,36 @@ def random_patches(images: Sequence[np.ndarray], n: int, size: int, gen: torch.G
 
 
 def _to_float(a: np.ndarray) -> torch.Tensor:
+    """(H, W[, C]) pixels -> float (3, H, W) in [0, 1]; grayscale becomes three equal channels,
+    as the models are RGB and the Denoiser feeds gray images that way."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     scale = 65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else 1.0
     t = t.float() / scale
     if t.ndim == 2:
         t = t[..., None]
-    return t.permute(2, 0, 1)
+    t = t.permute(2, 0, 1)
+    return t.expand(3, -1, -1).contiguous() if t.shape[0] == 1 else t
+
+
+def split_by_image(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, validation) of `n` images: whole images go to validation, never patches.
+
+    At least one image is held out when `fraction` > 0 and there are two or more images; none
+    when there is only one (the caller decides whether that is acceptable).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be within [0, 1), got {fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = 0 if fraction == 0 or n < 2 else min(n - 1, max(1, round(n * fraction)))
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def _val_windows(h: int, w: int, crop: int, per_image: int):
+    c = min(crop, h, w) // 8 * 8
+    for j in range(per_image):
+        y = (h - c) * (j + 1) // (per_image + 1)
+        x = (w - c) * (j + 1) // (per_image + 1)
+        yield slice(y, y + c), slice(x, x + c)
 
 
 def fixed_val_set(images: Sequence[np.ndarray], noise: NoiseSpec | str, *, crop: int = 256,
@@ -113,14 +148,17 @@ def fixed_val_set(images: Sequence[np.ndarray], noise: NoiseSpec | str, *, crop:
     gen = torch.Generator().manual_seed(seed)
     pairs = []
     for im in images:
-        h, w = im.shape[:2]
-        c = min(crop, h, w) // 8 * 8
-        for j in range(per_image):
-            y = (h - c) * (j + 1) // (per_image + 1)
-            x = (w - c) * (j + 1) // (per_image + 1)
-            clean = _to_float(im[y:y + c, x:x + c])[None]
+        for sy, sx in _val_windows(*im.shape[:2], crop, per_image):
+            clean = _to_float(im[sy, sx])[None]
             pairs.append((apply_noise(clean, noise, gen), clean))
     return pairs
+
+
+def pair_val_set(noisy: Sequence[np.ndarray], clean: Sequence[np.ndarray], *, crop: int = 256,
+                 per_image: int = 2):
+    """Deterministic (noisy, clean) crops from aligned validation pairs."""
+    return [(_to_float(n[sy, sx])[None], _to_float(c[sy, sx])[None])
+            for n, c in zip(noisy, clean) for sy, sx in _val_windows(*n.shape[:2], crop, per_image)]
 
 
 @torch.inference_mode()
@@ -133,6 +171,53 @@ def evaluate(model: nn.Module, pairs, device: torch.device) -> tuple[float, floa
         ss.append(ssim(out, clean))
     model.train()
     return float(np.mean(ps)), float(np.mean(ss))
+
+
+# --------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL for CUDA, else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = (device or "auto").startswith(("auto", "cuda")) and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist_info()
+
+
+def dist_info() -> DistInfo:
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _all_true(flag: bool, device: torch.device, world: int) -> bool:
+    if world == 1:
+        return flag
+    t = torch.tensor([0 if flag else 1], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t) == 0
 
 
 # --------------------------------------------------------------------------- loop
@@ -148,6 +233,17 @@ def state_path(out: str | os.PathLike) -> Path:
     return Path(str(out) + ".state.pt")
 
 
+def report_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """The loss/PSNR curve PNG and the comparison PNG written beside the weights."""
+    p = Path(out)
+    stem = p.with_suffix("") if p.suffix else p
+    return Path(f"{stem}.curves.png"), Path(f"{stem}.compare.png")
+
+
+def _rank_generator(seed: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed + 7919 * rank)
+
+
 def train(
     cfg: TrainConfig,
     out: str | os.PathLike,
@@ -158,43 +254,68 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     card: dict | None = None,
     model: nn.Module | None = None,
-    wrap: Callable[[nn.Module], nn.Module] | None = None,
-    is_main: bool = True,
 ) -> dict:
-    """Train; `batches(gen)` yields one (noisy, clean) batch. Returns the final card."""
+    """Train; `batches(gen)` returns one (noisy, clean) batch drawn from `gen`. Returns the card,
+    the validation history and the best PSNR. Joins DDP when a process group is initialized
+    (see `init_distributed`); `on_progress` is called on rank 0 only."""
+    di = dist_info()
     device = pick_device(cfg.device)
+    if device.type == "cuda" and di.world > 1:
+        device = torch.device("cuda", di.local_rank)
+    if device.type == "cpu" and (cfg.threads or di.local_world > 1):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(cfg.threads or max(1, cores // di.local_world))
     torch.manual_seed(cfg.seed)
     model = model or create_model(cfg.arch, **cfg.arch_args)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, best, history = 0, -float("inf"), []
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    gen = _rank_generator(cfg.seed, di.rank)
+    step, best, history, losses, loss_ema = 0, -float("inf"), [], [], None
     sp = state_path(out)
     if resume:
         if not sp.exists():
             raise TrainingError(f"--resume: no training state at {sp}")
         st = torch.load(sp, map_location="cpu", weights_only=True)
-        if st["config"]["arch"] != cfg.arch:
-            raise TrainingError(f"{sp} is a {st['config']['arch']!r} run, not {cfg.arch!r}")
+        for key in ("arch", "arch_args"):
+            if st["config"].get(key) != getattr(cfg, key):
+                raise TrainingError(f"{sp} was trained with {key} {st['config'].get(key)!r}, "
+                                    f"not {getattr(cfg, key)!r}")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
         step, best, history = st["step"], st["best"], list(st["history"])
-    net = wrap(model) if wrap else model
+        losses, loss_ema = list(st.get("losses", [])), st.get("loss_ema")
+        gens = st.get("gens") or [st["gen"]]
+        if len(gens) == di.world:
+            gen.set_state(gens[di.rank])
+        else:  # a different process count cannot replay the same batches; stay deterministic anyway
+            gen = _rank_generator(cfg.seed + 104729 * step, di.rank)
+        torch.set_rng_state(st["torch_rng"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+    net = model
+    if di.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
     card = dict(card or {})
+    curve_png, compare_png = report_paths(out)
     t0, s0 = time.time(), step
-    loss_ema = None
+    log_every = max(1, cfg.steps // 500)
+    loss_fn = F.l1_loss if cfg.loss == "l1" else F.mse_loss
 
     def save_state() -> None:
-        if not is_main:
+        gens = [gen.get_state()]
+        if di.world > 1:
+            gens = [None] * di.world
+            dist.all_gather_object(gens, gen.get_state())
+        if not di.is_main:
             return
         blob = {"config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
-                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                "best": best, "history": history}
+                "gen": gens[0], "gens": gens, "torch_rng": torch.get_rng_state(), "step": step,
+                "best": best, "history": history, "losses": losses, "loss_ema": loss_ema,
+                "scaler": scaler.state_dict() if scaler is not None else {}}
         with atomic_path(sp) as tmp:
             torch.save(blob, tmp)
 
@@ -207,10 +328,11 @@ def train(
         clean = clean.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             pred = net(noisy)
-            loss = (F.l1_loss if cfg.loss == "l1" else F.mse_loss)(pred.float(), clean)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {float(loss)} at step {step + 1}; training stopped "
-                                f"(last good state: {sp}). Try a lower --lr.")
+            loss = loss_fn(pred.float(), clean)
+        if not _all_true(bool(torch.isfinite(loss)), device, di.world):
+            where = " on at least one process" if di.world > 1 else ""
+            raise TrainingError(f"loss became {float(loss.detach())} at step {step + 1}{where}; training "
+                                f"stopped. Last good state: {sp}. Try a lower --lr.")
         opt.zero_grad(set_to_none=True)
         if scaler:
             scaler.scale(loss).backward()
@@ -226,23 +348,117 @@ def train(
         step += 1
         lv = float(loss.detach())
         loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        if step % log_every == 0:
+            losses.append([step, loss_ema])
         rate = (step - s0) / max(1e-6, time.time() - t0)
         prog = Progress(step, cfg.steps, loss_ema, lr, best_psnr=best if best > -1e9 else None,
                         eta_s=(cfg.steps - step) / rate if rate > 0 else None)
         if step % cfg.val_every == 0 or step == cfg.steps:
-            vp, vs = evaluate(model, val_pairs, device) if val_pairs else (float("nan"), float("nan"))
-            history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "val_ssim": vs})
-            prog.val_psnr, prog.val_ssim = vp, vs
-            if is_main and (vp > best or not val_pairs):
-                best = vp
-                card.update({"steps": step, "val_psnr": round(vp, 3), "val_ssim": round(vs, 4),
-                             "noise": cfg.noise, "data": cfg.data, "loss": cfg.loss,
-                             "patch": cfg.patch, "batch": cfg.batch})
-                save_checkpoint(out, model, card)
-            prog.best_psnr = best
+            if di.is_main:
+                vp, vs = evaluate(model, val_pairs, device) if val_pairs else (float("nan"), float("nan"))
+                history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "val_ssim": vs})
+                prog.val_psnr, prog.val_ssim = vp, vs
+                if vp > best or not val_pairs:
+                    best = vp
+                    card.update({"steps": step, "val_psnr": round(vp, 3), "val_ssim": round(vs, 4),
+                                 "noise": cfg.noise, "data": cfg.data, "loss": cfg.loss,
+                                 "patch": cfg.patch, "batch": cfg.batch * di.world})
+                    save_checkpoint(out, model, card)
+                    if val_pairs:
+                        save_comparison(compare_png, *_compare_images(model, val_pairs[0], device))
+                save_curves(curve_png, losses, history)
+                prog.best_psnr = best
             save_state()
         elif step % cfg.checkpoint_every == 0:
             save_state()
-        if on_progress:
+        if on_progress and di.is_main:
             on_progress(prog)
     return {"card": card, "history": history, "best_psnr": best}
+
+
+# --------------------------------------------------------------------------- progress images
+def _hwc01(t) -> np.ndarray:
+    a = t.detach().float().cpu().numpy() if torch.is_tensor(t) else np.asarray(t, dtype=np.float32)
+    if a.ndim == 4:
+        a = a[0]
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3):
+        a = a.transpose(1, 2, 0)
+    return a[..., None] if a.ndim == 2 else a
+
+
+@torch.inference_mode()
+def _compare_images(model: nn.Module, pair, device: torch.device):
+    noisy, clean = pair
+    model.eval()
+    den = model(noisy.to(device)).float().clamp(0, 1).cpu()
+    model.train()
+    return noisy, den, clean
+
+
+def save_comparison(path: str | os.PathLike, noisy, denoised, clean,
+                    labels: Sequence[str] = ("noisy", "denoised", "clean")) -> None:
+    """Write noisy | denoised | clean side by side (float images in [0, 1], CHW or HWC) as PNG."""
+    ims = [_hwc01(x) for x in (noisy, denoised, clean)]
+    h = max(i.shape[0] for i in ims)
+    gap, head = 4, 20
+    width = sum(i.shape[1] for i in ims) + gap * (len(ims) - 1)
+    canvas = Image.new("RGB", (width, h + head), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=13)
+    x = 0
+    for im, label in zip(ims, labels):
+        rgb = np.repeat(im, 3, axis=2) if im.shape[2] == 1 else im
+        canvas.paste(Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)), (x, head))
+        draw.text((x + 3, 3), label, fill="black", font=font)
+        x += im.shape[1] + gap
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def save_curves(path: str | os.PathLike, losses: Sequence, history: Sequence[dict]) -> None:
+    """Write the training loss (left) and validation PSNR/SSIM (right) against step as PNG."""
+    pw, ph = 420, 300
+    canvas = Image.new("RGB", (2 * pw, ph), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=12)
+    val = [h for h in history if math.isfinite(h.get("val_psnr", float("nan")))]
+    _panel(draw, font, (0, 0, pw, ph), "training loss (EMA)", [
+        ([s for s, _ in losses], [v for _, v in losses], (200, 60, 30))], log=True)
+    _panel(draw, font, (pw, 0, pw, ph), "validation PSNR (dB, blue) / SSIM (green)", [
+        ([h["step"] for h in val], [h["val_psnr"] for h in val], (30, 70, 200)),
+        ([h["step"] for h in val], [h["val_ssim"] for h in val], (30, 150, 60))])
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def _panel(draw: ImageDraw.ImageDraw, font, box, title: str, series, *, log: bool = False) -> None:
+    """Axes in `box` (x, y, w, h); each series is scaled to the full height, with its own range
+    written on the left in its colour."""
+    x0, y0, w, h = box
+    left, right, top, bottom = x0 + 62, x0 + w - 12, y0 + 24, y0 + h - 30
+    draw.text((x0 + 8, y0 + 5), title, fill="black", font=font)
+    draw.rectangle((left, top, right, bottom), outline=(120, 120, 120))
+    xs_all = [x for xs, _, _ in series for x in xs]
+    if not xs_all:
+        draw.text((left + 10, (top + bottom) // 2), "no data yet", fill="gray", font=font)
+        return
+    xmin, xmax = min(xs_all), max(xs_all)
+    xmax = xmax if xmax > xmin else xmin + 1
+    draw.text((left, bottom + 6), f"{xmin:g}", fill="black", font=font)
+    draw.text((right - 40, bottom + 6), f"step {xmax:g}", fill="black", font=font)
+    for k, (xs, ys, color) in enumerate(series):
+        pts = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y) and (y > 0 or not log)]
+        if not pts:
+            continue
+        tr = (lambda v: math.log10(v)) if log else (lambda v: v)
+        lo, hi = min(tr(y) for _, y in pts), max(tr(y) for _, y in pts)
+        hi = hi if hi > lo else lo + 1e-6
+        fmt = (lambda v: f"{10 ** v:.3g}") if log else (lambda v: f"{v:.4g}")
+        draw.text((x0 + 4, top + 14 * k), fmt(hi), fill=color, font=font)
+        draw.text((x0 + 4, bottom - 12 - 14 * k), fmt(lo), fill=color, font=font)
+        xy = [(left + (x - xmin) / (xmax - xmin) * (right - left),
+               bottom - (tr(y) - lo) / (hi - lo) * (bottom - top)) for x, y in pts]
+        if len(xy) == 1:
+            draw.ellipse((xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2), fill=color)
+        else:
+            draw.line(xy, fill=color, width=2)

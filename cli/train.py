@@ -1,0 +1,245 @@
+"""`denoise-train`: train denoising weights from your own noisy/clean pairs, or from clean photos
+with synthetic noise (for example your camera's darktable noise profile).
+
+    denoise-train --noisy high_iso/ --clean base_iso/ --arch unet --out mine.safetensors --steps 20000
+    denoise-train --clean photos/ --noise 'camera:"Nikon D750"@12800' --out d750.safetensors
+    torchrun --nproc_per_node 4 -m cli.train ...same options...   (DistributedDataParallel)
+
+All input problems are reported before training starts. Exit status: 0 done, 1 training failed,
+2 bad usage or input, 130 interrupted (continue with --resume).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from denoise_core.device import DEVICES, pick_device
+from denoise_core.imageio import ImageReadError, read_image
+from denoise_core.metrics import psnr
+from denoise_core.models import create_model, list_models
+from denoise_core.noise import NoiseSpecError, apply_noise, list_cameras, parse_noise
+from denoise_core.pairs import PairCheck, PairError, image_files, load_pairs
+from denoise_core.train import (Progress, TrainConfig, TrainingError, fixed_val_set, init_distributed,
+                                pair_val_set, random_patches, report_paths, shutdown_distributed,
+                                split_by_image, state_path, train)
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+class InputError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        if _is_main():
+            click.echo(f"denoise-train: error: {self.format_message()}", err=True)
+
+
+class TrainingFailed(InputError):
+    exit_code = 1
+
+
+def _say(msg: str) -> None:
+    if _is_main():
+        click.echo(msg, err=True)
+
+
+def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo("\n".join(list_cameras()))
+        ctx.exit(0)
+
+
+@click.command(name="denoise-train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--noisy", type=click.Path(path_type=Path), metavar="DIR", help="Folder of noisy photos (pairs mode).")
+@click.option("--clean", type=click.Path(path_type=Path), metavar="DIR", help="Folder of clean photos (in pairs mode named like the noisy ones).")
+@click.option("--noise", "noise_spec", metavar="SPEC",
+              help='Synthetic noise instead of pairs: gaussian:SIGMA, gaussian:LO-HI, poisson-gaussian, '
+                   'camera:"MAKER MODEL"@ISO, camera:random or mix.')
+@click.option("--arch", type=click.Choice(list_models()), default="unet", show_default=True)
+@click.option("--arch-args", default="{}", metavar="JSON", help='Architecture arguments, e.g. \'{"width": 48}\'.')
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Weights file to write (.safetensors).")
+@click.option("--steps", type=click.IntRange(1), default=10000, show_default=True)
+@click.option("--patch", type=click.IntRange(8), default=64, show_default=True, help="Patch side in pixels.")
+@click.option("--batch", type=click.IntRange(1), default=8, show_default=True, help="Patches per step and process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--loss", type=click.Choice(["l1", "l2"]), default="l1", show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of whole images held out for validation.")
+@click.option("--val-every", type=click.IntRange(1), default=None,
+              help="Steps between validations [default: one pass over the training pixels, 50-1000].")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=200, show_default=True,
+              help="Steps between resumable states; an interruption loses at most this many.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run whose state is beside --out.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(0), default=0, help="CPU threads per process [default: all].")
+@click.option("--max-shift", type=click.IntRange(0), default=PairCheck.max_shift, show_default=True,
+              help="Largest misalignment (px) of a pair that is cropped away instead of rejected.")
+@click.option("--list-cameras", is_flag=True, expose_value=False, is_eager=True, callback=_list_cameras,
+              help="List the cameras with noise profiles and exit.")
+def main(noisy, clean, noise_spec, arch, arch_args, out, steps, patch, batch, lr, loss, val_fraction,
+         val_every, checkpoint_every, seed, resume, device, threads, max_shift) -> None:
+    """Train denoising weights from noisy/clean pairs (--noisy, --clean) or from clean photos with
+    synthetic noise (--clean, --noise)."""
+    if noisy is not None and noise_spec is not None:
+        raise click.UsageError("--noise is for training from --clean photos alone; with --noisy the noise "
+                               "comes from your pairs")
+    if clean is None:
+        raise click.UsageError("--clean DIR is required")
+    if noisy is None and noise_spec is None:
+        raise click.UsageError("give --noisy DIR to train on pairs, or --noise SPEC for synthetic noise")
+    if out is None:
+        raise click.UsageError("--out FILE is required")
+    try:
+        spec = parse_noise(noise_spec) if noise_spec is not None else None
+    except NoiseSpecError as e:
+        raise InputError(str(e)) from None
+    try:
+        args = json.loads(arch_args)
+        if not isinstance(args, dict):
+            raise ValueError("not a JSON object")
+        multiple = int(getattr(create_model(arch, **args), "size_multiple", 1))
+    except (ValueError, TypeError) as e:
+        raise InputError(f"--arch-args {arch_args!r} do not fit {arch!r}: {e}") from None
+    if patch % multiple:
+        raise InputError(f"--patch {patch} must be a multiple of {multiple} for {arch!r}")
+    sp = state_path(out)
+    if resume and not sp.exists():
+        raise InputError(f"--resume: there is no training state at {sp}")
+    if not resume and sp.exists():
+        raise InputError(f"{sp} holds the state of an earlier run: add --resume to continue it (a larger "
+                         f"--steps trains it further), or delete it to start over")
+    if resume and (done := int(torch.load(sp, map_location="cpu", weights_only=True)["step"])) >= steps:
+        raise InputError(f"the run in {sp} already finished {done} steps; pass a larger --steps to train it further")
+    if not out.parent.is_dir():
+        raise InputError(f"--out: folder {out.parent} does not exist")
+    try:
+        dev = pick_device(device)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+    di = init_distributed(device)
+    try:
+        if noisy is not None:
+            train_set, val_pairs, data = _pairs_data(noisy, clean, patch, val_fraction, seed, max_shift)
+        else:
+            train_set, val_pairs, data = _synthetic_data(clean, spec, patch, val_fraction, seed)
+        pixels = sum(a.shape[0] * a.shape[1] for a in train_set[0])
+        val_every = val_every or int(np.clip(pixels // (batch * patch * patch * di.world), 50, 1000))
+        cfg = TrainConfig(arch=arch, arch_args=args, noise=str(spec) if spec else "pairs", patch=patch,
+                          batch=batch, steps=steps, lr=lr, loss=loss, seed=seed, val_every=val_every,
+                          checkpoint_every=checkpoint_every, device=device, data=data, threads=threads)
+        _say(f"training {arch} on {data}; {steps} steps of {batch}x{patch}x{patch} patches"
+             f"{f' on each of {di.world} processes' if di.world > 1 else ''}, device {dev.type}")
+        if val_pairs:
+            base = np.mean([psnr(n, c) for n, c in val_pairs])
+            _say(f"validation: {len(val_pairs)} fixed crops; the noisy input scores {base:.2f} dB PSNR")
+        else:
+            _say("note: only one image, so nothing is held out for validation; the last weights are kept")
+        _run(cfg, out, train_set, spec, val_pairs, resume)
+    finally:
+        shutdown_distributed()
+
+
+def _pairs_data(noisy: Path, clean: Path, patch: int, val_fraction: float, seed: int, max_shift: int):
+    try:
+        pairs = load_pairs(noisy, clean, PairCheck(max_shift=max_shift))
+    except PairError as e:
+        raise InputError(str(e)) from None
+    _check_sizes([(p.info.name, p.noisy) for p in pairs], patch, "after alignment ")
+    for p in pairs:
+        _say(f"  pair {p.info.describe()}")
+    tr, va = split_by_image(len(pairs), val_fraction, seed)
+    train_set = ([pairs[i].clean for i in tr], [pairs[i].noisy for i in tr])
+    val = pair_val_set([pairs[i].noisy for i in va], [pairs[i].clean for i in va])
+    names = ", ".join(pairs[i].info.name for i in va) or "none"
+    return train_set, val, f"{len(tr)} pairs from {noisy} / {clean}; validation: {names}"
+
+
+def _synthetic_data(clean: Path, spec, patch: int, val_fraction: float, seed: int):
+    try:
+        files = image_files(clean)
+    except PairError as e:
+        raise InputError(str(e)) from None
+    images, problems = [], []
+    for f in files:
+        try:
+            images.append(read_image(f).pixels)
+        except ImageReadError as e:
+            problems.append(f"  {e}")
+    if problems:
+        raise InputError(f"{len(problems)} file(s) cannot be read:\n" + "\n".join(problems))
+    _check_sizes([(f.name, im) for f, im in zip(files, images)], patch)
+    tr, va = split_by_image(len(images), val_fraction, seed)
+    val = fixed_val_set([images[i] for i in va], spec)
+    names = ", ".join(files[i].name for i in va) or "none"
+    return ([images[i] for i in tr], None), val, f"{len(tr)} photos from {clean} with {spec} noise; validation: {names}"
+
+
+def _check_sizes(named, patch: int, when: str = "") -> None:
+    small = [f"  {n}: {a.shape[1]}x{a.shape[0]}" for n, a in named if min(a.shape[:2]) < patch]
+    if small:
+        raise InputError(f"{len(small)} image(s) are {when}smaller than the {patch}x{patch} patch "
+                         f"(use a smaller --patch):\n" + "\n".join(small))
+
+
+def _run(cfg: TrainConfig, out: Path, train_set, spec, val_pairs, resume: bool) -> None:
+    from tqdm import tqdm
+
+    clean_imgs, noisy_imgs = train_set
+
+    def batches(gen: torch.Generator):
+        if noisy_imgs is not None:
+            return random_patches(clean_imgs, cfg.batch, cfg.patch, gen, partners=noisy_imgs)
+        target = random_patches(clean_imgs, cfg.batch, cfg.patch, gen)
+        return apply_noise(target, spec, gen), target
+
+    bar = None
+
+    def report(p: Progress) -> None:
+        nonlocal bar
+        if bar is None:  # a live bar on a terminal; plain lines (every 5%) in a log
+            bar = tqdm(total=p.steps, initial=p.step - 1, unit="step", dynamic_ncols=True, file=sys.stderr,
+                       disable=None)
+        bar.update(p.step - bar.n)
+        status = f"loss {p.loss:.4f}" + (f" best {p.best_psnr:.2f} dB" if p.best_psnr else "")
+        bar.set_postfix_str(status, refresh=False)
+        if bar.disable and p.step % max(1, p.steps // 20) == 0:
+            _say(f"step {p.step}/{p.steps} {status} eta {p.eta_s or 0:.0f} s")
+        if p.val_psnr is not None and val_pairs:
+            tqdm.write(f"step {p.step}: validation PSNR {p.val_psnr:.2f} dB, SSIM {p.val_ssim:.4f}", file=sys.stderr)
+
+    t0 = time.time()
+    try:
+        res = train(cfg, out, batches=batches, val_pairs=val_pairs, resume=resume, on_progress=report,
+                    card={"trained_with": "denoise-train"})
+    except TrainingError as e:
+        raise TrainingFailed(str(e)) from None
+    except KeyboardInterrupt:
+        sp = state_path(out)
+        _say(f"\ninterrupted; run the same command with --resume to continue from the state in {sp}"
+             if sp.exists() else "\ninterrupted before the first state was saved; nothing to resume")
+        sys.exit(130)
+    finally:
+        if bar is not None:
+            bar.close()
+    dt = time.time() - t0
+    card = res["card"]
+    if _is_main():
+        curves, compare = report_paths(out)
+        best = (f"best validation PSNR {card['val_psnr']:.2f} dB, SSIM {card['val_ssim']:.4f} at step {card['steps']}"
+                if val_pairs else "no validation")
+        _say(f"done in {dt:.0f} s; {best}\nwrote {out}" + (f", {curves}, {compare}" if val_pairs else f", {curves}"))
+
+
+if __name__ == "__main__":
+    main(prog_name="denoise-train")

@@ -1,0 +1,173 @@
+"""Python API for plugins, notebooks and the CLI: load a model once, denoise arrays.
+
+    from denoise_core import Denoiser
+    dn = Denoiser("default", device="auto")
+    out = dn.denoise(pixels, strength=0.8, progress=lambda done, total: ..., cancel=event.is_set)
+
+Arrays are (H, W), (H, W, 1) or (H, W, 3) — colour only, alpha is the caller's to keep — in
+uint8, uint16 or float (0..1, sRGB-encoded); the result has the input's shape and dtype. The image
+is processed tile by tile into the output, so memory grows with the tile size, not the image.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .device import pick_device
+from .models import list_models
+from .tiler import make_grid, read_window
+
+DEFAULT_MODEL = "unet"
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    pass
+
+
+class ModelNotFoundError(ValueError):
+    pass
+
+
+def weights_dir() -> Path:
+    try:
+        p = Path(str(resources.files("denoise_core.weights")))
+        if p.is_dir():
+            return p
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_models() -> dict[str, Path]:
+    """Registry names that have shipped weights, mapped to their files."""
+    d = weights_dir()
+    return {n: d / f"{n}.safetensors" for n in list_models() if (d / f"{n}.safetensors").is_file()}
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """A shipped model name ('default', 'unet', 'fast', 'seed') or a checkpoint path -> file."""
+    name = str(model)
+    if name == "default":
+        name = DEFAULT_MODEL
+    shipped = shipped_models()
+    if name in shipped:
+        return shipped[name]
+    p = Path(name).expanduser()
+    if p.suffix or os.sep in name or p.exists():
+        if not p.is_file():
+            raise ModelNotFoundError(f"{p}: checkpoint file not found")
+        return p
+    raise ModelNotFoundError(
+        f"unknown model {name!r}: not a checkpoint file and not a shipped model "
+        f"(shipped: {', '.join(['default', *sorted(shipped)]) if shipped else 'none'})")
+
+
+class Denoiser:
+    def __init__(self, model: str | os.PathLike = "default", *, device: str = "auto",
+                 tile: int = 512, overlap: int | None = None) -> None:
+        self.path = resolve_model(model)
+        ckpt = load_checkpoint(self.path)
+        self.card = ckpt.card
+        self.arch = ckpt.arch
+        self.device = pick_device(device)
+        net = ckpt.build().to(self.device)
+        if self.device.type == "cpu":
+            net = net.to(memory_format=torch.channels_last)
+        self.model: nn.Module = net
+        self.multiple = int(getattr(net, "size_multiple", 1))
+        self.receptive = int(getattr(net, "receptive_radius", 16))
+        self.tile = int(tile)
+        self.overlap = self.receptive if overlap is None else int(overlap)
+
+    @torch.inference_mode()
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Model on a float (N, 3, H, W) batch whose sides are multiples of `self.multiple`."""
+        x = x.to(self.device)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+            y = self.model(x)
+        return y.float().cpu()
+
+    def denoise(self, image: np.ndarray, *, strength: float = 1.0, progress: ProgressFn | None = None,
+                cancel: CancelFn | None = None, tile: int | None = None,
+                overlap: int | None = None) -> np.ndarray:
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be within 0..1, got {strength}")
+        arr = np.asarray(image)
+        squeeze = arr.ndim == 2
+        if squeeze:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3):
+            raise ValueError(f"expected an (H, W), (H, W, 1) or (H, W, 3) array, got shape {np.shape(image)}")
+        if arr.dtype == np.uint8:
+            scale = 255.0
+        elif arr.dtype == np.uint16:
+            scale = 65535.0
+        elif np.issubdtype(arr.dtype, np.floating):
+            scale = 1.0
+        else:
+            raise ValueError(f"unsupported dtype {arr.dtype}; use uint8, uint16 or float")
+        h, w, c = arr.shape
+        out = np.empty_like(arr)
+        if strength == 0.0:
+            out[...] = arr
+            return out[..., 0] if squeeze else out
+        grid = make_grid(h, w, tile=tile or self.tile, overlap=self.overlap if overlap is None else overlap,
+                         multiple=self.multiple)
+        band = np.zeros((0, w, c), np.float32)  # float accumulator for rows not yet final
+        band_y0 = 0
+        total = len(grid)
+        for t in grid:
+            if cancel is not None and cancel():
+                raise Cancelled("denoising cancelled")
+            win = read_window(arr, t.window).astype(np.float32) / scale
+            x = torch.from_numpy(np.ascontiguousarray(win)).permute(2, 0, 1)[None]
+            if c == 1:
+                x = x.expand(1, 3, *x.shape[2:])
+            y = self.run_tensor(x)[0]
+            if c == 1:
+                y = y.mean(0, keepdim=True)
+            y = y.permute(1, 2, 0).numpy()
+            sy0, sx0, sy1, sx1 = t.support
+            oy, ox = sy0 - t.window[0], sx0 - t.window[1]
+            pred = y[oy:oy + sy1 - sy0, ox:ox + sx1 - sx0]
+            if strength < 1.0:
+                src = win[oy:oy + sy1 - sy0, ox:ox + sx1 - sx0]
+                pred = src + strength * (pred - src)
+            if sy1 - band_y0 > band.shape[0]:
+                band = np.concatenate([band, np.zeros((sy1 - band_y0 - band.shape[0], w, c), np.float32)])
+            band[sy0 - band_y0:sy1 - band_y0, sx0:sx1] += pred * grid.weights(t)[..., None]
+            last_in_row = t.core[3] == w
+            if last_in_row:
+                done = grid.rows_done_before(t.row + 1)
+                if done > band_y0:
+                    out[band_y0:done] = _to_dtype(band[:done - band_y0], arr.dtype, scale)
+                    band = band[done - band_y0:].copy()
+                    band_y0 = done
+            if progress is not None:
+                progress(t.index + 1, total)
+        return out[..., 0] if squeeze else out
+
+
+def _to_dtype(x: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
+    if np.issubdtype(dtype, np.floating):
+        return x.astype(dtype)
+    return np.clip(np.rint(x * scale), 0, scale).astype(dtype)
+
+
+def load_denoiser(model: str | os.PathLike = "default", **kwargs) -> Denoiser:
+    return Denoiser(model, **kwargs)
+
+
+__all__ = ["Cancelled", "CheckpointError", "Denoiser", "ModelNotFoundError", "DEFAULT_MODEL",
+           "load_denoiser", "resolve_model", "shipped_models", "weights_dir"]

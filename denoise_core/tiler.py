@@ -1,0 +1,138 @@
+"""Tile geometry: where tiles sit, how much context each reads, and how their outputs blend.
+
+Pure geometry, no model: the image is partitioned into core boxes whose origins are multiples of
+the model's size multiple (so a translation-variant net, e.g. one that pixel-unshuffles, sees every
+tile on the same grid as the whole image). Each tile reads its core plus `overlap` pixels of
+context on every side (so a model call sees at most (tile + 2*overlap)^2 pixels, mirrored past the image border) and contributes to its core plus a feather
+band of `feather` pixels on each inner edge, with linear ramps that sum to exactly one. When the
+overlap covers the model's receptive field the tiled result equals the untiled one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tile:
+    index: int
+    row: int
+    core: tuple[int, int, int, int]      # y0, x0, y1, x1: the part this tile owns
+    support: tuple[int, int, int, int]   # core grown by the feather band on inner edges
+    window: tuple[int, int, int, int]    # what the model reads: core grown by `overlap` (may leave the image)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    height: int
+    width: int
+    tile: int
+    overlap: int
+    feather: int
+    multiple: int
+    ys: tuple[int, ...]   # core boundaries along y, first 0, last height
+    xs: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return len(self.ys) - 1
+
+    @property
+    def cols(self) -> int:
+        return len(self.xs) - 1
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def __iter__(self):
+        f, ov = self.feather, self.overlap
+        i = 0
+        for r in range(self.rows):
+            y0, y1 = self.ys[r], self.ys[r + 1]
+            sy0 = y0 - f if r > 0 else y0
+            sy1 = y1 + f if r < self.rows - 1 else y1
+            for c in range(self.cols):
+                x0, x1 = self.xs[c], self.xs[c + 1]
+                sx0 = x0 - f if c > 0 else x0
+                sx1 = x1 + f if c < self.cols - 1 else x1
+                wy1 = _round_up(y1 - y0 + 2 * ov, self.multiple) + y0 - ov
+                wx1 = _round_up(x1 - x0 + 2 * ov, self.multiple) + x0 - ov
+                yield Tile(i, r, (y0, x0, y1, x1), (sy0, sx0, sy1, sx1), (y0 - ov, x0 - ov, wy1, wx1))
+                i += 1
+
+    def weights(self, tile: Tile) -> np.ndarray:
+        """Blend weights over `tile.support`, shape (h, w), float32; all tiles sum to 1."""
+        sy0, sx0, sy1, sx1 = tile.support
+        y0, x0, y1, x1 = tile.core
+        wy = _ramp(sy0, sy1, y0, y1, self.feather)
+        wx = _ramp(sx0, sx1, x0, x1, self.feather)
+        return (wy[:, None] * wx[None, :]).astype(np.float32)
+
+    def rows_done_before(self, row: int) -> int:
+        """Image rows that are final once tile rows < `row` are accumulated."""
+        if row >= self.rows:
+            return self.height
+        return max(0, self.ys[row] - self.feather)
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def _ramp(s0: int, s1: int, c0: int, c1: int, f: int) -> np.ndarray:
+    """1 on [c0, c1), linear over the 2f band around each inner core edge, 0 outside support."""
+    p = np.arange(s0, s1, dtype=np.float64) + 0.5
+    w = np.ones(s1 - s0)
+    if f > 0:
+        if s0 < c0:  # left neighbour: rise over [c0 - f, c0 + f)
+            w = np.minimum(w, np.clip((p - (c0 - f)) / (2 * f), 0, 1))
+        if s1 > c1:  # right neighbour: fall over [c1 - f, c1 + f)
+            w = np.minimum(w, np.clip(((c1 + f) - p) / (2 * f), 0, 1))
+    return w
+
+
+def make_grid(height: int, width: int, *, tile: int, overlap: int, multiple: int = 1,
+              feather: int | None = None) -> TileGrid:
+    if height < 1 or width < 1:
+        raise ValueError(f"image must be at least 1x1, got {width}x{height}")
+    if tile < 1:
+        raise ValueError("tile size must be positive")
+    if overlap < 0:
+        raise ValueError("overlap must be >= 0")
+    multiple = max(1, multiple)
+    overlap = _round_up(overlap, multiple)
+    core = _round_up(tile, multiple)
+    if feather is None:
+        feather = min(16, overlap // 2)
+
+    def bounds(n: int) -> tuple[int, ...]:
+        if core >= n:
+            return (0, n)
+        k = math.ceil(n / core)
+        step = _round_up(math.ceil(n / k), multiple)
+        cuts = list(range(0, n, step)) + [n]
+        if len(cuts) > 2 and cuts[-1] - cuts[-2] < 2 * feather + 1:
+            cuts.pop(-2)
+        return tuple(cuts)
+
+    ys, xs = bounds(height), bounds(width)
+    min_core = min(min(b - a for a, b in zip(ys, ys[1:])), min(b - a for a, b in zip(xs, xs[1:])))
+    feather = max(0, min(feather, overlap, (min_core - 1) // 2))
+    return TileGrid(height, width, tile, overlap, feather, multiple, ys, xs)
+
+
+def mirror_indices(start: int, stop: int, n: int) -> np.ndarray:
+    """Indices start..stop-1 mapped into [0, n) by mirroring (edge sample repeated), any distance."""
+    i = np.arange(start, stop) % (2 * n)
+    return np.where(i >= n, 2 * n - 1 - i, i)
+
+
+def read_window(image: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The window's pixels from an (H, W, ...) array, mirrored where it leaves the image."""
+    y0, x0, y1, x1 = window
+    h, w = image.shape[:2]
+    if 0 <= y0 and y1 <= h and 0 <= x0 and x1 <= w:
+        return image[y0:y1, x0:x1]
+    return image[mirror_indices(y0, y1, h)][:, mirror_indices(x0, x1, w)]

@@ -1,0 +1,247 @@
+"""Training (denoise_core.train), `denoise-train` and `denoise-eval`: the seed net learns from
+synthesized pairs, resume equals an uninterrupted run, torchrun with 2 processes trains, and bad
+input fails before training with exit status 2."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from skimage import data
+from test_pairs import CAMERA, write_pairs
+
+from cli.eval import image_metrics
+from cli.eval import main as eval_main
+from cli.train import main as train_main
+from denoise_core.checkpoint import load_checkpoint, save_checkpoint
+from denoise_core.metrics import psnr, ssim
+from denoise_core.models import create_model
+from denoise_core.noise import NoiseSpecError, apply_noise, find_camera, parse_noise
+from denoise_core.pairs import load_pairs
+from denoise_core.train import (TrainConfig, TrainingError, fixed_val_set, pair_val_set, random_patches,
+                                report_paths, state_path, train)
+
+REPO = Path(__file__).resolve().parent.parent
+HIGH_ISO = 'camera:"Nikon D750"@25600'
+THREE = {"astronaut": {"shift": (2, -1), "gain": 1.25, "noise": HIGH_ISO},
+         "coffee": {"shift": (-3, 2), "gain": 0.8, "noise": HIGH_ISO},
+         "chelsea": {"shift": (1, 3), "gain": 1.1, "noise": HIGH_ISO}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _invoke(cmd, args):
+    return CliRunner().invoke(cmd, [str(a) for a in args])
+
+
+# --------------------------------------------------------------------------- training works
+def test_pairs_training_raises_validation_psnr(tmp_path):
+    nd, cd = write_pairs(tmp_path, {k: dict(v) for k, v in THREE.items()})
+    out = tmp_path / "mine.safetensors"
+    r = _invoke(train_main, ["--noisy", nd, "--clean", cd, "--arch", "seed", "--out", out, "--steps", 300,
+                             "--val-fraction", 0.34, "--val-every", 50, "--device", "cpu", "--threads", 1])
+    assert r.exit_code == 0, r.output
+    assert "shifted by" in r.output and "exposure corrected" in r.output
+    hist = torch.load(state_path(out), weights_only=True)["history"]
+    first, last = hist[0]["val_psnr"], hist[-1]["val_psnr"]
+    card = load_checkpoint(out).card
+    val_name = card["data"].rsplit("validation: ", 1)[1]
+    pair = next(p for p in load_pairs(nd, cd) if p.info.name == val_name)
+    noisy_psnr = np.mean([psnr(n, c) for n, c in pair_val_set([pair.noisy], [pair.clean])])
+    print(f"validation PSNR: noisy input {noisy_psnr:.2f} dB, step 50 {first:.2f}, step 300 {last:.2f}")
+    assert last > first + 3
+    assert last > noisy_psnr + 1
+    assert card["val_psnr"] == pytest.approx(max(h["val_psnr"] for h in hist), abs=1e-3)
+    assert card["val_ssim"] > hist[0]["val_ssim"]
+    for png in report_paths(out):
+        assert Image.open(png).size[0] > 300
+
+
+def _tiny_setup():
+    imgs = [np.ascontiguousarray(f()[:160, :160]) for f in (data.astronaut, data.coffee, data.chelsea)]
+    val = fixed_val_set(imgs[2:], CAMERA, crop=64, per_image=1)
+
+    def batches(gen):
+        clean = random_patches(imgs[:2], 4, 32, gen)
+        return apply_noise(clean, "mix", gen), clean
+    cfg = TrainConfig(arch="seed", noise="mix", patch=32, batch=4, steps=40, val_every=15, checkpoint_every=10,
+                      device="cpu", threads=1)
+    return cfg, batches, val
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path):
+    cfg, batches, val = _tiny_setup()
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    train(cfg, a, batches=batches, val_pairs=val)
+
+    def interrupt(p):
+        if p.step == 27:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, b, batches=batches, val_pairs=val, on_progress=interrupt)
+    assert torch.load(state_path(b), weights_only=True)["step"] == 20  # lost only the steps since then
+    train(cfg, b, batches=batches, val_pairs=val, resume=True)
+
+    sa, sb = (torch.load(state_path(x), weights_only=True) for x in (a, b))
+    assert sa["step"] == sb["step"] == 40
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    assert sa["history"] == sb["history"] and sa["losses"] == sb["losses"]
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert all(torch.equal(ca.state_dict[k], cb.state_dict[k]) for k in ca.state_dict)
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    cfg, _, val = _tiny_setup()
+
+    def bad(gen):
+        x = torch.full((2, 3, 32, 32), float("nan"))
+        return x, x
+    with pytest.raises(TrainingError, match=r"loss became nan at step 1.*lower --lr"):
+        train(cfg, tmp_path / "n.safetensors", batches=bad, val_pairs=val)
+
+
+def test_torchrun_two_processes_train(tmp_path):
+    _, cd = write_pairs(tmp_path, {k: dict(v) for k, v in THREE.items()})
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "cli.train",
+                        "--clean", str(cd), "--noise", "gaussian:25", "--arch", "seed", "--out", str(out),
+                        "--steps", "40", "--batch", "4", "--val-every", "20", "--device", "cpu"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "on each of 2 processes" in r.stderr
+    assert r.stderr.count("training seed on") == 1  # only rank 0 reports
+    card = load_checkpoint(out).card
+    assert card["batch"] == 8 and card["steps"] in (20, 40)
+    hist = torch.load(state_path(out), weights_only=True)
+    assert len(hist["gens"]) == 2 and not torch.equal(hist["gens"][0], hist["gens"][1])
+
+
+# --------------------------------------------------------------------------- camera lookup
+def test_camera_lookup_tolerates_case_and_spacing_and_suggests():
+    want = find_camera("Nikon D750", 6400)
+    for name in ("nikon d750", "  NIKON   D750 ", "Nikon-D750", "D750"):
+        assert find_camera(name, 6400) == want
+    assert parse_noise('camera:"nikon d750"@6400').kind == "camera"
+    with pytest.raises(NoiseSpecError, match="did you mean: .*Canon EOS 5D Mark II"):
+        find_camera("canon 5d mark 2", 3200)
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    write_pairs(root, {k: dict(v) for k, v in THREE.items()})
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _train_args(tmp_path, *extra):
+    return ["--arch", "seed", "--out", tmp_path / "m.safetensors", "--steps", 5, "--device", "cpu", *extra]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no images in this folder"),
+    ("unmatched", "without a partner"),
+    ("sizes", "sizes differ (noisy 192x192, clean 100x192)"),
+    ("gray", "noisy is colour, clean is grayscale"),
+    ("corrupt", "broken"),
+])
+def test_bad_pairs_fail_before_training(tmp_path, folders, case, message):
+    nd, cd = _copy(folders / "noisy", tmp_path / "n"), _copy(folders / "clean", tmp_path / "c")
+    if case == "empty":
+        for f in nd.iterdir():
+            f.unlink()
+    elif case == "unmatched":
+        (nd / "coffee.png").rename(nd / "coffee2.png")
+    elif case == "sizes":
+        Image.open(cd / "chelsea.png").crop((0, 0, 100, 192)).save(cd / "chelsea.png")
+    elif case == "gray":
+        Image.open(cd / "chelsea.png").convert("L").save(cd / "chelsea.png")
+    elif case == "corrupt":
+        (nd / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        (cd / "broken.png").write_bytes((cd / "coffee.png").read_bytes())
+    r = _invoke(train_main, ["--noisy", nd, "--clean", cd, *_train_args(tmp_path)])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--noise", 'camera:"Nikon D75"@3200'], "did you mean: Nikon D5, Nikon D50, Nikon D750"),
+    (["--noise", "gaussian:25", "--patch", 256], "smaller than the 256x256 patch"),
+    (["--noise", "gaussian:25", "--patch", 60], "--patch 60 must be a multiple of 8"),
+    (["--noise", "salt"], "unknown noise spec 'salt'"),
+    (["--noise", "gaussian:25", "--resume"], "no training state"),
+    (["--noise", "gaussian:25", "--arch-args", '{"depth": 3}'], "do not fit 'seed'"),
+    ([], "give --noisy DIR to train on pairs, or --noise SPEC"),
+])
+def test_bad_synthetic_input_fails_before_training(tmp_path, folders, args, message):
+    if "--patch" in args and 60 in args:
+        args = [*args, "--arch", "fast"]
+    r = _invoke(train_main, ["--clean", folders / "clean", *_train_args(tmp_path), *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+
+
+def test_noise_with_pairs_is_a_usage_error(tmp_path, folders):
+    r = _invoke(train_main, ["--noisy", folders / "noisy", "--clean", folders / "clean", "--noise", "mix",
+                             *_train_args(tmp_path)])
+    assert r.exit_code == 2 and "--noise is for training from --clean photos alone" in r.output
+
+
+def test_corrupt_clean_photo_in_synthetic_mode(tmp_path, folders):
+    cd = _copy(folders / "clean", tmp_path / "c")
+    (cd / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = _invoke(train_main, ["--clean", cd, "--noise", "gaussian:10", *_train_args(tmp_path)])
+    assert r.exit_code == 2 and "1 file(s) cannot be read" in r.output and "bad.jpg" in r.output
+
+
+def test_list_cameras():
+    r = _invoke(train_main, ["--list-cameras"])
+    assert r.exit_code == 0 and "Nikon D750" in r.output.splitlines()
+
+
+# --------------------------------------------------------------------------- denoise-eval
+def test_eval_prints_per_image_and_mean_and_writes_comparisons(tmp_path, folders):
+    ckpt = tmp_path / "seed.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(ckpt, create_model("seed"), {"noise": "none"})
+    r = _invoke(eval_main, ["--noisy", folders / "noisy", "--clean", folders / "clean", "--model", ckpt,
+                            "--compare-dir", tmp_path / "cmp", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()[1:]}
+    assert set(rows) == {"astronaut", "coffee", "chelsea", "mean"}
+    noisy_psnr = [float(v[0]) for k, v in rows.items() if k != "mean"]
+    assert float(rows["mean"][0]) == pytest.approx(np.mean(noisy_psnr), abs=0.01)
+    assert 20 < min(noisy_psnr) and max(noisy_psnr) < 45
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == ["astronaut.png", "chelsea.png", "coffee.png"]
+    r = _invoke(eval_main, ["--noisy", folders / "noisy", "--clean", folders / "clean", "--model", "nope"])
+    assert r.exit_code == 2 and "unknown model 'nope'" in r.output
+
+
+def test_banded_metrics_equal_whole_image_metrics():
+    rng = np.random.default_rng(0)
+    a = rng.random((70, 50, 3), dtype=np.float32)
+    b = np.clip(a + rng.normal(0, 0.1, a.shape).astype(np.float32), 0, 1)
+    p, s = image_metrics(a, b, band=16)
+    t = [torch.from_numpy(x).permute(2, 0, 1)[None] for x in (a, b)]
+    assert p == pytest.approx(psnr(a, b), abs=1e-4)
+    assert s == pytest.approx(ssim(*t), abs=1e-6)
