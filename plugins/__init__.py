@@ -1,0 +1,1 @@
+"""Host plugin files shipped as package data; `denoise-plugin install HOST` copies them out."""
