@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is renamed to `path`, on error removed."""
@@ -16,6 +22,11 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
                                dir=dest.parent if str(dest.parent) else ".")
     os.close(fd)
     tmp_path = Path(tmp)
+    try:  # mkstemp makes 0600 files; give the result the mode a plain open() would (or the old file's)
+        mode = dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~_umask()
+        os.chmod(tmp_path, mode)
+    except OSError:
+        pass
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

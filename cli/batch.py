@@ -1,0 +1,210 @@
+"""`denoise-batch`: denoise files, folders and globs into an output folder.
+
+Reporting follows black's Report: one line per failed or skipped item on stderr, a summary at the
+end, exit 0 when every item succeeded (skips included), 1 when any failed, 2 for bad usage. With
+--json, stdout carries one JSON object per line (start, progress, result, summary): the machine
+interface for scripts and host plugins. Inputs are never modified and every output is written
+atomically, so an interrupted or failed item leaves nothing behind.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from denoise_core.api import Denoiser, ModelNotFoundError
+from denoise_core.checkpoint import CheckpointError
+from denoise_core.device import DEVICES
+from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWriteError, Photo,
+                                  read_image, write_image)
+
+_FORMAT_EXT = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp"}
+
+
+@dataclass
+class Report:
+    json_mode: bool = False
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def emit(self, **event) -> None:
+        if self.json_mode:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+
+    def done(self, src: str, dst: Path, seconds: float) -> None:
+        self.ok += 1
+        self.emit(event="result", file=src, output=str(dst), status="ok", seconds=round(seconds, 3))
+
+    def skip(self, src: str, reason: str) -> None:
+        self.skipped += 1
+        click.echo(f"skipped {src}: {reason}", err=True)
+        self.emit(event="result", file=src, status="skipped", message=reason)
+
+    def fail(self, src: str, reason: str) -> None:
+        self.failed += 1
+        self.failures.append(src)
+        click.echo(f"error: {src}: {reason}", err=True)
+        self.emit(event="result", file=src, status="error", message=reason)
+
+    @property
+    def return_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def __str__(self) -> str:
+        parts = [f"{self.ok} file{'s' if self.ok != 1 else ''} denoised"]
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        return ", ".join(parts) + "."
+
+
+def expand_inputs(inputs: tuple[str, ...], report: Report) -> list[Path]:
+    """Files as given, folders' supported images (sorted, not recursive), globs expanded."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_EXTENSIONS)
+        elif p.exists() or not glob.has_magic(item):
+            found.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item))
+            if not matches:
+                report.fail(item, "pattern matches no files")
+            found += [m for m in matches if m.is_file()]
+    seen, unique = set(), []
+    for p in found:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        k, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not K/N (e.g. 0/4)") from None
+    if n < 1 or not 0 <= k < n:
+        raise click.BadParameter(f"{value!r}: need N >= 1 and 0 <= K < N")
+    return k, n
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (created if missing); each result keeps its input's file name.")
+@click.option("--model", default="default", show_default=True,
+              help="Shipped model name (default, unet, fast, seed) or a checkpoint file.")
+@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+              help="0 leaves the input untouched, 1 is full denoising.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--tile", type=click.IntRange(16, None), default=512, show_default=True,
+              help="Tile size in pixels; memory grows with it, not with the image.")
+@click.option("--overlap", type=click.IntRange(0, None), default=None,
+              help="Context around each tile [default: the model's receptive field, exact].")
+@click.option("--format", "out_format", type=click.Choice(sorted(_FORMAT_EXT)), default=None,
+              help="Write this format instead of the input's.")
+@click.option("--quality", type=click.IntRange(1, 100), default=None, help="JPEG/WebP quality.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise they are skipped).")
+@click.option("--shard", default=None, metavar="K/N", help="Take every N-th file starting at K (0-based).")
+@click.option("--json", "json_mode", is_flag=True, help="One JSON object per line on stdout.")
+def main(inputs, outdir: Path, model, strength, device, tile, overlap, out_format, quality, overwrite,
+         shard, json_mode) -> None:
+    """Denoise photos (files, folders or globs) into OUTPUT."""
+    report = Report(json_mode=json_mode)
+    shard_kn = parse_shard(shard)
+    files = expand_inputs(inputs, report)
+    if shard_kn:
+        k, n = shard_kn
+        files = files[k::n]
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        click.echo(f"error: cannot create output folder {outdir}: {e.strerror or e}", err=True)
+        sys.exit(1)
+    if not os.access(outdir, os.W_OK | os.X_OK):
+        click.echo(f"error: output folder {outdir} is not writable", err=True)
+        sys.exit(1)
+    try:
+        dn = Denoiser(model, device=device, tile=tile, overlap=overlap)
+    except (ModelNotFoundError, CheckpointError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    report.emit(event="start", total=len(files), model=str(dn.path), arch=dn.arch, device=str(dn.device))
+    bar = None
+    if not json_mode and sys.stderr.isatty() and files:
+        from tqdm import tqdm
+        bar = tqdm(total=len(files), unit="photo", file=sys.stderr, dynamic_ncols=True)
+    claimed: dict[str, str] = {}
+    inputs_real = {os.path.realpath(f) for f in files}
+    try:
+        for src in files:
+            name = src.name if out_format is None else src.stem + _FORMAT_EXT[out_format]
+            dst = outdir / name
+            if bar:
+                bar.set_postfix_str(src.name)
+            _process(dn, src, dst, report, claimed, inputs_real, strength=strength, out_format=out_format,
+                     quality=quality, overwrite=overwrite)
+            if bar:
+                bar.update(1)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        click.echo(f"interrupted: {report}", err=True)
+        sys.exit(130)
+    if bar:
+        bar.close()
+    report.emit(event="summary", ok=report.ok, skipped=report.skipped, failed=report.failed)
+    click.echo(str(report), err=True)
+    sys.exit(report.return_code)
+
+
+def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[str, str],
+             inputs_real: set[str], *, strength: float, out_format: str | None, quality: int | None,
+             overwrite: bool) -> None:
+    s = str(src)
+    real_dst = os.path.realpath(dst)
+    if real_dst in inputs_real:
+        report.fail(s, f"output {dst} is an input file; choose another output folder")
+        return
+    if real_dst in claimed:
+        report.fail(s, f"output {dst} is also the output of {claimed[real_dst]} (same file name)")
+        return
+    claimed[real_dst] = s
+    if dst.exists() and not overwrite:
+        report.skip(s, f"output {dst} exists (use --overwrite to replace it)")
+        return
+    t0 = time.perf_counter()
+    try:
+        photo = read_image(src)
+        pixels = dn.denoise(photo.pixels, strength=strength,
+                            progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
+        result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
+                       exif=photo.exif, info=photo.info)
+        write_image(dst, result, format=out_format, quality=quality)
+    except ImageReadError as e:
+        report.fail(s, e.reason)
+    except ImageWriteError as e:
+        report.fail(s, f"cannot write {e.path}: {e.reason}")
+    except (ValueError, MemoryError, RuntimeError) as e:
+        report.fail(s, str(e) or type(e).__name__)
+    else:
+        report.done(s, dst, time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()

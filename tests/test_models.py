@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from denoise_core.models import UnknownModelError, create_model, list_models
+
+
+def test_registry_lists_architectures():
+    assert {"seed", "unet", "fast"} <= set(list_models())
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(UnknownModelError) as e:
+        create_model("resnet9000")
+    msg = str(e.value)
+    assert "resnet9000" in msg and "seed" in msg and "unet" in msg and "fast" in msg
+
+
+def test_seed_is_the_original_three_layer_net():
+    m = create_model("seed")
+    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    relus = [l for l in m.modules() if isinstance(l, torch.nn.ReLU)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (3, 32, (3, 3), (1, 1)), (32, 32, (3, 3), (1, 1)), (32, 3, (3, 3), (1, 1))]
+    assert len(relus) == 2
+    assert sum(p.numel() for p in m.parameters()) == 11011
+    x = torch.rand(1, 3, 17, 23)
+    assert m(x).shape == x.shape  # same padding, any size
+
+
+@pytest.mark.parametrize("name", ["unet", "fast"])
+def test_unet_shapes_and_identity_at_init(name):
+    m = create_model(name).eval()
+    assert m.size_multiple == 8
+    x = torch.rand(2, 3, 64, 48)
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == x.shape
+    assert torch.equal(y, x)  # zero-initialised head: an untrained net passes the input through
+
+
+def test_arch_args_are_recorded():
+    m = create_model("unet", widths=(8, 16, 32))
+    assert m.arch_name == "unet" and m.arch_args == {"widths": (8, 16, 32)}
