@@ -19,3 +19,18 @@ def photo_rgb() -> np.ndarray:
 def photo_coffee() -> np.ndarray:
     from skimage import data
     return np.ascontiguousarray(data.coffee()[50:306, 150:406])
+
+
+def pytest_runtest_makereport(item, call):
+    """In CI (DENOISE_REQUIRE_HOSTS=1) a host end-to-end test that skips is a failure: CI installs
+    Krita and the GIMP chroot, so a skip there means the plugin went untested."""
+    import os
+
+    from _pytest.runner import pytest_runtest_makereport as make
+
+    report = make(item, call)
+    if (os.environ.get("DENOISE_REQUIRE_HOSTS") == "1" and report.skipped
+            and any(h in item.nodeid for h in ("test_krita_e2e", "test_gimp_e2e"))):
+        report.outcome = "failed"
+        report.longrepr = f"host test skipped in CI: {call.excinfo.value if call.excinfo else ''}"
+    return report
