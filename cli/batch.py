@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from denoise_core.api import Denoiser, ModelNotFoundError
+from denoise_core.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWriteError, Photo,
@@ -112,7 +112,7 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="0 leaves the input untouched, 1 is full denoising.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--tile", type=click.IntRange(16, None), default=512, show_default=True,
+@click.option("--tile", type=click.IntRange(16, None), default=DEFAULT_TILE, show_default=True,
               help="Tile size in pixels; memory grows with it, not with the image.")
 @click.option("--overlap", type=click.IntRange(0, None), default=None,
               help="Context around each tile [default: the model's receptive field, exact].")

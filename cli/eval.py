@@ -16,7 +16,7 @@ import click
 import numpy as np
 import torch
 
-from denoise_core.api import Denoiser, ModelNotFoundError
+from denoise_core.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES
 from denoise_core.metrics import ssim
@@ -61,7 +61,7 @@ def _center_crop(a: np.ndarray, size: int = 1024) -> np.ndarray:
 @click.option("--compare-dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write noisy | denoised | clean comparison PNGs here.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--tile", type=click.IntRange(64), default=512, show_default=True)
+@click.option("--tile", type=click.IntRange(64), default=DEFAULT_TILE, show_default=True)
 @click.option("--max-shift", type=click.IntRange(0), default=PairCheck.max_shift, show_default=True,
               help="Largest misalignment (px) of a pair that is cropped away instead of rejected.")
 def main(noisy, clean, model, compare_dir, device, tile, max_shift) -> None:

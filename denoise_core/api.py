@@ -25,6 +25,7 @@ from .models import list_models
 from .tiler import make_grid, read_window
 
 DEFAULT_MODEL = "unet"
+DEFAULT_TILE = 1024  # a model call sees (tile + 2 * overlap)^2 pixels: ~300 MB for `unet` on the CPU
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
@@ -73,7 +74,7 @@ def resolve_model(model: str | os.PathLike) -> Path:
 
 class Denoiser:
     def __init__(self, model: str | os.PathLike = "default", *, device: str = "auto",
-                 tile: int = 512, overlap: int | None = None) -> None:
+                 tile: int = DEFAULT_TILE, overlap: int | None = None) -> None:
         self.path = resolve_model(model)
         ckpt = load_checkpoint(self.path)
         self.card = ckpt.card
@@ -169,5 +170,5 @@ def load_denoiser(model: str | os.PathLike = "default", **kwargs) -> Denoiser:
     return Denoiser(model, **kwargs)
 
 
-__all__ = ["Cancelled", "CheckpointError", "Denoiser", "ModelNotFoundError", "DEFAULT_MODEL",
+__all__ = ["Cancelled", "CheckpointError", "Denoiser", "ModelNotFoundError", "DEFAULT_MODEL", "DEFAULT_TILE",
            "load_denoiser", "resolve_model", "shipped_models", "weights_dir"]

@@ -3,7 +3,7 @@
 Protocol (the plugins' side is plugins/common/denoise_client.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
              "output": "out.raw", "transfer": "srgb" | "linear", "model": "default" | name | path,
-             "strength": 0..1, "device": "auto", "tile": 512}
+             "strength": 0..1, "device": "auto", "tile": 1024}
   in.raw    float32 little-endian, interleaved H x W x channels; 2 and 4 channels carry alpha last,
             which is copied to the output untouched. "linear" pixels are encoded to sRGB for the
             model (it was trained on sRGB) and decoded back.
@@ -37,7 +37,7 @@ def _srgb_decode(x: np.ndarray) -> np.ndarray:
 
 
 def run_job(job_path: Path) -> None:
-    from .api import Denoiser
+    from .api import DEFAULT_TILE, Denoiser
     from .atomic import atomic_write_bytes
 
     job = json.loads(job_path.read_text())
@@ -57,7 +57,7 @@ def run_job(job_path: Path) -> None:
     linear = job.get("transfer", "srgb") == "linear"
     if linear:
         colour = _srgb_encode(colour)
-    dn = Denoiser(job.get("model", "default"), device=job.get("device", "auto"), tile=int(job.get("tile", 512)))
+    dn = Denoiser(job.get("model", "default"), device=job.get("device", "auto"), tile=int(job.get("tile", DEFAULT_TILE)))
     _emit(event="start", model=str(dn.path), arch=dn.arch, device=str(dn.device))
     out = dn.denoise(np.ascontiguousarray(colour, dtype=np.float32), strength=float(job.get("strength", 1.0)),
                      progress=lambda done, total: _emit(event="progress", done=done, total=total))

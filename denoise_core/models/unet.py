@@ -75,10 +75,11 @@ class UNet(nn.Module):
         self.shuffle = nn.PixelShuffle(2)
         nn.init.zeros_(self.outro.weight)
         nn.init.zeros_(self.outro.bias)
-        depth = 2 * (1 + enc_blocks[0] + dec_blocks[1]) + 1
-        depth += 2 * 2 * (enc_blocks[1] + dec_blocks[0]) + 2
-        depth += 2 * 4 * mid_blocks + 4
-        self.receptive_radius = 2 * depth + 8
+        # context each output pixel depends on, in full-resolution pixels: 3x3 convs at 1/2, 1/4
+        # and 1/8 scale add 2, 4 and 8 px each, the two 2x2 downsamplers 2 and 4, plus 8 px of
+        # pixel-shuffle alignment slack (measured: 78 px for `unet`, 46 for `fast`)
+        self.receptive_radius = (2 * (2 + 2 * enc_blocks[0] + 2 * dec_blocks[1])
+                                 + 4 * 2 * (enc_blocks[1] + dec_blocks[0]) + 8 * 2 * mid_blocks + 6 + 8)
 
     size_multiple = 8
 
