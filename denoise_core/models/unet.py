@@ -60,6 +60,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         w1, w2, w3 = widths
+        enc_blocks, dec_blocks = tuple(enc_blocks), tuple(dec_blocks)  # JSON metadata gives lists
         self.unshuffle = nn.PixelUnshuffle(2)
         self.intro = nn.Conv2d(in_channels * 4, w1, 3, padding=1)
         self.enc1 = _stage(w1, enc_blocks[0])
@@ -92,37 +93,16 @@ class UNet(nn.Module):
         return x - self.shuffle(self.outro(y))
 
 
-@register_model
-def unet(
-    *,
-    in_channels: int = 3,
-    widths: tuple[int, int, int] = (32, 64, 128),
-    enc_blocks: tuple[int, int] = (1, 2),
-    mid_blocks: int = 2,
-    dec_blocks: tuple[int, int] = (2, 1),
-) -> UNet:
-    return UNet(
-        in_channels=in_channels,
-        widths=tuple(widths),
-        enc_blocks=tuple(enc_blocks),
-        mid_blocks=mid_blocks,
-        dec_blocks=tuple(dec_blocks),
-    )
+_FAST = {"widths": (16, 32, 64), "enc_blocks": (1, 1), "mid_blocks": 1, "dec_blocks": (1, 1)}
 
 
 @register_model
-def fast(
-    *,
-    in_channels: int = 3,
-    widths: tuple[int, int, int] = (16, 32, 64),
-    enc_blocks: tuple[int, int] = (1, 1),
-    mid_blocks: int = 1,
-    dec_blocks: tuple[int, int] = (1, 1),
-) -> UNet:
-    return UNet(
-        in_channels=in_channels,
-        widths=tuple(widths),
-        enc_blocks=tuple(enc_blocks),
-        mid_blocks=mid_blocks,
-        dec_blocks=tuple(dec_blocks),
-    )
+def unet(**kwargs) -> UNet:
+    """Default: widths 32/64/128, about 1.0 M parameters."""
+    return UNet(**kwargs)
+
+
+@register_model
+def fast(**kwargs) -> UNet:
+    """Preview model: a quarter of the channels, one block per stage, about 0.14 M parameters."""
+    return UNet(**{**_FAST, **kwargs})
