@@ -3,7 +3,7 @@ with synthetic noise (for example your camera's darktable noise profile).
 
     denoise-train --noisy high_iso/ --clean base_iso/ --arch unet --out mine.safetensors --steps 20000
     denoise-train --clean photos/ --noise 'camera:"Nikon D750"@12800' --out d750.safetensors
-    torchrun --nproc_per_node 4 -m cli.train ...same options...   (DistributedDataParallel)
+    torchrun --nproc_per_node 4 -m denoise_cli.train ...same options...   (DistributedDataParallel)
 
 All input problems are reported before training starts. Exit status: 0 done, 1 training failed,
 2 bad usage or input, 130 interrupted (continue with --resume).
