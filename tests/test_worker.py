@@ -1,0 +1,61 @@
+"""The plugins' worker protocol, through the shared stdlib client, as a real subprocess."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugins" / "common"))
+import denoise_client as dc  # noqa: E402
+
+
+def call(img, **kw):
+    h, w, c = img.shape
+    out = dc.run_denoise(img.astype("<f4").tobytes(), w, h, c, python=sys.executable, pythonpath=str(ROOT), **kw)
+    return np.frombuffer(out, "<f4").reshape(h, w, c)
+
+
+@pytest.mark.parametrize("channels,transfer", [(4, "srgb"), (4, "linear"), (2, "srgb"), (3, "srgb")])
+def test_alpha_untouched_and_pixels_denoised(photo_rgb, channels, transfer):
+    rng = np.random.default_rng(0)
+    clean = photo_rgb[:96, :128].astype(np.float32) / 255
+    if channels in (1, 2):
+        clean = clean[..., 1:2]
+    noisy = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
+    if transfer == "linear":
+        noisy_in = np.where(noisy <= 0.04045, noisy / 12.92, ((noisy + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    else:
+        noisy_in = noisy
+    alpha = rng.random((96, 128, 1)).astype(np.float32)
+    img = np.concatenate([noisy_in, alpha], axis=2) if channels in (2, 4) else noisy_in
+    seen = []
+    out = call(img, model="seed", transfer=transfer, on_progress=seen.append)
+    if channels in (2, 4):
+        assert np.array_equal(out[..., -1], img[..., -1])
+    colour = out[..., : (1 if channels <= 2 else 3)]
+    if transfer == "linear":
+        colour = np.where(colour <= 0.0031308, colour * 12.92, 1.055 * np.clip(colour, 0, None) ** (1 / 2.4) - 0.055)
+    err_in = np.mean((noisy - clean) ** 2)
+    err_out = np.mean((colour - clean) ** 2)
+    assert err_out < err_in / 2
+    assert seen and seen[-1] == 1.0
+
+
+def test_missing_model_is_a_readable_error():
+    with pytest.raises(dc.WorkerError) as e:
+        call(np.zeros((8, 8, 4), np.float32), model="/nowhere/model.safetensors")
+    assert "/nowhere/model.safetensors" in str(e.value) and "not found" in str(e.value)
+
+
+def test_missing_interpreter_and_config(tmp_path):
+    with pytest.raises(dc.WorkerError, match="no longer exists"):
+        dc.run_denoise(b"\0" * 16, 1, 1, 4, python=str(tmp_path / "python9"))
+    with pytest.raises(dc.WorkerError, match="missing"):
+        dc.load_config(str(tmp_path))
+
+
+def test_cancel_terminates_the_worker():
+    img = np.zeros((64, 64, 3), np.float32)
+    with pytest.raises(dc.Cancelled):
+        call(img, model="seed", is_cancelled=lambda: True)
