@@ -1,0 +1,66 @@
+"""Write weights/<name>.md, the card of each shipped weight file, from its checkpoint metadata and,
+when given, a bench/quality.py JSON result (`--quality results.json`)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from denoise_core.api import shipped_models
+from denoise_core.checkpoint import load_checkpoint
+
+NOISE_TEXT = {
+    "mix": "per patch: 45% camera noise (a random darktable profile of 374 camera models at ISO "
+           "1600-25600, exposure pushed 0-2 EV, random white balance and colour matrix, through "
+           "unprocessing: sRGB -> linear -> Bayer mosaic -> Poisson-Gaussian -> bilinear demosaic of "
+           "the noise -> sRGB), 40% Gaussian with sigma uniform in 0-55, 10% Poisson-Gaussian in "
+           "linear light, 5% no noise; all clipped and quantized to 8 bits",
+}
+
+
+def card(name: str, path: Path, quality: dict | None) -> str:
+    ck = load_checkpoint(path)
+    net = ck.build()
+    params = sum(p.numel() for p in net.parameters())
+    c = ck.card
+    noise = c.get("noise", "?")
+    lines = [
+        f"# `{name}` weights",
+        "",
+        f"- file: `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, sha256 `{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}…`",
+        f"- architecture: `{ck.arch}` {json.dumps(ck.arch_args) if ck.arch_args else '(default arguments)'}, "
+        f"{params:,} parameters, input sides padded to a multiple of {getattr(net, 'size_multiple', 1)}, "
+        f"receptive radius {getattr(net, 'receptive_radius', '?')} px",
+        f"- data: {c.get('data', '?')}",
+        f"- noise: `{noise}` — {NOISE_TEXT.get(noise, noise)}",
+        f"- training: {c.get('steps', '?')} steps, batch {c.get('batch', '?')} of {c.get('patch', '?')}x{c.get('patch', '?')} "
+        f"patches with flips/rotations, {str(c.get('loss', '?')).upper()} loss, Adam with warm-up and cosine decay, "
+        f"gradient clipping 1.0, CPU only ({c.get('trained_with', 'scripts/train_shipped.py')})",
+        f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
+        f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each held-out photo)",
+    ]
+    if quality:
+        rows = [r for r in quality.get("rows", []) if r.get("method") == name]
+        if rows:
+            lines += ["", "## Measured on held-out photos (`bench/quality.py`)", "",
+                      "| noise | noisy PSNR | PSNR | SSIM |", "| --- | --- | --- | --- |"]
+            for r in rows:
+                lines.append(f"| {r['condition']} | {r.get('noisy_psnr', float('nan')):.2f} | "
+                             f"{r['psnr']:.2f} | {r.get('ssim', float('nan')):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quality", type=Path)
+    a = ap.parse_args()
+    q = json.loads(a.quality.read_text()) if a.quality else None
+    for name, path in shipped_models().items():
+        out = path.with_suffix(".md")
+        out.write_text(card(name, path, q))
+        print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
