@@ -1,0 +1,488 @@
+"""Quality benchmark of issue 4: our models against FFDNet and CBM3D on the held-out photos.
+
+The validation photos (`denoise_core.photos.VALIDATION`: never trained on, 2x box-downscaled) are
+cut into crops (default: 2 per photo, up to 512x512). Each crop gets
+
+- Gaussian noise, sigma 15, 25 and 50 (0-255 scale);
+- camera noise: darktable noise profiles through the unprocessing pipeline of
+  `denoise_core.noise` for several cameras (default: Canon EOS 5D Mark III, Nikon D750,
+  Sony ILCE-7M3, Panasonic DC-G9), ISO log-uniform in 6400-25600, exposure pushed 0-2 EV,
+  random white balance and colour matrix;
+
+every noisy input clipped and quantized to 8 bits, as a saved PNG is, all drawn from fixed seeds.
+Our models are blind (never told the noise) and run through `Denoiser.denoise` on the uint8 input
+(uint8 out). FFDNet is told the true sigma on Gaussian noise; on camera noise its sigma is chosen
+per image by an oracle, the best PSNR over a grid. CBM3D is told the true sigma (camera noise: only
+with --cbm3d-camera, at FFDNet's oracle sigma). Baseline outputs are clipped and rounded to 8 bits
+like ours. Throughput (MP/s) is timed on the Gaussian runs (one call per image; the oracle search
+is not timed).
+
+    .venv/bin/python bench/quality.py --photos /work/data/prepared          # the full run
+    .venv/bin/python bench/quality.py --quick --no-cbm3d                    # a quick look
+
+Prints Markdown tables (results, per camera, targets met or missed and by how much) and writes
+`quality.md`, `quality.json`, the quality-vs-speed plot `quality_speed.png` and comparison crops
+`crops_*.png` (noisy | ours | FFDNet | CBM3D | clean) into --out (default docs/bench).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from baselines import CBM3D, FFDNet, INSTALL_HINT, try_load  # noqa: E402
+
+from denoise_core.api import DEFAULT_MODEL, Denoiser, shipped_models  # noqa: E402
+from denoise_core.metrics import psnr, ssim  # noqa: E402
+from denoise_core.noise import NoiseSpec, apply_noise, find_camera  # noqa: E402
+from denoise_core.photos import VALIDATION, download_packages, prepare  # noqa: E402
+
+DEFAULT_PHOTOS = Path(os.environ.get("DENOISE_PHOTOS", "~/.cache/denoise-cnn/photos")).expanduser()
+CAMERAS = ("Canon EOS 5D Mark III", "Nikon D750", "Sony ILCE-7M3", "Panasonic DC-G9")
+SIGMAS = (15, 25, 50)
+ISO_RANGE = (6400, 25600)
+EV_RANGE = (0.0, 2.0)
+ORACLE_GRID = (5, 7.5, 10, 12.5, 15, 17.5, 20, 25, 30, 35, 40, 50, 60, 75)
+CROP_POSITIONS = ((0.5, 0.5), (0.2, 0.2), (0.8, 0.8), (0.2, 0.8), (0.8, 0.2))
+
+
+# --------------------------------------------------------------------------- data
+def ensure_photos(folder: Path) -> Path:
+    """The prepared validation photos; downloaded (apt-get download) and prepared if missing."""
+    missing = [n for n in VALIDATION if not (folder / f"{n}.png").is_file()]
+    if missing:
+        print(f"{folder}: {len(missing)} validation photos missing; fetching the Debian photo packages "
+              "(apt-get download, no root needed) and preparing them ...", file=sys.stderr, flush=True)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                root = download_packages(tmp)
+                prepare(root, folder)
+        except Exception as e:  # noqa: BLE001
+            sys.exit(f"could not build {folder}: {e}\n(apt-get download needs package lists: "
+                     "run `apt-get update` first, or pass --photos DIR with prepared photos)")
+    return folder
+
+
+def crops_of(img: np.ndarray, size: int, n: int) -> list[tuple[int, int, np.ndarray]]:
+    h, w, _ = img.shape
+    s = min(size, h, w) // 2 * 2
+    out = []
+    for fy, fx in CROP_POSITIONS[:n]:
+        y, x = int(round(fy * (h - s))), int(round(fx * (w - s)))
+        out.append((y, x, np.ascontiguousarray(img[y:y + s, x:x + s])))
+    return out
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32("|".join(map(str, parts)).encode())
+
+
+def to_t(a: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) array (uint8 or float 0-1) -> (1, 3, H, W) float32."""
+    a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+
+
+def to_u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def make_noisy(clean_u8: np.ndarray, cond: dict, seed: int) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    x = to_t(clean_u8)
+    if cond["kind"] == "gaussian":
+        spec = NoiseSpec(kind="gaussian", sigma=(cond["sigma"],) * 2)
+    else:
+        spec = NoiseSpec(kind="camera", camera=cond["camera"], iso=cond["iso"], ev=(cond["ev"],) * 2)
+    y = apply_noise(x, spec, gen)  # clipped and quantized to 8 bits
+    return to_u8(y[0].permute(1, 2, 0).numpy())
+
+
+# --------------------------------------------------------------------------- run
+def score(out_u8: np.ndarray, clean_t: torch.Tensor) -> tuple[float, float]:
+    o = to_t(out_u8)
+    return psnr(o, clean_t), ssim(o, clean_t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS,
+                    help=f"folder of prepared photos (<name>.png); built if missing (default {DEFAULT_PHOTOS}, or $DENOISE_PHOTOS)")
+    ap.add_argument("--models", default="shipped",
+                    help="our models: shipped names and/or checkpoint paths, comma-separated (default: every shipped model)")
+    ap.add_argument("--crops", type=int, default=2, help="crops per photo (1-5, default 2)")
+    ap.add_argument("--size", type=int, default=512, help="crop side, at most (default 512)")
+    ap.add_argument("--max-photos", type=int, default=0, help="use only the first N validation photos")
+    ap.add_argument("--sigmas", default=",".join(map(str, SIGMAS)), help="Gaussian sigmas (default 15,25,50)")
+    ap.add_argument("--cameras", default=";".join(CAMERAS), help="cameras, ';'-separated ('' for none)")
+    ap.add_argument("--no-cbm3d", action="store_true", help="skip CBM3D (about 27 s per 512x512 crop on 2 cores)")
+    ap.add_argument("--cbm3d-camera", action="store_true", help="also run CBM3D on camera noise, at FFDNet's oracle sigma")
+    ap.add_argument("--quick", action="store_true", help="2 photos, 1 crop of 256 px, 2 cameras")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench", help="where plots, crops and results go")
+    ap.add_argument("--save-inputs", type=Path, help="also save every noisy input as an 8-bit PNG here")
+    ap.add_argument("--tile", type=int, default=0, help="tile size for our models (default: the Denoiser's)")
+    ap.add_argument("--speed", type=Path, metavar="JSON",
+                    help="throughput from `bench/speed.py --json FILE` (full-size images) for the plot and the "
+                         "speed target, instead of the throughput timed on the crops")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.max_photos, args.crops, args.size = args.max_photos or 2, 1, min(args.size, 256)
+        if args.cameras == ";".join(CAMERAS):
+            args.cameras = ";".join(CAMERAS[:2])
+    torch.manual_seed(0)
+
+    # methods
+    if args.models == "shipped":
+        names = sorted(shipped_models(), key=lambda n: (n == "seed", n != DEFAULT_MODEL, n))
+    else:
+        names = [m.strip() for m in args.models.split(",") if m.strip()]
+    ours = {}
+    for n in names:
+        dn = Denoiser(n, device="cpu", **({"tile": args.tile} if args.tile else {}))
+        label = n if n in shipped_models() else Path(n).stem
+        ours[label] = dn
+    if not ours:
+        sys.exit("no models to measure (no shipped weights found and no --models given)")
+    main_model = DEFAULT_MODEL if DEFAULT_MODEL in ours else next(iter(ours))
+    ffd = try_load(FFDNet, warn=lambda m: print(m, file=sys.stderr))
+    cbm = None if args.no_cbm3d else try_load(CBM3D, warn=lambda m: print(m, file=sys.stderr))
+
+    conds = [{"name": f"σ={s:g}", "kind": "gaussian", "sigma": float(s)}
+             for s in (float(v) for v in args.sigmas.split(",") if v.strip())]
+    cameras = [c.strip() for c in args.cameras.split(";") if c.strip()]
+    for c in cameras:
+        find_camera(c, ISO_RANGE[0]), find_camera(c, ISO_RANGE[1])  # validate names and ISO range early
+
+    photos_dir = ensure_photos(args.photos.expanduser())
+    photo_names = VALIDATION[:args.max_photos] if args.max_photos else VALIDATION
+    items = []  # (photo, crop index, y, x, clean uint8)
+    for name in photo_names:
+        img = np.asarray(Image.open(photos_dir / f"{name}.png").convert("RGB"))
+        for k, (y, x, c) in enumerate(crops_of(img, args.size, args.crops)):
+            items.append((name, k, y, x, c))
+    if args.save_inputs:
+        args.save_inputs.mkdir(parents=True, exist_ok=True)
+
+    res: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))  # method -> cond -> [(psnr, ssim)]
+    timing: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # method -> [seconds, MP]
+    oracle_sigmas: dict[str, list[float]] = defaultdict(list)
+    per_image = []
+    figure_keys = {}
+    figs = {}
+    t_start = time.perf_counter()
+    n_total = len(items) * (len(conds) + len(cameras))
+    n_done = 0
+
+    def timed(method, fn, mp, count):
+        t0 = time.perf_counter()
+        out = fn()
+        if count:
+            timing[method][0] += time.perf_counter() - t0
+            timing[method][1] += mp
+        return out
+
+    # warm-up, untimed: the first call of a model pays for oneDNN kernel selection
+    wu = items[0][4]
+    for dn in ours.values():
+        dn.denoise(wu)
+    if ffd is not None:
+        ffd(wu.astype(np.float32) / 255.0, 25.0)
+
+    for name, k, y, x, clean in items:
+        clean_t = to_t(clean)
+        mp = clean.shape[0] * clean.shape[1] / 1e6
+        item_conds = list(conds)
+        for cam in cameras:
+            rng = np.random.default_rng(_seed(name, k, cam))
+            iso = float(round(math.exp(rng.uniform(math.log(ISO_RANGE[0]), math.log(ISO_RANGE[1])))))
+            ev = float(round(rng.uniform(*EV_RANGE), 2))
+            item_conds.append({"name": f"camera: {cam}", "kind": "camera", "camera": cam, "iso": iso, "ev": ev})
+        for cond in item_conds:
+            noisy = make_noisy(clean, cond, _seed(name, k, cond["name"], cond.get("iso"), cond.get("ev")))
+            noisy_f = noisy.astype(np.float32) / 255.0
+            if args.save_inputs:
+                tag = cond["name"].replace("σ=", "sigma").replace("camera: ", "").replace(" ", "_")
+                Image.fromarray(noisy).save(args.save_inputs / f"{name}_{k}_{tag}.png")
+            gauss = cond["kind"] == "gaussian"
+            rec = {"photo": name, "crop": k, "y": y, "x": x, "size": clean.shape[0], **cond}
+            outs = {"noisy": noisy}
+            rec["noisy"] = score(noisy, clean_t)
+            for label, dn in ours.items():
+                out = timed(label, lambda: dn.denoise(noisy), mp, gauss)
+                outs[label] = out
+                rec[label] = score(out, clean_t)
+            sig_for_cbm = cond.get("sigma")
+            if ffd is not None:
+                if gauss:
+                    out = to_u8(timed("FFDNet", lambda: ffd(noisy_f, cond["sigma"]), mp, True))
+                    rec["FFDNet"] = score(out, clean_t)
+                else:
+                    best = None
+                    for s in ORACLE_GRID:
+                        o = to_u8(ffd(noisy_f, s))
+                        p = psnr(to_t(o), clean_t)
+                        if best is None or p > best[0]:
+                            best = (p, s, o)
+                    out = best[2]
+                    rec["FFDNet"] = score(out, clean_t)
+                    rec["FFDNet_sigma"] = best[1]
+                    oracle_sigmas[cond["name"]].append(best[1])
+                    sig_for_cbm = best[1]
+                outs["FFDNet"] = out
+            if cbm is not None and sig_for_cbm is not None and (gauss or args.cbm3d_camera):
+                out = to_u8(timed("CBM3D", lambda: cbm(noisy_f, sig_for_cbm), mp, gauss))
+                outs["CBM3D"] = out
+                rec["CBM3D"] = score(out, clean_t)
+            for m in ["noisy", *ours, "FFDNet", "CBM3D"]:
+                if m in rec:
+                    res[m][cond["name"]].append(rec[m])
+                    if cond["kind"] == "camera":
+                        res[m]["camera"].append(rec[m])
+            per_image.append(rec)
+            # comparison crops: the first crop of the first photo at sigma 25/50 and the first camera
+            fig_name = None
+            if (name, k) == (items[0][0], items[0][1]):
+                if gauss and cond["sigma"] in (25.0, 50.0):
+                    fig_name = f"sigma{cond['sigma']:g}"
+                elif not gauss and cond["camera"] == cameras[0]:
+                    fig_name = "camera"
+            if fig_name:
+                if "CBM3D" not in outs and cbm is not None and sig_for_cbm is not None:
+                    outs["CBM3D"] = to_u8(cbm(noisy_f, sig_for_cbm))  # for the picture only
+                    rec["CBM3D_picture_only"] = score(outs["CBM3D"], clean_t)
+                figs[fig_name] = (cond, outs, clean, rec)
+            n_done += 1
+            el = time.perf_counter() - t_start
+            print(f"[{n_done}/{n_total}] {name}#{k} {cond['name']}: "
+                  + ", ".join(f"{m} {rec[m][0]:.2f}" for m in ["noisy", *ours, "FFDNet", "CBM3D"] if m in rec)
+                  + f"  ({el:.0f} s, ~{el / n_done * (n_total - n_done):.0f} s left)", file=sys.stderr, flush=True)
+
+    # ----------------------------------------------------------------------- report
+    methods = [m for m in ["noisy", *ours, "FFDNet", "CBM3D"] if m in res]
+    cols = [c["name"] for c in conds] + (["camera"] if cameras else [])
+
+    def mean(m, c, i=0):
+        v = res[m].get(c)
+        return float(np.mean([t[i] for t in v])) if v else None
+
+    crop_mps = {m: (mp / s if s else None) for m, (s, mp) in timing.items()}
+    speed_note = f"Throughput (MP/s) is timed on the {args.size}-px crops"
+    speed_size = None
+    if args.speed:
+        full = speed_from_json(args.speed, {m: (ours[m].arch if m in ours else m) for m in methods})
+        if full:
+            speed_size = full.pop("_size")
+            speed_note = (f"Throughput (MP/s) from {args.speed} (`bench/speed.py`, {speed_size} images; CBM3D: "
+                          f"timed on the crops); on the crops it was "
+                          + ", ".join(f"{m} {v:.3g}" for m, v in crop_mps.items() if v))
+            crop_mps.update(full)
+        else:
+            print(f"note: no usable FFDNet row in {args.speed}; using the throughput timed on the crops", file=sys.stderr)
+
+    def mps(m):
+        return crop_mps.get(m)
+
+    crop_desc = f"{len(items)} crops ({len(photo_names)} photos x up to {args.crops}, up to {args.size}x{args.size})"
+    lines = [f"Validation: {crop_desc}; Gaussian {', '.join(c['name'] for c in conds)}; camera noise: "
+             f"{', '.join(cameras) or 'none'}, ISO {ISO_RANGE[0]}-{ISO_RANGE[1]}, +{EV_RANGE[0]:g}-{EV_RANGE[1]:g} EV; "
+             f"8-bit inputs. FFDNet on camera noise: oracle sigma from {{{', '.join(map(str, ORACLE_GRID))}}}.", "",
+             "Mean PSNR dB / SSIM:", "",
+             "| method | " + " | ".join(cols) + " | MP/s |",
+             "| --- | " + " | ".join("---:" for _ in cols) + " | ---: |"]
+    for m in methods:
+        cells = []
+        for c in cols:
+            p = mean(m, c)
+            cells.append("—" if p is None else f"{p:.2f} / {mean(m, c, 1):.3f}")
+        sp = mps(m)
+        label = {"FFDNet": "FFDNet (true σ; camera: oracle σ)", "CBM3D": "CBM3D (true σ)",
+                 "noisy": "noisy input"}.get(m, f"{m} (ours, blind)")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'—' if sp is None else f'{sp:.3g}'} |")
+    if cameras:
+        lines += ["", "Camera noise, mean PSNR per camera (FFDNet's mean oracle σ in brackets):", "",
+                  "| method | " + " | ".join(cameras) + " |", "| --- | " + " | ".join("---:" for _ in cameras) + " |"]
+        for m in methods:
+            cells = []
+            for cam in cameras:
+                p = mean(m, f"camera: {cam}")
+                extra = ""
+                if m == "FFDNet" and oracle_sigmas.get(f"camera: {cam}"):
+                    extra = f" [{np.mean(oracle_sigmas[f'camera: {cam}']):.1f}]"
+                cells.append("—" if p is None else f"{p:.2f}{extra}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+
+    # targets
+    tl = []
+    for m in ours:
+        if m == "seed":
+            continue
+        for c in conds:
+            o, f, b = mean(m, c["name"]), mean("FFDNet", c["name"]), mean("CBM3D", c["name"])
+            if f is not None:
+                d = o - f
+                tl.append(f"| {m} | {c['name']} | ≥ FFDNet | {o:.2f} vs {f:.2f} | {d:+.2f} dB | {'met' if d >= 0 else 'missed'} |")
+            if b is not None:
+                d = o - (b + 0.3)
+                tl.append(f"| {m} | {c['name']} | ≥ CBM3D + 0.3 dB | {o:.2f} vs {b + 0.3:.2f} | {d:+.2f} dB | {'met' if d >= 0 else 'missed'} |")
+        if cameras and mean("FFDNet", "camera") is not None:
+            o, f = mean(m, "camera"), mean("FFDNet", "camera")
+            d = o - (f + 0.5)
+            tl.append(f"| {m} | camera | ≥ FFDNet (oracle σ) + 0.5 dB | {o:.2f} vs {f + 0.5:.2f} | {d:+.2f} dB | {'met' if d >= 0 else 'missed'} |")
+        if mps(m) and mps("FFDNet"):
+            r = mps(m) / mps("FFDNet")
+            tl.append(f"| {m} | throughput ({speed_size + ' images' if speed_size else f'{args.size}-px crops'}) | ≥ 5× FFDNet | {mps(m):.3g} vs {mps('FFDNet'):.3g} MP/s | {r:.2f}× | {'met' if r >= 5 else 'missed'} ({r - 5:+.2f}×) |")
+    if tl:
+        lines += ["", "Targets (issue 4; margin = ours minus the target):", "",
+                  "| model | condition | target | ours vs target | margin | result |",
+                  "| --- | --- | --- | --- | ---: | --- |", *tl]
+    missing = [n for n, o in (("FFDNet", ffd), ("CBM3D", cbm)) if o is None and not (n == "CBM3D" and args.no_cbm3d)]
+    if missing:
+        lines += ["", f"Not measured: {', '.join(missing)} (not installed: `{INSTALL_HINT}`)."]
+    lines += ["", f"{speed_note}; load average at the end {os.getloadavg()[0]:.2f}. "
+              f"Total time {time.perf_counter() - t_start:.0f} s."]
+    report = "\n".join(lines)
+    print("\n" + report)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.md").write_text(report + "\n")
+    summary = {m: {c: {"psnr": mean(m, c), "ssim": mean(m, c, 1), "n": len(res[m].get(c, []))} for c in cols}
+               for m in methods}
+    (args.out / "quality.json").write_text(json.dumps(
+        {"summary": summary, "mp_per_s": {m: mps(m) for m in methods}, "cameras": cameras,
+         "crops": crop_desc, "oracle_grid": ORACLE_GRID, "per_image": per_image}, indent=1, default=str))
+    written = [args.out / "quality.md", args.out / "quality.json"]
+    xlabel = ("throughput on this CPU, MP/s, log scale"
+              + (f" ({speed_size} images)" if speed_size else f" ({args.size}-px crops)"))
+    written += plot(args.out / "quality_speed.png", methods, conds, cameras, mean, mps, xlabel)
+    for fig_name, (cond, outs, clean, rec) in figs.items():
+        p = args.out / f"crops_{fig_name}.png"
+        comparison(p, cond, outs, clean, rec, main_model,
+                   missing="not run (--no-cbm3d)" if args.no_cbm3d else f"not installed: {INSTALL_HINT}")
+        written.append(p)
+    print("\nwrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def speed_from_json(path: Path, archs: dict[str, str]) -> dict:
+    """MP/s per method from speed.py's JSON, at the largest size where FFDNet was measured."""
+    rows = [r for r in json.loads(path.read_text())["rows"] if "mp_s" in r]
+    ffd = [r for r in rows if r["arch"].startswith("FFDNet")]
+    if not ffd:
+        return {}
+    size = max(round(r["mp"], 1) for r in ffd)
+    at = {r["arch"]: r["mp_s"] for r in rows if round(r["mp"], 1) == size}
+    out = {m: at[a] for m, a in archs.items() if a in at}
+    out["FFDNet"] = next(r["mp_s"] for r in ffd if round(r["mp"], 1) == size)
+    out["_size"] = f"{size:g} MP"
+    return out
+
+
+# --------------------------------------------------------------------------- pictures
+def plot(path: Path, methods, conds, cameras, mean, mps, xlabel: str) -> list[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib missing, no plot ({INSTALL_HINT})", file=sys.stderr)
+        return []
+    panels = [("Gaussian σ " + "/".join(f"{c['sigma']:g}" for c in conds) + " (mean)", [c["name"] for c in conds])]
+    if cameras:
+        panels.append(("camera noise, ISO 6400–25600 (mean)", ["camera"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    colours = {"FFDNet": "tab:orange", "CBM3D": "tab:red", "seed": "tab:gray"}
+    for ax, (title, keys) in zip(axes[0], panels):
+        for m in methods:
+            if m == "noisy" or not mps(m):
+                continue
+            vals = [mean(m, k) for k in keys]
+            if any(v is None for v in vals):
+                continue
+            ax.scatter(mps(m), np.mean(vals), s=60, color=colours.get(m, "tab:blue"), zorder=3)
+            ax.annotate(m, (mps(m), np.mean(vals)), textcoords="offset points", xytext=(6, 4))
+        # issue 4's target region: at least 5x FFDNet's throughput and the PSNR bar
+        f = [mean("FFDNet", k) for k in keys]
+        if mps("FFDNet") and all(v is not None for v in f):
+            bar = np.mean(f) + (0.5 if keys == ["camera"] else 0.0)
+            b = [mean("CBM3D", k) for k in keys]
+            if keys != ["camera"] and all(v is not None for v in b):
+                bar = max(bar, np.mean(b) + 0.3)
+            ax.axvline(5 * mps("FFDNet"), color="tab:green", ls="--", lw=1)
+            ax.axhline(bar, color="tab:green", ls="--", lw=1)
+            ax.annotate("target", (5 * mps("FFDNet"), bar), textcoords="offset points", xytext=(4, 4),
+                        color="tab:green")
+        ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.25, y=0.15)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("PSNR, dB")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    try:  # DejaVu Sans ships with matplotlib (a bench requirement) and has the Greek sigma
+        from matplotlib import font_manager
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size), "σ"
+    except Exception:  # noqa: BLE001
+        return ImageFont.load_default(), "sigma "
+
+
+def comparison(path: Path, cond: dict, outs: dict, clean: np.ndarray, rec: dict, ours: str,
+               view: int = 192, zoom: int = 2, missing: str = "not run") -> None:
+    """noisy | ours | FFDNet | CBM3D | clean, a centre region zoomed `zoom`x (nearest), PSNR in the labels."""
+    h, w, _ = clean.shape
+    v = min(view, h, w)
+    y0, x0 = (h - v) // 2, (w - v) // 2
+    panels = [("noisy", outs.get("noisy")), (ours, outs.get(ours)), ("FFDNet", outs.get("FFDNet")),
+              ("CBM3D", outs.get("CBM3D")), ("clean", clean)]
+    font, sig = _font(14)
+    side, pad, top = v * zoom, 4, 20
+    canvas = Image.new("RGB", (len(panels) * (side + pad) - pad, side + 2 * top), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, arr) in enumerate(panels):
+        x = i * (side + pad)
+        if arr is None:
+            draw.rectangle([x, top, x + side - 1, top + side - 1], fill=(200, 200, 200))
+            draw.text((x + 6, top + side // 2), missing, fill="black", font=font)
+        else:
+            canvas.paste(Image.fromarray(arr[y0:y0 + v, x0:x0 + v]).resize((side, side), Image.NEAREST), (x, top))
+        key = label if label in rec else f"{label}_picture_only"
+        txt = label + (f"  {rec[key][0]:.2f} dB" if key in rec else "")
+        if label in ("FFDNet", "CBM3D") and "FFDNet_sigma" in rec:
+            txt += f" (oracle {sig}={rec['FFDNet_sigma']:g})"
+        draw.text((x + 2, 2), txt, fill="black", font=font)
+    desc = (f"Gaussian noise {sig}={cond['sigma']:g}" if cond["kind"] == "gaussian"
+            else f"{cond['camera']} ISO {cond['iso']:g} +{cond['ev']:g} EV")
+    draw.text((2, top + side + 3), f"{rec['photo']} (crop {rec['crop']}, {v}x{v} px region shown {zoom}x): {desc}",
+              fill="black", font=font)
+    canvas.save(path, optimize=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
