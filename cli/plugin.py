@@ -38,3 +38,7 @@ def uninstall(host: str, dest: Path | None) -> None:
     """Remove the HOST plugin."""
     for line in _installer(host).uninstall(dest=dest):
         click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""What "Denoise (CNN)…" does: read the active paint layer, run the worker off the UI thread with
+progress and Cancel, write the result back (inside the selection only) so that Undo restores it
+(see DenoiseJob.apply: Krita 5.1 gives no single undoable pixel write to Python).
+
+Krita's Python has no torch: the denoiser runs in the user's Python (recorded at install in
+denoise_worker.json) through the shared client `denoise_client.py` (copied here by the installer).
+The worker runs in a Python thread that touches no Qt object; a QTimer on the UI thread polls it,
+so Krita stays responsive and every Krita/Qt call happens on the UI thread.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from . import pixels
+
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+TITLE = "Denoise (CNN)"
+POLL_MS = 50
+
+# The most recent run's outcome, for scripts and the end-to-end test:
+# {"state": "idle"|"dialog"|"running"|"done"|"cancelled"|"error", "message": str}
+LAST = {"state": "idle", "message": ""}
+_ACTIVE = []  # running jobs, kept alive until they finish
+
+
+class JobError(Exception):
+    """Why the plugin cannot run on this layer or document; shown to the user as is."""
+
+
+def client():
+    try:
+        from . import denoise_client
+    except ImportError:  # a source checkout: the installer normally copies it next to this file
+        import importlib.util
+        path = os.path.join(PLUGIN_DIR, os.pardir, os.pardir, "common", "denoise_client.py")
+        spec = importlib.util.spec_from_file_location("denoise_cnn_client", os.path.abspath(path))
+        denoise_client = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(denoise_client)
+    return denoise_client
+
+
+def load_config() -> dict:
+    """The recorded worker; raises JobError with the reinstall hint when it is missing."""
+    c = client()
+    try:
+        return c.load_config(PLUGIN_DIR)
+    except c.WorkerError as e:
+        raise JobError(str(e)) from None
+
+
+class Target:
+    """The pixels one run works on: a rectangle of `node` (the selection's bounds when there is a
+    selection, else the layer's content within the canvas) with its selection mask."""
+
+    def __init__(self, doc, node, x, y, w, h, mask, original):
+        self.doc, self.node = doc, node
+        self.x, self.y, self.w, self.h = x, y, w, h
+        self.mask = mask  # bytes, one per pixel (0..255), or None: everything
+        self.original = original  # Krita's native pixel bytes of the rectangle
+        self.color_model = node.colorModel()
+        self.depth = node.colorDepth()
+        self.profile = node.colorProfile()
+        self.linear = pixels.is_linear_profile(self.profile)
+        self.channels = pixels.channels_of(self.color_model)
+        self.bpp = pixels.bytes_per_pixel(self.color_model, self.depth)
+
+    @property
+    def transfer(self) -> str:
+        return "linear" if self.linear else "srgb"
+
+    def floats(self) -> bytes:
+        return pixels.to_float(self.original, self.color_model, self.depth)
+
+    def crop_floats(self, size: int = 256):
+        """A centred crop of at most size x size pixels (for the preview): (floats, w, h)."""
+        w, h = min(size, self.w), min(size, self.h)
+        x, y = (self.w - w) // 2, (self.h - h) // 2
+        raw = pixels.crop(self.original, self.w, self.h, self.bpp, x, y, w, h)
+        return pixels.to_float(raw, self.color_model, self.depth), w, h
+
+    def result_bytes(self, denoised: bytes, floats: bytes | None = None) -> bytes:
+        merged = pixels.apply_mask(floats or self.floats(), denoised, self.mask, self.channels)
+        return pixels.from_float(merged, self.color_model, self.depth)
+
+
+def prepare(doc, node) -> Target:
+    """Check the document and layer and read the pixels to work on; JobError says what is wrong."""
+    if doc is None:
+        raise JobError("Open an image first.")
+    if node is None:
+        raise JobError("Select a paint layer first.")
+    kind = node.type()
+    if kind != "paintlayer":
+        names = {"grouplayer": "a group layer", "vectorlayer": "a vector layer",
+                 "filelayer": "a file layer", "filterlayer": "a filter layer",
+                 "filllayer": "a fill layer", "clonelayer": "a clone layer"}
+        what = names.get(kind, f"a {kind.replace('mask', ' mask')}" if kind else "not a paint layer")
+        raise JobError(f'Denoise (CNN) works on paint layers; the active layer "{node.name()}" is {what}. '
+                       f"Select a paint layer, or convert this one (Layer › Convert › to Paint Layer).")
+    try:
+        pixels.check_format(node.colorModel(), node.colorDepth())
+    except pixels.UnsupportedFormat as e:
+        raise JobError(str(e)) from None
+    if node.locked():
+        raise JobError(f'The layer "{node.name()}" is locked; unlock it to denoise it.')
+    cw, ch = doc.width(), doc.height()
+    sel = doc.selection()
+    if sel is not None and sel.width() > 0 and sel.height() > 0:
+        x0, y0, x1, y1 = sel.x(), sel.y(), sel.x() + sel.width(), sel.y() + sel.height()
+    else:
+        sel = None
+        b = node.bounds()
+        x0, y0, x1, y1 = b.x(), b.y(), b.x() + b.width(), b.y() + b.height()
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, cw), min(y1, ch)
+    if x1 <= x0 or y1 <= y0:
+        raise JobError("Nothing to denoise: the layer is empty here" +
+                       (" or the selection lies outside the canvas." if sel is not None else "."))
+    w, h = x1 - x0, y1 - y0
+    mask = None
+    if sel is not None:
+        mask = bytes(sel.pixelData(x0, y0, w, h))
+        if len(mask) != w * h:
+            raise JobError("internal error: unexpected selection mask size")
+        if not any(mask):
+            raise JobError("Nothing to denoise: the selection is empty.")
+        if mask.count(255) == len(mask):
+            mask = None  # a fully selected rectangle: no blending needed
+    original = bytes(node.pixelData(x0, y0, w, h))
+    target = Target(doc, node, x0, y0, w, h, mask, original)
+    if len(original) != w * h * target.bpp:
+        raise JobError("internal error: unexpected pixel data size from Krita")
+    return target
+
+
+class WorkerRun:
+    """One worker call in a Python thread. The thread only calls the client; the UI thread polls
+    `done`, `progress`, `result`, `error`, `cancelled`."""
+
+    def __init__(self, floats: bytes, width: int, height: int, channels: int, cfg: dict,
+                 settings: dict, transfer: str):
+        self.args = (floats, width, height, channels)
+        self.kwargs = dict(python=cfg["python"], pythonpath=cfg.get("pythonpath"), transfer=transfer,
+                           model=settings.get("model", "default"),
+                           strength=float(settings.get("strength", 1.0)),
+                           device=settings.get("device", "auto"), tile=int(settings.get("tile", 1024)))
+        self.progress = 0.0
+        self.result = None
+        self.error = None
+        self.cancelled = False
+        self.done = False
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="denoise-cnn", daemon=True)
+
+    def start(self) -> "WorkerRun":
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def _progress(self, fraction: float) -> None:
+        self.progress = max(0.0, min(1.0, float(fraction)))
+
+    def _run(self) -> None:
+        c = client()
+        try:
+            self.result = c.run_denoise(*self.args, on_progress=self._progress,
+                                        is_cancelled=self._cancel.is_set, **self.kwargs)
+        except c.Cancelled:
+            self.cancelled = True
+        except c.WorkerError as e:
+            self.error = str(e)
+        except Exception as e:  # never let a thread die silently
+            self.error = f"{type(e).__name__}: {e}"
+        finally:
+            if self._cancel.is_set() and self.result is None and not self.error:
+                self.cancelled = True
+            self.done = True
+
+
+def show_message(parent, text: str, icon: str = "warning"):
+    """A window-modal message box that does not block the caller (kept alive by its parent)."""
+    from PyQt5.QtWidgets import QMessageBox
+
+    icons = {"warning": QMessageBox.Warning, "info": QMessageBox.Information,
+             "error": QMessageBox.Critical}
+    box = QMessageBox(icons.get(icon, QMessageBox.Warning), TITLE, text, QMessageBox.Ok, parent)
+    box.setObjectName("denoise_cnn_message")
+    box.setAttribute(0x37, True)  # Qt.WA_DeleteOnClose
+    box.open()
+    return box
+
+
+class DenoiseJob:
+    """Runs the worker on a Target with a QProgressDialog (Cancel works) and applies the result."""
+
+    def __init__(self, target: Target, settings: dict, cfg: dict, parent=None):
+        self.target, self.settings, self.cfg, self.parent = target, settings, cfg, parent
+        self.run = None
+        self.floats = None
+
+    def start(self) -> None:
+        from PyQt5.QtCore import Qt, QTimer
+        from PyQt5.QtWidgets import QProgressDialog
+
+        t = self.target
+        LAST.update(state="running", message="")
+        self.floats = t.floats()
+        self.run = WorkerRun(self.floats, t.w, t.h, t.channels, self.cfg, self.settings, t.transfer).start()
+        self.progress = QProgressDialog(f'Denoising "{t.node.name()}" ({t.w}×{t.h})…', "Cancel", 0, 1000,
+                                        self.parent)
+        self.progress.setObjectName("denoise_cnn_progress")
+        self.progress.setWindowTitle(TITLE)
+        self.progress.setWindowModality(Qt.WindowModal)
+        self.progress.setAutoClose(False)
+        self.progress.setAutoReset(False)
+        self.progress.setMinimumDuration(0)
+        self.progress.setValue(0)
+        self.progress.canceled.connect(self.cancel)
+        self.progress.show()
+        self.timer = QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self._poll)
+        self.timer.start()
+        _ACTIVE.append(self)
+
+    def cancel(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+            self.progress.setLabelText("Cancelling…")
+
+    def _poll(self) -> None:
+        run = self.run
+        if self.progress.wasCanceled() and not run.done:
+            run.cancel()
+        if not run.done:
+            self.progress.setValue(int(run.progress * 1000))
+            return
+        self.timer.stop()
+        self.progress.hide()
+        self.progress.deleteLater()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+        if run.cancelled:
+            self._finish("cancelled", "Denoising was cancelled; the layer is unchanged.", "info")
+        elif run.error:
+            self._finish("error", f"Denoising failed: {run.error}\n\nThe layer is unchanged.", "error")
+        else:
+            try:
+                self.apply(run.result)
+            except Exception as e:
+                self._finish("error", f"Could not write the result back: {e}\n\nThe layer is unchanged.",
+                             "error")
+                return
+            LAST.update(state="done", message="")
+
+    def _finish(self, state: str, message: str, icon: str) -> None:
+        LAST.update(state=state, message=message)
+        self.box = show_message(self.parent, message, icon)
+
+    def apply(self, denoised: bytes) -> None:
+        """Write the result back so that Undo restores the layer.
+
+        Krita 5.1's `Node.setPixelData` bypasses the undo stack, so the pixels go into a duplicate
+        of the layer (same name, properties and masks) that replaces it: added above it, then the
+        original removed, both through the API's undoable commands. The undo history shows two
+        entries (add, remove); undoing both gives back the original layer object untouched."""
+        from PyQt5.QtCore import QByteArray
+
+        t = self.target
+        data = t.result_bytes(denoised, self.floats)
+        node = t.node
+        parent = node.parentNode()
+        if parent is None:
+            raise RuntimeError("the layer is no longer in the image")
+        dup = node.duplicate()
+        dup.setName(node.name())
+        if dup.setPixelData(QByteArray(data), t.x, t.y, t.w, t.h) is False:
+            raise RuntimeError("Krita refused the pixel data")
+        if not parent.addChildNode(dup, node):
+            raise RuntimeError("Krita could not add the result layer")
+        t.doc.waitForDone()
+        node.remove()
+        t.doc.waitForDone()
+        t.doc.setActiveNode(dup)
+        t.doc.refreshProjection()
+        self.result_node = dup
+
+
+def run_interactive() -> None:
+    """The action: check the layer, ask in the dialog, run with progress. Never raises."""
+    from krita import Krita
+
+    app = Krita.instance()
+    win = app.activeWindow()
+    parent = win.qwindow() if win is not None else None
+    try:
+        target = prepare(app.activeDocument(), app.activeDocument().activeNode()
+                         if app.activeDocument() is not None else None)
+        cfg = load_config()
+    except JobError as e:
+        LAST.update(state="error", message=str(e))
+        show_message(parent, str(e))
+        return
+    except Exception as e:
+        LAST.update(state="error", message=f"{type(e).__name__}: {e}")
+        show_message(parent, f"Unexpected error: {type(e).__name__}: {e}", "error")
+        return
+    from .dialog import DenoiseDialog
+
+    LAST.update(state="dialog", message="")
+    dlg = DenoiseDialog(target, cfg, parent)
+    accepted = dlg.exec_() == dlg.Accepted
+    settings = dlg.settings()
+    dlg.deleteLater()
+    if not accepted:
+        LAST.update(state="idle", message="")
+        return
+    DenoiseJob(target, settings, cfg, parent).start()

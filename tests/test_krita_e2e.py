@@ -1,0 +1,398 @@
+"""End to end in real Krita 5 under Xvfb (../shared/HOSTS.md).
+
+One Krita start runs every case: the plugin is installed with the real command into a temporary
+HOME, next to a test-only plugin (`denoise_cnn_test`, below) that waits for the main window, makes
+documents from raw pixels this test wrote, triggers the real action `denoise_cnn`, drives the real
+dialog (found with a QTimer, then `accept()`), waits for the job, and writes the layer's pixels
+back to files; it ends Krita with `os._exit(rc)`. All the numbers are checked here, in pytest.
+
+Set DENOISE_KRITA_SHOTS=DIR to also save docs-style screenshots (krita-menu.png, krita-dialog.png).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from denoise_core.metrics import psnr
+from denoise_core.noise import apply_noise
+
+REPO = Path(__file__).resolve().parent.parent
+KRITA_TIMEOUT = 900
+W, H = 256, 192
+SEL = (64, 48, 128, 96)  # x, y, w, h of the selection case
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("krita") and shutil.which("xvfb-run")),
+    reason="krita or xvfb-run not installed (.ci/setup_krita.sh installs them)")
+
+TEST_PLUGIN = r'''
+import json, os, time, traceback
+
+from krita import Krita, Selection
+from PyQt5.QtCore import QByteArray, QEventLoop, QPoint, QRect, QTimer
+from PyQt5.QtWidgets import QApplication, QDialog, QMessageBox, QProgressDialog, QPushButton
+
+SPEC = json.load(open(os.environ["DENOISE_KRITA_TEST"]))
+OUT = SPEC["out"]
+
+
+def log(*a):
+    with open(os.path.join(OUT, "plugin.log"), "a") as f:
+        f.write(" ".join(str(x) for x in a) + "\n")
+
+
+def pump(seconds):
+    loop = QEventLoop()
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec_()
+
+
+def wait(pred, timeout, what):
+    end = time.time() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.time() > end:
+            raise TimeoutError("timed out waiting for " + what)
+        pump(0.05)
+
+
+def visible(cls, name):
+    for w in QApplication.topLevelWidgets():
+        if isinstance(w, cls) and w.objectName() == name and w.isVisible():
+            return w
+    return None
+
+
+def shot_menu(qwin, path):
+    mb = qwin.menuBar()
+    filt = next(a for a in mb.actions() if a.menu() is not None and
+                (a.menu().objectName() == "filter" or a.text().replace("&", "") == "Filter"))
+    mb.setActiveAction(filt)
+    menu = wait(lambda: filt.menu().isVisible() and filt.menu(), 10, "Filter menu")
+    enh = next(a for a in menu.actions() if a.menu() is not None and
+               (a.menu().objectName() == "enhance_filters" or a.text().replace("&", "") == "Enhance"))
+    menu.setActiveAction(enh)
+    sub = enh.menu()
+    if not sub.isVisible():
+        g = menu.actionGeometry(enh)
+        sub.popup(menu.mapToGlobal(g.topRight()))
+    wait(lambda: sub.isVisible(), 10, "Enhance submenu")
+    ours = next(a for a in sub.actions() if a.objectName() == "denoise_cnn")
+    sub.setActiveAction(ours)
+    pump(0.8)
+    r = QRect(0, 0, 0, 0)
+    for w in (mb, menu, sub):
+        r = r.united(QRect(w.mapToGlobal(QPoint(0, 0)), w.size()))
+    r = QRect(0, 0, min(1280, r.right() + 40), min(1024, r.bottom() + 40))
+    QApplication.primaryScreen().grabWindow(0).copy(r).save(path)
+    log("menu entries:", [a.text() for a in sub.actions()])
+    sub.hide(); menu.hide(); mb.setActiveAction(None)
+    pump(0.3)
+
+
+def run_case(app, win, job, case):
+    doc = app.createDocument(case["w"], case["h"], case["name"], case["model"], case["depth"], "", 72.0)
+    doc.setBatchmode(True)
+    win.addView(doc)
+    app.setActiveDocument(doc)
+    pump(0.3)
+    node = [n for n in doc.topLevelNodes() if n.type() == "paintlayer"][0]
+    doc.setActiveNode(node)
+    with open(os.path.join(OUT, case["name"] + ".in"), "rb") as f:
+        raw = f.read()
+    node.setPixelData(QByteArray(raw), 0, 0, case["w"], case["h"])
+    doc.refreshProjection(); doc.waitForDone()
+    if case.get("selection"):
+        x, y, w, h = case["selection"]
+        sel = Selection()
+        sel.select(x, y, w, h, 255)
+        doc.setSelection(sel)
+    pump(0.3)
+    res = {"profile": node.colorProfile(), "colorModel": node.colorModel(), "depth": node.colorDepth()}
+    if case.get("menu_shot"):
+        shot_menu(win.qwindow(), case["menu_shot"])
+
+    seen = {}
+
+    def on_dialog():
+        dlg = visible(QDialog, "denoise_cnn_dialog")
+        if dlg is None:
+            QTimer.singleShot(50, on_dialog)
+            return
+        seen["dialog"] = True
+        seen["models"] = [dlg.model.itemText(i) for i in range(dlg.model.count())]
+        if case.get("set_model"):
+            dlg.set_model(case["set_model"])
+        if case.get("dialog_shot"):
+            dlg.show_advanced(True)
+            dlg.update_preview()
+            wait(lambda: not dlg.preview_busy(), 300, "preview")
+            seen["preview"] = dlg.preview_status.text()
+            pump(0.3)
+            dlg.grab().save(case["dialog_shot"])
+        dlg.strength.setValue(case.get("strength", 1.0))
+        if case.get("reject"):
+            dlg.reject()
+        else:
+            dlg.accept()
+
+    def on_progress():
+        p = visible(QProgressDialog, "denoise_cnn_progress")
+        if p is None:
+            QTimer.singleShot(20, on_progress)
+            return
+        seen["cancel_clicked"] = True
+        p.findChild(QPushButton).click()  # the user's click on Cancel
+
+    QTimer.singleShot(50, on_dialog)
+    if case.get("cancel"):
+        QTimer.singleShot(50, on_progress)
+    t0 = time.time()
+    app.action("denoise_cnn").trigger()
+    if case.get("reject"):
+        return seen
+    wait(lambda: job.LAST["state"] in ("done", "error", "cancelled"), 600, "the job")
+    res["seconds"] = round(time.time() - t0, 2)
+    res["state"], res["message"] = job.LAST["state"], job.LAST["message"]
+    if res["state"] != "done":
+        box = wait(lambda: visible(QMessageBox, "denoise_cnn_message"), 20, "the message box")
+        res["box_text"] = box.text()
+        box.accept()
+    pump(0.3)
+    doc.waitForDone()
+    res.update(seen)
+    paint = [n for n in doc.topLevelNodes() if n.type() == "paintlayer"]
+    result = paint[-1]
+    res["layers"] = [n.name() for n in paint]
+    res["active"] = doc.activeNode().name()
+    with open(os.path.join(OUT, case["name"] + ".out"), "wb") as f:
+        f.write(bytes(result.pixelData(0, 0, case["w"], case["h"])))
+    if case.get("undo"):
+        for _ in range(case["undo"]):
+            app.action("edit_undo").trigger()
+            doc.waitForDone(); pump(0.5); doc.waitForDone()
+        res["layers_after_undo"] = [n.name() for n in doc.topLevelNodes() if n.type() == "paintlayer"]
+        with open(os.path.join(OUT, case["name"] + ".undo"), "wb") as f:
+            f.write(bytes(node.pixelData(0, 0, case["w"], case["h"])))
+    job.LAST.update(state="idle", message="")
+    return res
+
+
+def main():
+    rc = 1
+    try:
+        app = Krita.instance()
+        app.setBatchmode(True)
+        win = wait(lambda: app.activeWindow(), 180, "the main window")
+        qwin = win.qwindow()
+        qwin.setGeometry(0, 0, 1280, 1024)
+        pump(1.0)
+        import denoise_cnn.job as job
+        results = {"action": app.action("denoise_cnn") is not None,
+                   "action_text": app.action("denoise_cnn").text() if app.action("denoise_cnn") else None}
+        for case in SPEC["cases"]:
+            log("case", case["name"])
+            results[case["name"]] = run_case(app, win, job, case)
+            log("  ->", results[case["name"]])
+        with open(os.path.join(OUT, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        rc = 0
+    except BaseException:
+        log(traceback.format_exc())
+    os._exit(rc)
+
+
+QTimer.singleShot(0, main)
+'''
+
+TEST_DESKTOP = """[Desktop Entry]
+Type=Service
+ServiceTypes=Krita/PythonPlugin
+X-KDE-Library=denoise_cnn_test
+X-Python-2-Compatible=false
+Name=Denoise CNN end-to-end test
+"""
+
+
+def _srgb_to_linear(x):
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(x):
+    x = np.clip(x, 0, 1)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
+def _alpha(h, w, peak):
+    a = np.full((h, w), peak, np.float64)
+    a[:, ::8] = round(peak * 2 / 3)  # stripes of partial alpha: must come back exactly
+    return a
+
+
+def _encode(rgb, depth):
+    """sRGB float RGB (H, W, 3) -> Krita B,G,R,A bytes (U8 sRGB, U16 linear)."""
+    h, w, _ = rgb.shape
+    if depth == "U8":
+        dt, peak, val = np.uint8, 255, rgb
+    else:
+        dt, peak, val = np.uint16, 65535, _srgb_to_linear(rgb)
+    px = np.empty((h, w, 4), dt)
+    px[..., :3] = np.clip(np.rint(val[..., ::-1] * peak), 0, peak)
+    px[..., 3] = _alpha(h, w, peak)
+    return px.tobytes()
+
+
+def _decode(raw, depth, h=H, w=W):
+    """Krita B,G,R,A bytes -> (sRGB float RGB, alpha array)."""
+    dt, peak = (np.uint8, 255) if depth == "U8" else (np.uint16, 65535)
+    px = np.frombuffer(raw, dt).reshape(h, w, 4)
+    rgb = px[..., 2::-1].astype(np.float64) / peak
+    if depth == "U16":
+        rgb = _linear_to_srgb(rgb)
+    return rgb, px[..., 3].copy()
+
+
+@pytest.fixture(scope="module")
+def krita_run(tmp_path_factory, photo_rgb):
+    home = tmp_path_factory.mktemp("krita-home")
+    out = tmp_path_factory.mktemp("krita-out")
+    py = str(Path(sys.executable).absolute())
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("XDG_", "PYTHON", "QT_", "KRITA")) and k not in ("DISPLAY",)}
+    env.update(HOME=str(home), LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    # the real install command (the `denoise-plugin` console script runs this same click group)
+    r = subprocess.run([py, "-c", "from cli.plugin import main; main()", "install", "krita", "--python", py],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pykrita = home / ".local/share/krita/pykrita"
+    assert (pykrita / "denoise_cnn/denoise_worker.json").is_file()
+    (pykrita / "denoise_cnn_test").mkdir()
+    (pykrita / "denoise_cnn_test/__init__.py").write_text(TEST_PLUGIN)
+    (pykrita / "denoise_cnn_test.desktop").write_text(TEST_DESKTOP)
+    sys.path.insert(0, str(REPO))
+    from cli.install_krita import set_kritarc_flag
+    set_kritarc_flag(home / ".config/kritarc", "enable_denoise_cnn_test", "true")
+
+    clean = photo_rgb[:H, :W].astype(np.float32) / 255.0
+    x = torch.from_numpy(clean).permute(2, 0, 1)[None]
+    noisy = apply_noise(x, "gaussian:25", torch.Generator().manual_seed(5))[0].permute(1, 2, 0).numpy()
+    shots = os.environ.get("DENOISE_KRITA_SHOTS")
+    missing = str(home / "no-such-dir" / "missing.safetensors")
+    cases = [
+        {"name": "u8", "depth": "U8", "set_model": "seed", "undo": 2},
+        {"name": "u16", "depth": "U16", "set_model": "seed"},
+        {"name": "u8sel", "depth": "U8", "set_model": "seed", "selection": list(SEL)},
+        {"name": "missing", "depth": "U8", "set_model": missing},
+        {"name": "cancel", "depth": "U8", "set_model": "seed", "cancel": True},
+    ]
+    for c in cases:
+        c.update(w=W, h=H, model="RGBA")
+        (out / f"{c['name']}.in").write_bytes(_encode(noisy, c["depth"]))
+    if shots:  # a larger, opaque photo for the docs; the dialog is cancelled after the shots
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        from skimage import data
+        big = data.astronaut()[:384].astype(np.float32) / 255.0
+        xb = torch.from_numpy(big).permute(2, 0, 1)[None]
+        nb = apply_noise(xb, "gaussian:20", torch.Generator().manual_seed(1))[0].permute(1, 2, 0).numpy()
+        px = np.empty((384, 512, 4), np.uint8)
+        px[..., :3] = np.rint(nb[..., ::-1] * 255)
+        px[..., 3] = 255
+        (out / "shots.in").write_bytes(px.tobytes())
+        cases.insert(0, {"name": "shots", "depth": "U8", "model": "RGBA", "w": 512, "h": 384,
+                         "set_model": "default", "reject": True,
+                         "menu_shot": str(Path(shots, "krita-menu.png").absolute()),
+                         "dialog_shot": str(Path(shots, "krita-dialog.png").absolute())})
+    spec = out / "spec.json"
+    spec.write_text(json.dumps({"out": str(out), "cases": cases}))
+    env["DENOISE_KRITA_TEST"] = str(spec)
+    t0 = time.time()
+    with open(out / "krita.log", "wb") as logf:
+        try:
+            proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"],
+                                  env=env, stdout=logf, stderr=subprocess.STDOUT, timeout=KRITA_TIMEOUT)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    seconds = time.time() - t0
+    plugin_log = (out / "plugin.log").read_text() if (out / "plugin.log").exists() else "(no plugin log)"
+    krita_log = (out / "krita.log").read_text(errors="replace")[-3000:]
+    assert rc == 0, f"Krita exited with {rc} after {seconds:.0f}s\n{plugin_log}\n--- krita log ---\n{krita_log}"
+    results = json.loads((out / "results.json").read_text())
+    print(f"\nKrita run: {seconds:.1f}s; " + json.dumps(results))
+    return {"out": out, "results": results, "clean": clean, "noisy": noisy, "cases": cases}
+
+
+def _read(run, name, ext="out"):
+    depth = next(c["depth"] for c in run["cases"] if c["name"] == name)
+    return _decode((run["out"] / f"{name}.{ext}").read_bytes(), depth)
+
+
+def test_action_in_krita(krita_run):
+    r = krita_run["results"]
+    assert r["action"] and r["action_text"] == "Denoise (CNN)…"
+    assert r["u8"]["dialog"] and "seed" in r["u8"]["models"] and r["u8"]["models"][0] == "default"
+
+
+@pytest.mark.parametrize("name", ["u8", "u16"])
+def test_denoise_raises_psnr_keeps_alpha(krita_run, name):
+    res = krita_run["results"][name]
+    assert res["state"] == "done", res
+    if name == "u16":
+        assert "g10" in res["profile"], res["profile"]  # linear: the transfer='linear' path ran
+    clean = krita_run["clean"]
+    before, alpha_in = _read(krita_run, name, "in")
+    after, alpha_out = _read(krita_run, name)
+    p0, p1 = psnr(before, clean), psnr(after, clean)
+    print(f"{name}: PSNR {p0:.2f} -> {p1:.2f} dB in {res['seconds']}s")
+    assert p1 > p0 + 3.0, (p0, p1)
+    np.testing.assert_array_equal(alpha_out, alpha_in)
+
+
+def test_result_replaces_layer_and_undo_restores(krita_run):
+    res = krita_run["results"]["u8"]
+    assert res["layers"] == ["Background"] and res["active"] == "Background", res
+    before = (krita_run["out"] / "u8.in").read_bytes()
+    assert (krita_run["out"] / "u8.out").read_bytes() != before
+    # Krita 5.1: the result layer replaces the original in two undoable commands (add, remove)
+    assert res["layers_after_undo"] == ["Background"], res
+    assert (krita_run["out"] / "u8.undo").read_bytes() == before
+
+
+def test_selection_only(krita_run):
+    res = krita_run["results"]["u8sel"]
+    assert res["state"] == "done", res
+    x, y, w, h = SEL
+    before, a0 = _read(krita_run, "u8sel", "in")
+    after, a1 = _read(krita_run, "u8sel")
+    inside = np.zeros(before.shape[:2], bool)
+    inside[y:y + h, x:x + w] = True
+    np.testing.assert_array_equal(after[~inside], before[~inside])
+    np.testing.assert_array_equal(a1, a0)
+    clean = krita_run["clean"]
+    assert psnr(after[inside], clean[inside]) > psnr(before[inside], clean[inside]) + 3.0
+
+
+def test_missing_model_shows_message_and_leaves_layer(krita_run):
+    res = krita_run["results"]["missing"]
+    assert res["state"] == "error"
+    assert "missing.safetensors" in res["box_text"] and "not found" in res["box_text"], res["box_text"]
+    assert "unchanged" in res["box_text"]
+    assert (krita_run["out"] / "missing.out").read_bytes() == (krita_run["out"] / "missing.in").read_bytes()
+
+
+def test_cancel_leaves_layer(krita_run):
+    res = krita_run["results"]["cancel"]
+    assert res.get("cancel_clicked") and res["state"] == "cancelled", res
+    assert "cancelled" in res["box_text"]
+    assert (krita_run["out"] / "cancel.out").read_bytes() == (krita_run["out"] / "cancel.in").read_bytes()
