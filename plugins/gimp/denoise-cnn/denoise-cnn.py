@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""GIMP 3 plug-in: Filters > Enhance > Denoise (CNN)...  (PDB procedure `plug-in-denoise-cnn`).
+
+GIMP's Python has no torch, so the pixels go to the denoiser running in the user's own Python
+(recorded at install time in denoise_worker.json beside this file) through the shared client
+denoise_client.py, also copied here by `denoise-plugin install gimp`.
+
+Pixels are read and written as sRGB-encoded float ("R'G'B'A float" / "Y'A float"), which babl
+converts from and to every precision (u8, u16, half, float, linear or perceptual). Only the part of
+the drawable inside the selection is changed (the model reads some context around it); alpha is
+passed through unchanged by the worker. An error changes nothing.
+
+The helpers above `main()` use only the standard library, so they can be tested without GIMP.
+"""
+import json
+import os
+import sys
+
+PROC_NAME = "plug-in-denoise-cnn"
+PLUGIN_DIR = os.path.dirname(os.path.realpath(__file__))
+CONFIG_NAME = "denoise_worker.json"
+CONTEXT = 64  # pixels of context read around the selection, so its edges get the model's full view
+
+
+def read_settings(plugin_dir=PLUGIN_DIR):
+    """Models and default for the argument declaration; never fails (the run reports problems)."""
+    try:
+        with open(os.path.join(plugin_dir, CONFIG_NAME), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        cfg = {}
+    models = [m for m in cfg.get("models") or [] if isinstance(m, str)]
+    default = cfg.get("default_model")
+    return {"models": models, "default_model": default if isinstance(default, str) and default else "default"}
+
+
+def model_blurb(models, default_model="default"):
+    names = [m for m in models if m != "default"]
+    shipped = ", ".join(["default" + (f" (= {default_model})" if default_model != "default" else "")] + names)
+    return f"Shipped model: {shipped}; or the path of a .safetensors checkpoint"
+
+
+def context_region(x, y, w, h, width, height, margin=CONTEXT):
+    """The rectangle to read for denoising (x, y, w, h) of a drawable width x height: the region
+    grown by `margin` on every side, clipped to the drawable."""
+    if w <= 0 or h <= 0:
+        raise ValueError("empty region")
+    x0, y0 = max(0, x - margin), max(0, y - margin)
+    x1, y1 = min(width, x + w + margin), min(height, y + h + margin)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def crop_rows(data, width, height, channels, x, y, w, h, sample_bytes=4):
+    """Rectangle (x, y, w, h) out of an interleaved width x height x channels pixel buffer."""
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(f"crop {w}x{h}+{x}+{y} leaves the {width}x{height} buffer")
+    px = channels * sample_bytes
+    stride = width * px
+    if len(data) != stride * height:
+        raise ValueError(f"{len(data)} bytes is not {width}x{height}x{channels}")
+    if x == 0 and w == width:
+        return bytes(data[y * stride:(y + h) * stride])
+    view = memoryview(data)
+    return b"".join(view[(y + r) * stride + x * px:(y + r) * stride + (x + w) * px] for r in range(h))
+
+
+def pixel_format(is_gray, has_alpha):
+    """(babl format, channels) sent to the worker: sRGB-encoded float, alpha kept when present."""
+    if is_gray:
+        return ("Y'A float", 2) if has_alpha else ("Y' float", 1)
+    return ("R'G'B'A float", 4) if has_alpha else ("R'G'B' float", 3)
+
+
+def clean_model(model):
+    """The model argument as the worker takes it: blank means the default model."""
+    return (model or "").strip() or "default"
+
+
+def main():
+    import gi
+    gi.require_version("Gimp", "3.0")
+    gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gegl", "0.4")
+    from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject
+
+    sys.path.insert(0, PLUGIN_DIR)
+    import denoise_client
+
+    def _(message):
+        return message
+
+    def failure(procedure, message):
+        return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
+
+    def run(procedure, run_mode, image, drawables, config, data):
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            GimpUi.init("denoise-cnn")
+            dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title=_("Denoise (CNN)"))
+            dialog.get_spin_scale("strength", 1.0)  # a slider rather than a bare spin button
+            dialog.fill(None)
+            ok = dialog.run()
+            dialog.destroy()
+            if not ok:
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+
+        strength = float(config.get_property("strength"))
+        model = clean_model(config.get_property("model"))
+        if not drawables:
+            return failure(procedure, _("Denoise (CNN) needs a layer or channel to work on."))
+        try:
+            worker = denoise_client.load_config(PLUGIN_DIR)
+        except denoise_client.WorkerError as e:
+            return failure(procedure, str(e))
+
+        # Read and denoise every drawable first, write only when all succeeded: an error
+        # (missing model, worker crash) leaves the image exactly as it was.
+        jobs = []
+        for drawable in drawables:
+            if drawable.is_indexed():
+                return failure(procedure, _("Denoise (CNN) works on RGB and grayscale images; "
+                                            "convert indexed images with Image > Mode first."))
+            if drawable.is_group_layer():
+                return failure(procedure, _("Denoise (CNN) works on pixel layers and channels, "
+                                            "not on layer groups: select the layers inside."))
+            intersects, x, y, w, h = drawable.mask_intersect()
+            if intersects and w > 0 and h > 0:
+                jobs.append((drawable, (x, y, w, h)))
+        if not jobs:
+            return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+        Gimp.progress_init(_("Denoising (CNN)"))
+        results = []
+        try:
+            for i, (drawable, (x, y, w, h)) in enumerate(jobs):
+                fmt, channels = pixel_format(drawable.is_gray(), drawable.has_alpha())
+                rx, ry, rw, rh = context_region(x, y, w, h, drawable.get_width(), drawable.get_height())
+                buf = drawable.get_buffer()
+                pixels = buf.get(Gegl.Rectangle.new(rx, ry, rw, rh), 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
+                del buf
+                out = denoise_client.run_denoise(
+                    bytes(pixels), rw, rh, channels,
+                    python=worker["python"], pythonpath=worker.get("pythonpath"), transfer="srgb",
+                    model=model, strength=strength, device=worker.get("device", "auto"),
+                    tile=int(worker.get("tile", 512)),
+                    on_progress=lambda f, i=i: Gimp.progress_update((i + min(f, 1.0)) / len(jobs)))
+                results.append((drawable, (x, y, w, h), fmt,
+                                crop_rows(out, rw, rh, channels, x - rx, y - ry, w, h)))
+        except denoise_client.WorkerError as e:
+            return failure(procedure, _("Denoise (CNN) failed: ") + str(e))
+        finally:
+            Gimp.progress_end()
+
+        image.undo_group_start()
+        try:
+            for drawable, (x, y, w, h), fmt, pixels in results:
+                shadow = drawable.get_shadow_buffer()
+                shadow.set(Gegl.Rectangle.new(x, y, w, h), fmt, pixels)
+                shadow.flush()
+                del shadow
+                drawable.merge_shadow(True)  # one undo step, blended through the selection mask
+                drawable.update(x, y, w, h)
+        finally:
+            image.undo_group_end()
+        Gimp.displays_flush()
+        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+    class DenoiseCNN(Gimp.PlugIn):
+        def do_set_i18n(self, procname):
+            return False, None, None  # English only: no message catalogs to look for
+
+        def do_query_procedures(self):
+            return [PROC_NAME]
+
+        def do_create_procedure(self, name):
+            settings = read_settings()
+            procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+            procedure.set_image_types("RGB*, GRAY*")
+            procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
+                                           | Gimp.ProcedureSensitivityMask.DRAWABLES)
+            procedure.set_menu_label(_("Denoise (CNN)…"))
+            procedure.add_menu_path("<Image>/Filters/Enhance")
+            procedure.set_documentation(
+                _("Remove photo noise with a neural network"),
+                _("Denoises the selected layers (inside the selection, if any) with a convolutional "
+                  "network running in the Python environment recorded by `denoise-plugin install gimp`. "
+                  "Alpha is kept."),
+                name)
+            procedure.set_attribution("denoise-cnn authors", "denoise-cnn authors, GPL-3.0-or-later", "2025")
+            # The one declaration of the arguments: the dialog, the saved last values and
+            # non-interactive PDB calls all come from it.
+            procedure.add_double_argument("strength", _("S_trength"),
+                                          _("How much of the denoised result to use (0 = none, 1 = all)"),
+                                          0.0, 1.0, 1.0, GObject.ParamFlags.READWRITE)
+            procedure.add_string_argument("model", _("_Model"),
+                                          model_blurb(settings["models"], settings["default_model"]),
+                                          "default", GObject.ParamFlags.READWRITE)
+            return procedure
+
+    Gimp.main(DenoiseCNN.__gtype__, sys.argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,447 @@
+"""The GIMP 3 plug-in, end to end in real GIMP 3 (gimp-console-3.0 in the Debian trixie chroot of
+.ci/setup_gimp.sh), plus its GIMP-free helper logic and the installer.
+
+The e2e fixture installs the plug-in with the real `denoise-plugin install gimp` command into a
+fresh GIMP profile inside the chroot, recording this test's own interpreter as the worker. GIMP runs
+in a private mount namespace in which the host paths that interpreter needs (this checkout, its
+venv, its base Python) are bind-mounted at the same paths inside the chroot, so the recorded paths
+are valid there and nothing stays mounted afterwards. One GIMP session runs every case through the
+PDB (non-interactive) and reports back in JSON; the tests then check the exported files.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from denoise_core.imageio import Photo, read_image, write_image
+from denoise_core.metrics import psnr
+from denoise_core.noise import apply_noise
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_SRC = ROOT / "plugins" / "gimp" / "denoise-cnn" / "denoise-cnn.py"
+CHROOT = Path(os.environ.get("GIMP_CHROOT", "/work/gimp-chroot"))
+GIMP = "/usr/bin/gimp-console-3.0"
+PROC = "plug-in-denoise-cnn"
+MODEL = "seed"
+SIGMA = 25  # gaussian noise, 0-255 scale
+MIN_GAIN_DB = 3.0
+
+
+def load_plugin_module():
+    spec = importlib.util.spec_from_file_location("denoise_cnn_gimp_plugin", PLUGIN_SRC)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # stdlib only at import time: gi is imported in main()
+    return mod
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`denoise-plugin ARGS`: the real click command, from this checkout."""
+    code = "import sys; from cli.plugin import main; sys.argv[0] = 'denoise-plugin'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+# ------------------------------------------------------------------ helpers, no GIMP needed
+def test_helpers_context_region_and_crop():
+    m = load_plugin_module()
+    assert m.context_region(100, 50, 20, 10, 400, 300, margin=64) == (36, 0, 148, 124)
+    assert m.context_region(0, 0, 400, 300, 400, 300) == (0, 0, 400, 300)
+    assert m.context_region(390, 290, 10, 10, 400, 300, margin=8) == (382, 282, 18, 18)
+    with pytest.raises(ValueError):
+        m.context_region(0, 0, 0, 5, 10, 10)
+    for channels in (1, 2, 3, 4):
+        a = np.arange(7 * 9 * channels, dtype="<f4").reshape(7, 9, channels)
+        for x, y, w, h in [(2, 1, 4, 5), (0, 3, 9, 2), (8, 6, 1, 1), (0, 0, 9, 7)]:
+            got = m.crop_rows(a.tobytes(), 9, 7, channels, x, y, w, h)
+            assert got == np.ascontiguousarray(a[y:y + h, x:x + w]).tobytes()
+    with pytest.raises(ValueError):
+        m.crop_rows(bytes(9 * 7 * 4), 9, 7, 1, 5, 0, 5, 1)
+    with pytest.raises(ValueError):
+        m.crop_rows(bytes(10), 9, 7, 1, 0, 0, 1, 1)
+
+
+def test_helpers_formats_and_settings(tmp_path):
+    m = load_plugin_module()
+    assert m.pixel_format(False, True) == ("R'G'B'A float", 4)
+    assert m.pixel_format(False, False) == ("R'G'B' float", 3)
+    assert m.pixel_format(True, True) == ("Y'A float", 2)
+    assert m.pixel_format(True, False) == ("Y' float", 1)
+    assert m.clean_model("  seed ") == "seed" and m.clean_model("") == "default" and m.clean_model(None) == "default"
+    # a missing or broken config still lets GIMP register the procedure
+    assert m.read_settings(str(tmp_path)) == {"models": [], "default_model": "default"}
+    (tmp_path / "denoise_worker.json").write_text("{not json")
+    assert m.read_settings(str(tmp_path))["default_model"] == "default"
+    (tmp_path / "denoise_worker.json").write_text(json.dumps({"python": "/x", "models": ["seed", "unet"],
+                                                              "default_model": "unet"}))
+    s = m.read_settings(str(tmp_path))
+    assert s == {"models": ["seed", "unet"], "default_model": "unet"}
+    blurb = m.model_blurb(s["models"], s["default_model"])
+    assert "default (= unet)" in blurb and "seed" in blurb and ".safetensors" in blurb
+
+
+def test_install_and_uninstall_layout(tmp_path):
+    profile = tmp_path / "GIMP" / "3.0"
+    for _ in range(2):  # idempotent
+        r = run_cli("install", "gimp", "--dest", str(profile), "--python", sys.executable)
+        assert r.returncode == 0, r.stderr
+    d = profile / "plug-ins" / "denoise-cnn"
+    assert sorted(p.name for p in d.iterdir()) == ["denoise-cnn.py", "denoise_client.py", "denoise_worker.json"]
+    script = d / "denoise-cnn.py"
+    assert script.stat().st_mode & stat.S_IXUSR
+    assert script.read_bytes() == PLUGIN_SRC.read_bytes()
+    assert (d / "denoise_client.py").read_bytes() == (ROOT / "plugins" / "common" / "denoise_client.py").read_bytes()
+    cfg = json.loads((d / "denoise_worker.json").read_text())
+    assert cfg["python"] == sys.executable and MODEL in cfg["models"] and cfg["default_model"]
+    assert "pythonpath" in cfg
+    r = run_cli("uninstall", "gimp", "--dest", str(profile))
+    assert r.returncode == 0 and not d.exists()
+    assert run_cli("uninstall", "gimp", "--dest", str(profile)).returncode == 0
+    bad = run_cli("install", "gimp", "--dest", str(profile), "--python", str(tmp_path / "nopython"))
+    assert bad.returncode != 0 and "nopython" in bad.stderr and not d.exists()
+
+
+# ------------------------------------------------------------------ end to end in GIMP 3
+BATCH = r'''
+import json, traceback
+import gi
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gimp, Gio, Gegl
+
+P = json.load(open(__JOB__))
+out = {"cases": {}}
+pdb = Gimp.get_pdb()
+proc = pdb.lookup_procedure(P["proc"])
+out["found"] = proc is not None
+if proc is not None:
+    out["menu_label"] = proc.get_menu_label()
+    out["menu_paths"] = list(proc.get_menu_paths())
+    out["image_types"] = proc.get_image_types()
+    out["arguments"] = [a.get_name() for a in proc.get_arguments()]
+    cfg = proc.create_config()
+    out["defaults"] = {"strength": cfg.get_property("strength"), "model": cfg.get_property("model")}
+
+def dump(drawable, fmt, path):
+    buf = drawable.get_buffer()
+    rect = Gegl.Rectangle.new(0, 0, drawable.get_width(), drawable.get_height())
+    with open(path, "wb") as f:
+        f.write(bytes(buf.get(rect, 1.0, fmt, Gegl.AbyssPolicy.CLAMP)))
+
+for case in P["cases"] if proc is not None else []:
+    r = out["cases"][case["name"]] = {}
+    try:
+        if case.get("last_values"):  # what GIMP stores after an interactive run, in its own format
+            d = Gio.File.new_for_path(Gimp.directory()).get_child("plug-in-settings")
+            d.make_directory_with_parents(None) if not d.query_exists(None) else None
+            # GIMP 3.0.4 names the file after the run config's type, GimpProcedureConfigRun-PROC
+            for name in ("GimpProcedureConfigRun-" + P["proc"], proc.create_config().__gtype__.name):
+                with open(d.get_child(name + ".last").get_path(), "w") as f:
+                    f.write(case["last_values"])
+        image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(case["input"]))
+        layer = image.get_layers()[0]
+        if case.get("precision"):
+            image.convert_precision(getattr(Gimp.Precision, case["precision"]))
+        if case.get("group"):  # run on a layer group holding a copy of the layer
+            group = Gimp.GroupLayer.new(image, "group")
+            image.insert_layer(group, None, 0)
+            image.insert_layer(layer.copy(), group, 0)
+            layer = group
+        if case.get("select"):
+            image.select_rectangle(Gimp.ChannelOps.REPLACE, *case["select"])
+        r["precision"] = image.get_precision().value_nick
+        r["base_type"] = image.get_base_type().value_nick
+        if case.get("raw"):
+            dump(layer, case["raw_format"], case["raw"] + ".before")
+        config = proc.create_config()
+        config.set_property("run-mode", getattr(Gimp.RunMode, case.get("run_mode", "NONINTERACTIVE")))
+        config.set_property("image", image)
+        config.set_core_object_array("drawables", [layer])
+        config.set_property("strength", case["strength"])
+        config.set_property("model", case["model"])
+        result = proc.run(config)
+        status = result.index(0)
+        r["status"] = status.value_nick
+        r["message"] = result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else None
+        if case.get("raw"):
+            dump(layer, case["raw_format"], case["raw"] + ".after")
+        if case.get("output"):
+            Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(case["output"]), None)
+        image.delete()
+    except Exception:
+        r["exception"] = traceback.format_exc()
+
+with open(P["results"], "w") as f:
+    json.dump(out, f, indent=1)
+'''
+
+
+def _worker_binds(tmp: Path) -> list[tuple[str, str]]:
+    """(host path, path in the chroot) to bind so that sys.executable runs inside the chroot with
+    the same paths: this checkout, the venv, and the interpreter the venv is made from."""
+    binds = [(str(ROOT), str(ROOT))]
+    prefix, base = Path(sys.prefix), Path(sys.base_prefix)
+    if prefix != base and not prefix.resolve().is_relative_to(ROOT.resolve()):
+        binds.append((str(prefix), str(prefix)))
+    if not base.resolve().is_relative_to("/usr"):  # pyenv, /opt/python, ...: own tree
+        binds.append((str(base), str(base)))
+        return binds
+    # Debian's /usr/bin/python3.X: the chroot's /usr is trixie's (another Python), so bring in just
+    # this version's interpreter and stdlib, which trixie does not have, ...
+    exe = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for p in (exe, stdlib, f"/usr/local/lib/python{sys.version_info[0]}.{sys.version_info[1]}"):
+        if os.path.exists(p) and not os.path.lexists(CHROOT / p.lstrip("/")):
+            binds.append((p, p))
+    if prefix != base:
+        # ... and point the venv's python links (-> /usr/bin/python3, which is trixie's there) at it
+        vbin = tmp / "venv-bin"
+        vbin.mkdir()
+        for entry in (prefix / "bin").iterdir():
+            if entry.name.startswith("python"):
+                (vbin / entry.name).symlink_to(exe)
+            elif not entry.is_symlink():
+                (vbin / entry.name).symlink_to(entry)
+        binds.append((str(vbin), str(prefix / "bin")))
+    return binds
+
+
+def _gimp_skip_reason() -> str | None:
+    if not (CHROOT / GIMP.lstrip("/")).exists():
+        return f"no GIMP 3 chroot at {CHROOT} (set GIMP_CHROOT, or build it with `bash .ci/setup_gimp.sh`)"
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("chroot"):
+        return "running GIMP in its chroot needs root with unshare and chroot"
+    return None
+
+
+def _make_inputs(work: Path, clean: np.ndarray) -> dict:
+    gen = torch.Generator().manual_seed(6)
+    x = torch.from_numpy(clean.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    noisy = apply_noise(x, f"gaussian:{SIGMA}", gen)[0].permute(1, 2, 0).numpy()
+    n8 = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
+    n16 = np.clip(np.rint(noisy * 65535), 0, 65535).astype(np.uint16)
+    write_image(work / "noisy8.png", Photo(n8))
+    write_image(work / "noisy16.png", Photo(n16))
+    gray = clean.astype(np.float32).mean(axis=2, keepdims=True) / 255
+    gnoisy = apply_noise(torch.from_numpy(gray).permute(2, 0, 1)[None], f"gaussian:{SIGMA}", gen)[0]
+    g8 = np.clip(np.rint(gnoisy.permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)
+    h, w = g8.shape[:2]
+    alpha = np.clip(np.add.outer(np.arange(h), np.arange(w)) * 255 // (h + w - 2) + 1, 1, 255).astype(np.uint8)
+    write_image(work / "noisy-graya.png", Photo(g8, alpha=alpha))
+    return {"clean": clean, "n8": n8, "n16": n16, "gray_clean": gray[..., 0], "g8": g8[..., 0], "alpha": alpha}
+
+
+@pytest.fixture(scope="module")
+def gimp(photo_rgb):
+    reason = _gimp_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    (CHROOT / "tmp").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="denoise-gimp-test-", dir=CHROOT / "tmp"))
+    os.chmod(work, 0o755)
+
+    def inner(p: Path) -> str:  # the path GIMP sees
+        return "/" + str(p.relative_to(CHROOT))
+
+    created: list[Path] = []
+    try:
+        data = _make_inputs(work, photo_rgb)
+        home = work / "home"
+        profile = home / ".config" / "GIMP" / "3.0"
+        r = run_cli("install", "gimp", "--dest", str(profile), "--python", sys.executable)
+        assert r.returncode == 0, f"denoise-plugin install gimp failed:\n{r.stdout}\n{r.stderr}"
+        h, w = data["n8"].shape[:2]
+        sel = [w // 4, h // 4, w // 2, h // 2]
+        cases = [
+            {"name": "u8", "input": "noisy8.png", "output": "out-u8.png", "strength": 1.0, "model": MODEL},
+            {"name": "u16", "input": "noisy16.png", "output": "out-u16.png", "strength": 1.0, "model": MODEL},
+            {"name": "selection", "input": "noisy8.png", "output": "out-sel.png", "strength": 1.0,
+             "model": MODEL, "select": sel},
+            {"name": "gray-alpha", "input": "noisy-graya.png", "output": "out-graya.png", "strength": 1.0,
+             "model": MODEL},
+            {"name": "float-linear", "input": "noisy16.png", "precision": "FLOAT_LINEAR", "raw": "fl.raw",
+             "raw_format": "R'G'B' float", "strength": 1.0, "model": MODEL},
+            {"name": "half", "input": "noisy16.png", "precision": "HALF_NON_LINEAR", "raw": "half.raw",
+             "raw_format": "R'G'B' float", "strength": 1.0, "model": MODEL},
+            # last values (saved by GIMP after an interactive run) are what WITH_LAST_VALS uses,
+            # whatever the call passes: the same declared arguments, stored and restored by GIMP
+            {"name": "last-values", "input": "noisy8.png", "output": "out-last.png", "strength": 0.0,
+             "model": "/bogus.safetensors", "run_mode": "WITH_LAST_VALS",
+             "last_values": f'(strength 0.5)\n(model "{MODEL}")\n'},
+            {"name": "group", "input": "noisy8.png", "group": True, "strength": 1.0, "model": MODEL},
+            {"name": "missing-model", "input": "noisy8.png", "output": "out-err.png", "strength": 1.0,
+             "model": "/nonexistent/missing-model.safetensors"},
+        ]
+        for c in cases:
+            for k in ("input", "output", "raw"):
+                if k in c:
+                    c[k] = inner(work / c[k])
+        (work / "job.json").write_text(json.dumps({"proc": PROC, "cases": cases,
+                                                   "results": inner(work / "results.json")}))
+        (work / "batch.py").write_text(BATCH.replace("__JOB__", repr(inner(work / "job.json"))))
+
+        binds = _worker_binds(work)
+        for src, dst in binds:  # mount points, removed again below
+            target = CHROOT / dst.lstrip("/")
+            missing = []
+            p = target
+            while not os.path.lexists(p):
+                missing.append(p)
+                p = p.parent
+            created.extend(reversed(missing))
+        script = ['set -e', 'C="$1"; shift']
+        for src, dst in binds:
+            t = f'"$C"{dst}'
+            make = f'mkdir -p "$(dirname {t})"; [ -e {t} ] || touch {t}' if os.path.isfile(src) else f"mkdir -p {t}"
+            script.append(f'{make}; mount --bind "{src}" {t}')
+        (work / "tmp").mkdir()
+        script.append(f'exec chroot "$C" /usr/bin/env -i PATH=/usr/bin:/bin HOME={inner(home)} LANG=C.UTF-8 '
+                      f'TMPDIR={inner(work / "tmp")} '
+                      f'{GIMP} -i --batch-interpreter=python-fu-eval -b - --quit < "{work / "batch.py"}"')
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(script),
+                               "sh", str(CHROOT)], capture_output=True, text=True, timeout=900)
+        log = f"gimp exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+        results_path = work / "results.json"
+        assert proc.returncode == 0 and results_path.exists(), log
+        results = json.loads(results_path.read_text())
+        yield {"results": results, "work": work, "data": data, "sel": sel, "log": log,
+               "config": json.loads((profile / "plug-ins" / "denoise-cnn" / "denoise_worker.json").read_text())}
+    finally:
+        for p in reversed(created):  # deepest first; only our own, now empty, mount points
+            try:
+                p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+            except OSError:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _case(gimp, name: str) -> dict:
+    r = gimp["results"]["cases"].get(name)
+    assert r is not None, gimp["log"]
+    assert "exception" not in r, r["exception"]
+    return r
+
+
+def _ok(gimp, name: str) -> dict:
+    r = _case(gimp, name)
+    assert r["status"] == "success", f"{name}: {r}\n{gimp['log']}"
+    return r
+
+
+def test_registered_in_filters_enhance(gimp):
+    res = gimp["results"]
+    assert res["found"], gimp["log"]
+    assert res["menu_label"] == "Denoise (CNN)…"
+    assert "<Image>/Filters/Enhance" in res["menu_paths"]
+    assert res["image_types"] == "RGB*, GRAY*"
+    assert {"strength", "model"} <= set(res["arguments"])
+    assert res["defaults"] == {"strength": 1.0, "model": "default"}
+    cfg = gimp["config"]
+    assert cfg["python"] == sys.executable and MODEL in cfg["models"]
+
+
+def test_u8_psnr_rises(gimp):
+    r = _ok(gimp, "u8")
+    assert r["precision"] == "u8-non-linear"
+    d = gimp["data"]
+    out = read_image(gimp["work"] / "out-u8.png").pixels
+    assert out.dtype == np.uint8 and out.shape == d["clean"].shape
+    before, after = psnr(d["n8"] / 255, d["clean"] / 255), psnr(out / 255, d["clean"] / 255)
+    print(f"u8: PSNR {before:.2f} -> {after:.2f} dB")
+    assert after > before + MIN_GAIN_DB
+
+
+def test_u16_psnr_rises(gimp):
+    r = _ok(gimp, "u16")
+    assert r["precision"] == "u16-non-linear"
+    d = gimp["data"]
+    out = read_image(gimp["work"] / "out-u16.png").pixels
+    assert out.dtype == np.uint16
+    clean = d["clean"] / 255
+    before, after = psnr(d["n16"] / 65535, clean), psnr(out / 65535, clean)
+    print(f"u16: PSNR {before:.2f} -> {after:.2f} dB")
+    assert after > before + MIN_GAIN_DB
+    # really 16-bit: the result is not stuck on the 8-bit grid
+    assert np.mean(out % 257 != 0) > 0.5
+
+
+def test_only_the_selection_changes(gimp):
+    _ok(gimp, "selection")
+    d = gimp["data"]
+    out = read_image(gimp["work"] / "out-sel.png").pixels.astype(np.float64)
+    x, y, w, h = gimp["sel"]
+    inside = np.zeros(out.shape[:2], bool)
+    inside[y:y + h, x:x + w] = True
+    assert np.array_equal(out[~inside], d["n8"][~inside])
+    clean, noisy = d["clean"] / 255, d["n8"] / 255
+    before, after = psnr(noisy[inside], clean[inside]), psnr(out[inside] / 255, clean[inside])
+    print(f"selection: PSNR inside {before:.2f} -> {after:.2f} dB")
+    assert after > before + MIN_GAIN_DB
+    # the selection's edges had context: no seam between the inner border and its neighbours
+    full = read_image(gimp["work"] / "out-u8.png").pixels.astype(np.float64)
+    edge = np.zeros_like(inside)
+    edge[y:y + h, x:x + 2] = edge[y:y + h, x + w - 2:x + w] = True
+    edge[y:y + 2, x:x + w] = edge[y + h - 2:y + h, x:x + w] = True
+    assert np.abs(out[edge] - full[edge]).mean() < 2.0
+
+
+def test_gray_alpha_untouched_alpha(gimp):
+    r = _ok(gimp, "gray-alpha")
+    assert r["base_type"] == "gray"
+    d = gimp["data"]
+    photo = read_image(gimp["work"] / "out-graya.png")
+    assert photo.alpha is not None and np.array_equal(photo.alpha, d["alpha"])
+    out = photo.pixels[..., 0] / 255
+    before, after = psnr(d["g8"] / 255, d["gray_clean"]), psnr(out, d["gray_clean"])
+    print(f"gray+alpha: PSNR {before:.2f} -> {after:.2f} dB")
+    assert after > before + MIN_GAIN_DB
+
+
+@pytest.mark.parametrize("name,precision", [("float-linear", "float-linear"), ("half", "half-non-linear")])
+def test_float_precisions(gimp, name, precision):
+    r = _ok(gimp, name)
+    assert r["precision"] == precision
+    d = gimp["data"]
+    h, w = d["clean"].shape[:2]
+    base = gimp["work"] / ("fl.raw" if name == "float-linear" else "half.raw")
+    before = np.fromfile(str(base) + ".before", "<f4").reshape(h, w, 3)
+    after = np.fromfile(str(base) + ".after", "<f4").reshape(h, w, 3)
+    assert np.abs(before - d["n16"] / 65535).max() < 2e-3  # read back as sRGB-encoded values
+    clean = d["clean"] / 255
+    p0, p1 = psnr(before, clean), psnr(after, clean)
+    print(f"{name}: PSNR {p0:.2f} -> {p1:.2f} dB")
+    assert p1 > p0 + MIN_GAIN_DB
+
+
+def test_with_last_values(gimp):
+    _ok(gimp, "last-values")
+    d = gimp["data"]
+    out = read_image(gimp["work"] / "out-last.png").pixels.astype(np.float64)
+    full = read_image(gimp["work"] / "out-u8.png").pixels.astype(np.float64)
+    half = (d["n8"] + full) / 2  # strength 0.5 of the same model
+    assert np.abs(out - half).mean() < 1.0, np.abs(out - half).mean()
+    assert np.abs(out - full).mean() > 5 and np.abs(out - d["n8"]).mean() > 5
+
+
+def test_missing_model_is_an_error_and_changes_nothing(gimp):
+    r = _case(gimp, "missing-model")
+    assert r["status"] == "execution-error", r
+    assert "missing-model.safetensors" in (r["message"] or "") and "not found" in r["message"], r
+    out = read_image(gimp["work"] / "out-err.png").pixels
+    assert np.array_equal(out, gimp["data"]["n8"])
+
+
+def test_layer_group_is_refused_with_a_message(gimp):
+    r = _case(gimp, "group")
+    assert r["status"] == "execution-error" and "layer groups" in (r["message"] or ""), r
