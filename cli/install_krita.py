@@ -18,30 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import sysconfig
-import tempfile
-from importlib import util as importlib_util
 from pathlib import Path
 
-import click
 
-from .plugin_files import common_client, plugin_source
+from .plugin_files import CLIENT_NAME, CONFIG_NAME, common_client, plugin_source, worker_settings
 
 NAME = "denoise_cnn"
-CONFIG_NAME = "denoise_worker.json"
-CLIENT_NAME = "denoise_client.py"
 SECTION = "python"
-
-_PROBE = r"""
-import json, os
-import denoise_core
-from denoise_core.api import shipped_models
-print(json.dumps({"models": sorted(shipped_models()), "default_model": "default",
-                  "denoise_core": os.path.dirname(os.path.abspath(denoise_core.__file__))}))
-"""
-
 
 def default_resources() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
@@ -118,48 +102,6 @@ def kritarc_flag(kritarc: Path, key: str) -> str | None:
         elif in_section and "=" in s and s.split("=", 1)[0].strip() == key:
             value = s.split("=", 1)[1].strip()
     return value
-
-
-# ----------------------------------------------------------------------------- worker
-def _installer_core_dir() -> Path | None:
-    """The folder holding the denoise_core package this (installing) interpreter imports."""
-    spec = importlib_util.find_spec("denoise_core")
-    if spec is None or not spec.origin:
-        return None
-    return Path(spec.origin).resolve().parent.parent
-
-
-def _is_site_dir(path: Path) -> bool:
-    names = {"site-packages", "dist-packages"}
-    paths = {sysconfig.get_paths().get(k) for k in ("purelib", "platlib")}
-    return path.name in names or str(path) in {str(Path(p).resolve()) for p in paths if p}
-
-
-def worker_settings(python: str) -> dict:
-    """denoise_worker.json for `python`, checked by running it. `pythonpath` is the folder with the
-    denoise_core this installer imports (a source checkout, say), so the plugin and the core are the
-    same code; it is left out when that is a site-packages folder the interpreter finds itself."""
-    python = os.path.abspath(os.path.expanduser(str(python)))  # abspath, not resolve: venv symlinks
-    core = _installer_core_dir()
-    pythonpath = str(core) if core is not None and not _is_site_dir(core) else None
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONEXECUTABLE")}
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    try:
-        r = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, env=env,
-                           cwd=tempfile.gettempdir(), timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise click.ClickException(f"cannot run {python}: {e}.\nPass --python with the interpreter "
-                                   f"of the environment where the denoiser is installed.") from None
-    if r.returncode != 0:
-        tail = (r.stderr.strip().splitlines() or ["no message"])[-1]
-        raise click.ClickException(
-            f"{python} cannot import the denoiser ({tail}).\nPass --python with the interpreter of "
-            f"the environment where the denoiser is installed (one that can `import denoise_core`).")
-    found = json.loads(r.stdout.strip().splitlines()[-1])
-    return {"python": python, "pythonpath": pythonpath, "models": found["models"],
-            "default_model": found["default_model"]}
 
 
 # ----------------------------------------------------------------------------- install
