@@ -109,10 +109,24 @@ def run_case(app, win, job, case):
     pump(0.3)
     node = [n for n in doc.topLevelNodes() if n.type() == "paintlayer"][0]
     doc.setActiveNode(node)
-    with open(os.path.join(OUT, case["name"] + ".in"), "rb") as f:
-        raw = f.read()
-    node.setPixelData(QByteArray(raw), 0, 0, case["w"], case["h"])
+    if os.path.exists(os.path.join(OUT, case["name"] + ".in")):
+        with open(os.path.join(OUT, case["name"] + ".in"), "rb") as f:
+            raw = f.read()
+        node.setPixelData(QByteArray(raw), 0, 0, case["w"], case["h"])
     doc.refreshProjection(); doc.waitForDone()
+    with open(os.path.join(OUT, case["name"] + ".before"), "wb") as f:
+        f.write(bytes(node.pixelData(0, 0, case["w"], case["h"])))
+    if case.get("group"):  # the active layer is a group: the plugin must refuse it
+        group = doc.createGroupLayer("Group")
+        doc.rootNode().addChildNode(group, None)
+        doc.waitForDone(); pump(0.2)
+        log("  active doc is doc:", app.activeDocument() == doc, app.activeDocument().name(), win.activeView().document().name())
+        for i in range(20):
+            doc.setActiveNode(group)
+            pump(0.2)
+            log("  group:", i, doc.activeNode().type(), doc.activeNode().name())
+            if doc.activeNode().type() == "grouplayer":
+                break
     if case.get("selection"):
         x, y, w, h = case["selection"]
         sel = Selection()
@@ -126,6 +140,8 @@ def run_case(app, win, job, case):
     seen = {}
 
     def on_dialog():
+        if seen.get("stop"):
+            return
         dlg = visible(QDialog, "denoise_cnn_dialog")
         if dlg is None:
             QTimer.singleShot(50, on_dialog)
@@ -148,6 +164,8 @@ def run_case(app, win, job, case):
             dlg.accept()
 
     def on_progress():
+        if seen.get("stop"):
+            return
         p = visible(QProgressDialog, "denoise_cnn_progress")
         if p is None:
             QTimer.singleShot(20, on_progress)
@@ -163,6 +181,7 @@ def run_case(app, win, job, case):
     if case.get("reject"):
         return seen
     wait(lambda: job.LAST["state"] in ("done", "error", "cancelled"), 600, "the job")
+    seen["stop"] = True
     res["seconds"] = round(time.time() - t0, 2)
     res["state"], res["message"] = job.LAST["state"], job.LAST["message"]
     if res["state"] != "done":
@@ -171,6 +190,7 @@ def run_case(app, win, job, case):
         box.accept()
     pump(0.3)
     doc.waitForDone()
+    seen.pop("stop", None)
     res.update(seen)
     paint = [n for n in doc.topLevelNodes() if n.type() == "paintlayer"]
     result = paint[-1]
@@ -234,33 +254,46 @@ def _linear_to_srgb(x):
     return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
 
 
-def _alpha(h, w, peak):
-    a = np.full((h, w), peak, np.float64)
-    a[:, ::8] = round(peak * 2 / 3)  # stripes of partial alpha: must come back exactly
-    return a
+# Krita's layouts (HOSTS.md): U8/U16 RGBA are B,G,R,A, F16/F32 R,G,B,A, grayscale G,A; documents
+# made with an empty profile are sRGB at U8 and linear (…-g10) at deeper depths
+_DTYPES = {"U8": (np.uint8, 255), "U16": (np.uint16, 65535), "F16": (np.float16, None),
+           "F32": (np.float32, None)}
 
 
-def _encode(rgb, depth):
-    """sRGB float RGB (H, W, 3) -> Krita B,G,R,A bytes (U8 sRGB, U16 linear)."""
-    h, w, _ = rgb.shape
-    if depth == "U8":
-        dt, peak, val = np.uint8, 255, rgb
+def _alpha(h, w, dt, peak):
+    a = np.full((h, w), peak or 1.0, np.float64)
+    a[:, ::8] = round(peak * 2 / 3) if peak else 0.6  # stripes of partial alpha: must come back exactly
+    return a.astype(dt)
+
+
+def _encode(img, model, depth):
+    """sRGB float (H, W, 3) RGB or (H, W) gray -> Krita pixel bytes of MODEL/DEPTH."""
+    h, w = img.shape[:2]
+    dt, peak = _DTYPES[depth]
+    val = img if depth == "U8" else _srgb_to_linear(img)
+    if model == "RGBA":
+        col = val[..., ::-1] if peak else val
     else:
-        dt, peak, val = np.uint16, 65535, _srgb_to_linear(rgb)
-    px = np.empty((h, w, 4), dt)
-    px[..., :3] = np.clip(np.rint(val[..., ::-1] * peak), 0, peak)
-    px[..., 3] = _alpha(h, w, peak)
+        col = val[..., None]
+    c = col.shape[-1] + 1
+    px = np.empty((h, w, c), dt)
+    px[..., :-1] = np.clip(np.rint(col * peak), 0, peak) if peak else col
+    px[..., -1] = _alpha(h, w, dt, peak)
     return px.tobytes()
 
 
-def _decode(raw, depth, h=H, w=W):
-    """Krita B,G,R,A bytes -> (sRGB float RGB, alpha array)."""
-    dt, peak = (np.uint8, 255) if depth == "U8" else (np.uint16, 65535)
-    px = np.frombuffer(raw, dt).reshape(h, w, 4)
-    rgb = px[..., 2::-1].astype(np.float64) / peak
-    if depth == "U16":
-        rgb = _linear_to_srgb(rgb)
-    return rgb, px[..., 3].copy()
+def _decode(raw, model, depth, h=H, w=W):
+    """Krita pixel bytes -> (sRGB float RGB (H, W, 3) or gray (H, W), alpha as stored)."""
+    dt, peak = _DTYPES[depth]
+    c = 4 if model == "RGBA" else 2
+    px = np.frombuffer(raw, dt).reshape(h, w, c)
+    col = px[..., :-1].astype(np.float64) / (peak or 1.0)
+    if model == "RGBA" and peak:
+        col = col[..., ::-1]
+    if depth != "U8":
+        col = _linear_to_srgb(col)
+    col = np.ascontiguousarray(col if model == "RGBA" else col[..., 0])
+    return col, px[..., -1].copy()
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +305,7 @@ def krita_run(tmp_path_factory, photo_rgb):
            if not k.startswith(("XDG_", "PYTHON", "QT_", "KRITA")) and k not in ("DISPLAY",)}
     env.update(HOME=str(home), LANG="C.UTF-8", LC_ALL="C.UTF-8")
     # the real install command (the `denoise-plugin` console script runs this same click group)
-    r = subprocess.run([py, "-c", "from cli.plugin import main; main()", "install", "krita", "--python", py],
+    r = subprocess.run([py, "-m", "cli.plugin", "install", "krita", "--python", py],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     pykrita = home / ".local/share/krita/pykrita"
@@ -287,6 +320,9 @@ def krita_run(tmp_path_factory, photo_rgb):
     clean = photo_rgb[:H, :W].astype(np.float32) / 255.0
     x = torch.from_numpy(clean).permute(2, 0, 1)[None]
     noisy = apply_noise(x, "gaussian:25", torch.Generator().manual_seed(5))[0].permute(1, 2, 0).numpy()
+    clean_gray = clean.mean(axis=2)
+    xg = torch.from_numpy(clean_gray)[None, None].expand(1, 3, H, W).contiguous()
+    noisy_gray = apply_noise(xg, "gaussian:25", torch.Generator().manual_seed(6))[0, 0].numpy()
     shots = os.environ.get("DENOISE_KRITA_SHOTS")
     missing = str(home / "no-such-dir" / "missing.safetensors")
     cases = [
@@ -295,10 +331,17 @@ def krita_run(tmp_path_factory, photo_rgb):
         {"name": "u8sel", "depth": "U8", "set_model": "seed", "selection": list(SEL)},
         {"name": "missing", "depth": "U8", "set_model": missing},
         {"name": "cancel", "depth": "U8", "set_model": "seed", "cancel": True},
+        {"name": "f32", "depth": "F32", "set_model": "seed"},
+        {"name": "gray16", "depth": "U16", "model": "GRAYA", "set_model": "seed"},
+        {"name": "group", "depth": "U8", "group": True},
+        {"name": "cmyk", "depth": "U8", "model": "CMYKA"},
     ]
     for c in cases:
-        c.update(w=W, h=H, model="RGBA")
-        (out / f"{c['name']}.in").write_bytes(_encode(noisy, c["depth"]))
+        c.setdefault("model", "RGBA")
+        c.update(w=W, h=H)
+        if c["model"] != "CMYKA":
+            img = noisy_gray if c["model"] == "GRAYA" else noisy
+            (out / f"{c['name']}.in").write_bytes(_encode(img, c["model"], c["depth"]))
     if shots:  # a larger, opaque photo for the docs; the dialog is cancelled after the shots
         Path(shots).mkdir(parents=True, exist_ok=True)
         from skimage import data
@@ -330,12 +373,12 @@ def krita_run(tmp_path_factory, photo_rgb):
     assert rc == 0, f"Krita exited with {rc} after {seconds:.0f}s\n{plugin_log}\n--- krita log ---\n{krita_log}"
     results = json.loads((out / "results.json").read_text())
     print(f"\nKrita run: {seconds:.1f}s; " + json.dumps(results))
-    return {"out": out, "results": results, "clean": clean, "noisy": noisy, "cases": cases}
+    return {"out": out, "results": results, "clean": clean, "clean_gray": clean_gray, "cases": cases}
 
 
 def _read(run, name, ext="out"):
-    depth = next(c["depth"] for c in run["cases"] if c["name"] == name)
-    return _decode((run["out"] / f"{name}.{ext}").read_bytes(), depth)
+    case = next(c for c in run["cases"] if c["name"] == name)
+    return _decode((run["out"] / f"{name}.{ext}").read_bytes(), case["model"], case["depth"])
 
 
 def test_action_in_krita(krita_run):
@@ -344,13 +387,15 @@ def test_action_in_krita(krita_run):
     assert r["u8"]["dialog"] and "seed" in r["u8"]["models"] and r["u8"]["models"][0] == "default"
 
 
-@pytest.mark.parametrize("name", ["u8", "u16"])
+@pytest.mark.parametrize("name", ["u8", "u16", "f32", "gray16"])
 def test_denoise_raises_psnr_keeps_alpha(krita_run, name):
     res = krita_run["results"][name]
     assert res["state"] == "done", res
-    if name == "u16":
+    if name != "u8":
         assert "g10" in res["profile"], res["profile"]  # linear: the transfer='linear' path ran
-    clean = krita_run["clean"]
+    clean = krita_run["clean_gray" if name == "gray16" else "clean"]
+    # what Krita held before the run is what this test wrote (byte order and depth as assumed)
+    assert (krita_run["out"] / f"{name}.before").read_bytes() == (krita_run["out"] / f"{name}.in").read_bytes()
     before, alpha_in = _read(krita_run, name, "in")
     after, alpha_out = _read(krita_run, name)
     p0, p1 = psnr(before, clean), psnr(after, clean)
@@ -396,3 +441,13 @@ def test_cancel_leaves_layer(krita_run):
     assert res.get("cancel_clicked") and res["state"] == "cancelled", res
     assert "cancelled" in res["box_text"]
     assert (krita_run["out"] / "cancel.out").read_bytes() == (krita_run["out"] / "cancel.in").read_bytes()
+
+
+@pytest.mark.parametrize("name,words", [("group", ["paint layers", "group layer"]),
+                                        ("cmyk", ["RGB and grayscale", "CMYK", "Convert"])])
+def test_refuses_with_message_and_leaves_layer(krita_run, name, words):
+    res = krita_run["results"][name]
+    assert res["state"] == "error" and not res.get("dialog"), res  # refused before the dialog
+    for w in words:
+        assert w in res["box_text"], res["box_text"]
+    assert (krita_run["out"] / f"{name}.out").read_bytes() == (krita_run["out"] / f"{name}.before").read_bytes()
