@@ -1,5 +1,5 @@
 """Write weights/<name>.md, the card of each shipped weight file, from its checkpoint metadata and,
-when given, a bench/quality.py JSON result (`--quality results.json`)."""
+when given, bench/quality.py's JSON (`--quality docs/bench/quality.json`)."""
 from __future__ import annotations
 
 import argparse
@@ -40,14 +40,17 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
         f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each held-out photo)",
     ]
-    if quality:
-        rows = [r for r in quality.get("rows", []) if r.get("method") == name]
-        if rows:
-            lines += ["", "## Measured on held-out photos (`bench/quality.py`)", "",
-                      "| noise | noisy PSNR | PSNR | SSIM |", "| --- | --- | --- | --- |"]
-            for r in rows:
-                lines.append(f"| {r['condition']} | {r.get('noisy_psnr', float('nan')):.2f} | "
-                             f"{r['psnr']:.2f} | {r.get('ssim', float('nan')):.4f} |")
+    summary = (quality or {}).get("summary", {})
+    if name in summary:
+        noisy = summary.get("noisy", {})
+        lines += ["", "## Measured on held-out photos (`bench/quality.py`, 8-bit inputs)", "",
+                  "| noise | noisy PSNR | PSNR | SSIM |", "| --- | ---: | ---: | ---: |"]
+        for cond, r in summary[name].items():
+            if r.get("psnr") is None:
+                continue
+            n = noisy.get(cond, {}).get("psnr")
+            lines.append(f"| {cond} | {n:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} |" if n is not None
+                         else f"| {cond} | – | {r['psnr']:.2f} | {r['ssim']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
