@@ -136,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cbm3d", action="store_true", help="skip CBM3D (about 27 s per 512x512 crop on 2 cores)")
     ap.add_argument("--cbm3d-camera", action="store_true", help="also run CBM3D on camera noise, at FFDNet's oracle sigma")
     ap.add_argument("--quick", action="store_true", help="2 photos, 1 crop of 256 px, 2 cameras")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "bench", help="where plots, crops and results go")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where quality.md, quality.json, the plot and the crops go (default docs/bench; "
+                         "with --quick a temporary folder, so a quick look never overwrites the full results)")
+    ap.add_argument("--json", type=Path, metavar="OUT",
+                    help="also save the results (summary, throughput, per-image numbers) as JSON here")
     ap.add_argument("--save-inputs", type=Path, help="also save every noisy input as an 8-bit PNG here")
     ap.add_argument("--tile", type=int, default=0, help="tile size for our models (default: the Denoiser's)")
     ap.add_argument("--speed", type=Path, metavar="JSON",
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         args.max_photos, args.crops, args.size = args.max_photos or 2, 1, min(args.size, 256)
         if args.cameras == ";".join(CAMERAS):
             args.cameras = ";".join(CAMERAS[:2])
+    if args.out is None:
+        args.out = (Path(tempfile.gettempdir()) / "denoise-bench-quick") if args.quick else ROOT / "docs" / "bench"
     torch.manual_seed(0)
 
     # methods
@@ -365,10 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "quality.md").write_text(report + "\n")
     summary = {m: {c: {"psnr": mean(m, c), "ssim": mean(m, c, 1), "n": len(res[m].get(c, []))} for c in cols}
                for m in methods}
-    (args.out / "quality.json").write_text(json.dumps(
+    blob = json.dumps(
         {"summary": summary, "mp_per_s": {m: mps(m) for m in methods}, "cameras": cameras,
-         "crops": crop_desc, "oracle_grid": ORACLE_GRID, "per_image": per_image}, indent=1, default=str))
+         "crops": crop_desc, "oracle_grid": ORACLE_GRID, "speed_source": str(args.speed or "crops"),
+         "per_image": per_image}, indent=1, default=str)
+    (args.out / "quality.json").write_text(blob)
     written = [args.out / "quality.md", args.out / "quality.json"]
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(blob)
+        written.append(args.json)
     xlabel = ("throughput on this CPU, MP/s, log scale"
               + (f" ({speed_size} images)" if speed_size else f" ({args.size}-px crops)"))
     written += plot(args.out / "quality_speed.png", methods, conds, cameras, mean, mps, xlabel)

@@ -10,6 +10,7 @@ PDB (non-interactive) and reports back in JSON; the tests then check the exporte
 """
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -254,7 +255,6 @@ def gimp(photo_rgb):
     def inner(p: Path) -> str:  # the path GIMP sees
         return "/" + str(p.relative_to(CHROOT))
 
-    created: list[Path] = []
     try:
         data = _make_inputs(work, photo_rgb)
         home = work / "home"
@@ -292,6 +292,12 @@ def gimp(photo_rgb):
         (work / "batch.py").write_text(BATCH.replace("__JOB__", repr(inner(work / "job.json"))))
 
         binds = _worker_binds(work)
+        # Mount points go into the shared chroot and are removed after the run. Removing one that a
+        # concurrent run (another checkout's tests) has mounted on would unmount it there, so runs
+        # on the same chroot take turns.
+        lock = open(CHROOT / "tmp" / ".denoise-gimp-test.lock", "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        created: list[Path] = []
         for src, dst in binds:  # mount points, removed again below
             target = CHROOT / dst.lstrip("/")
             missing = []
@@ -309,8 +315,17 @@ def gimp(photo_rgb):
         script.append(f'exec chroot "$C" /usr/bin/env -i PATH=/usr/bin:/bin HOME={inner(home)} LANG=C.UTF-8 '
                       f'TMPDIR={inner(work / "tmp")} '
                       f'{GIMP} -i --batch-interpreter=python-fu-eval -b - --quit < "{work / "batch.py"}"')
-        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(script),
-                               "sh", str(CHROOT)], capture_output=True, text=True, timeout=900)
+        try:
+            proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(script),
+                                   "sh", str(CHROOT)], capture_output=True, text=True, timeout=900)
+        finally:
+            for p in reversed(created):  # deepest first; only our own, now empty, mount points
+                try:
+                    p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+                except OSError:
+                    pass
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
         log = f"gimp exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
         results_path = work / "results.json"
         assert proc.returncode == 0 and results_path.exists(), log
@@ -318,11 +333,6 @@ def gimp(photo_rgb):
         yield {"results": results, "work": work, "data": data, "sel": sel, "log": log,
                "config": json.loads((profile / "plug-ins" / "denoise-cnn" / "denoise_worker.json").read_text())}
     finally:
-        for p in reversed(created):  # deepest first; only our own, now empty, mount points
-            try:
-                p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
-            except OSError:
-                pass
         shutil.rmtree(work, ignore_errors=True)
 
 
