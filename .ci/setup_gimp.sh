@@ -4,9 +4,7 @@
 #
 # Idempotent: does nothing when $GIMP_CHROOT is ready; restores it from the zstd tarball
 # $GIMP_CHROOT_CACHE when that exists (seconds); otherwise builds it with debootstrap (about
-# 2-4 minutes, ~700 MB of downloads) and writes the tarball for next time. A chroot or tarball
-# made before a package was added to PKGS gets the missing packages installed in place.
-# Besides GIMP, the chroot has Xvfb and xdotool: the test opens the plug-in's dialog for real.
+# 2-3 minutes, ~700 MB of downloads) and writes the tarball for next time.
 # Needs root. Mounts (/proc, /sys, /dev for apt) live in a private mount namespace, so nothing
 # stays mounted when the script ends, even on failure.
 #
@@ -19,53 +17,14 @@ CHROOT=${GIMP_CHROOT:-/work/gimp-chroot}
 CACHE=${GIMP_CHROOT_CACHE:-${DENOISE_CI_CACHE:-/var/cache/denoise-ci}/gimp-chroot-trixie.tar.zst}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITE=trixie
-PKGS="gimp python3-gi gir1.2-gimp-3.0 xvfb xauth xdotool"
+PKGS="gimp python3-gi gir1.2-gimp-3.0"
 STAMP=.denoise-gimp-ready   # inside the chroot; written last, so a half-built tree never counts
 start=$(date +%s)
 say() { echo "setup_gimp: $* ($(( $(date +%s) - start ))s)"; }
 
-made() { [ -f "$1/$STAMP" ] && [ -x "$1/usr/bin/gimp-console-3.0" ]; }
-complete() { [ -x "$1/usr/bin/xvfb-run" ] && [ -x "$1/usr/bin/xdotool" ]; }
-ready() { made "$1" && complete "$1"; }
-
-# apt-get install PKGS in chroot DIR; /proc, /sys, /dev are mounted only in a private mount
-# namespace, so nothing stays mounted when it ends, even on failure
-apt_in() {
-    unshare -m --propagation private sh -eu -c '
-        W=$1; shift
-        mount -t proc proc "$W/proc"
-        mount -t sysfs sys "$W/sys"
-        mount --rbind /dev "$W/dev"
-        cp -L /etc/resolv.conf "$W/etc/resolv.conf" 2>/dev/null || true
-        chroot "$W" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 \
-            sh -euc "apt-get update -qq && apt-get install -y -qq --no-install-recommends $* >/dev/null && apt-get clean"
-    ' sh "$@"
-    rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin
-}
-
-stamp() {
-    version=$(chroot "$1" /usr/bin/env -i PATH=/usr/bin:/bin dpkg-query -W -f='${Version}' gimp)
-    echo "$SUITE gimp $version" >"$1/$STAMP"
-}
-
-write_cache() {  # the chroot's /tmp (test runs' files) stays out
-    command -v zstd >/dev/null || { say "no zstd: cache $CACHE not written"; return 0; }
-    say "writing cache $CACHE"
-    mkdir -p "$(dirname "$CACHE")"
-    tar --zstd --numeric-owner --exclude='./tmp/*' -cpf "$CACHE.tmp" -C "$1" . && mv "$CACHE.tmp" "$CACHE"
-}
+ready() { [ -f "$1/$STAMP" ] && [ -x "$1/usr/bin/gimp-console-3.0" ]; }
 
 if ready "$CHROOT"; then
-    say "GIMP chroot ready at $CHROOT ($(cat "$CHROOT/$STAMP"))"
-    exit 0
-fi
-if made "$CHROOT"; then  # an older chroot of this script: add what PKGS gained since
-    [ "$(id -u)" = 0 ] || { echo "setup_gimp: needs root (chroot, apt-get)" >&2; exit 1; }
-    say "adding missing packages to $CHROOT"
-    apt_in "$CHROOT" $PKGS
-    stamp "$CHROOT"
-    ready "$CHROOT" || { echo "setup_gimp: packages still missing in $CHROOT" >&2; exit 1; }
-    write_cache "$CHROOT"
     say "GIMP chroot ready at $CHROOT ($(cat "$CHROOT/$STAMP"))"
     exit 0
 fi
@@ -92,14 +51,7 @@ mkdir -p "$work"
 
 if [ -f "$CACHE" ]; then
     say "restoring $CACHE"
-    if tar --zstd --numeric-owner -xpf "$CACHE" -C "$work" && made "$work"; then
-        if ! complete "$work"; then
-            say "adding missing packages to the restored chroot"
-            apt_in "$work" $PKGS
-            stamp "$work"
-            ready "$work" || { echo "setup_gimp: packages still missing after install" >&2; exit 1; }
-            write_cache "$work"
-        fi
+    if tar --zstd --numeric-owner -xpf "$CACHE" -C "$work" && ready "$work"; then
         rm -rf "$CHROOT"
         mv "$work" "$CHROOT"
         say "GIMP chroot restored at $CHROOT ($(cat "$CHROOT/$STAMP"))"
@@ -118,11 +70,25 @@ unshare -m --propagation private \
 rm -f "$work.debootstrap.log"
 
 say "apt-get install $PKGS (in the chroot)"
-apt_in "$work" $PKGS
-stamp "$work"
-ready "$work" || { echo "setup_gimp: gimp-console-3.0, xvfb-run or xdotool missing after install" >&2; exit 1; }
-write_cache "$work"
+unshare -m --propagation private sh -eu -c '
+    W=$1; shift
+    mount -t proc proc "$W/proc"
+    mount -t sysfs sys "$W/sys"
+    mount --rbind /dev "$W/dev"
+    cp -L /etc/resolv.conf "$W/etc/resolv.conf" 2>/dev/null || true
+    chroot "$W" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 \
+        sh -euc "apt-get update -qq && apt-get install -y -qq --no-install-recommends $* >/dev/null && apt-get clean"
+' sh "$work" $PKGS
+rm -rf "$work"/var/lib/apt/lists/* "$work"/var/cache/apt/*.bin
+
+version=$(chroot "$work" /usr/bin/env -i PATH=/usr/bin:/bin dpkg-query -W -f='${Version}' gimp)
+echo "$SUITE gimp $version" >"$work/$STAMP"
+ready "$work" || { echo "setup_gimp: gimp-console-3.0 missing after install" >&2; exit 1; }
+
+say "writing cache $CACHE"
+mkdir -p "$(dirname "$CACHE")"
+tar --zstd --numeric-owner -cpf "$CACHE.tmp" -C "$work" . && mv "$CACHE.tmp" "$CACHE"
 
 rm -rf "$CHROOT"
 mv "$work" "$CHROOT"
-say "GIMP chroot ready at $CHROOT ($(cat "$CHROOT/$STAMP"); cache $(du -h "$CACHE" | cut -f1))"
+say "GIMP chroot ready at $CHROOT ($SUITE gimp $version; cache $(du -h "$CACHE" | cut -f1))"
