@@ -3,6 +3,8 @@ with synthetic noise (for example your camera's darktable noise profile).
 
     denoise-train --noisy high_iso/ --clean base_iso/ --arch unet --out mine.safetensors --steps 20000
     denoise-train --clean photos/ --noise 'camera:"Nikon D750"@12800' --out d750.safetensors
+    denoise-train --init default --clean photos/ --noise 'camera:"Nikon D750"@12800' --lr 2e-4 \
+        --steps 3000 --out d750-ft.safetensors      (fine-tune the shipped model: far fewer steps)
     torchrun --nproc_per_node 4 -m denoise_cli.train ...same options...   (DistributedDataParallel)
 
 All input problems are reported before training starts. Exit status: 0 done, 1 training failed,
@@ -20,6 +22,8 @@ import click
 import numpy as np
 import torch
 
+from denoise_core.api import ModelNotFoundError, resolve_model
+from denoise_core.checkpoint import CheckpointError, load_checkpoint
 from denoise_core.device import DEVICES, pick_device
 from denoise_core.imageio import ImageReadError, read_image
 from denoise_core.metrics import psnr
@@ -66,6 +70,9 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
                    'camera:"MAKER MODEL"@ISO, camera:random or mix.')
 @click.option("--arch", type=click.Choice(list_models()), default="unet", show_default=True)
 @click.option("--arch-args", default="{}", metavar="JSON", help='Architecture arguments, e.g. \'{"width": 48}\'.')
+@click.option("--init", "init", metavar="MODEL",
+              help="Start from these weights (a shipped model name such as 'default', or a .safetensors "
+                   "file) instead of random ones; the architecture comes from them.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Weights file to write (.safetensors).")
 @click.option("--steps", type=click.IntRange(1), default=10000, show_default=True)
 @click.option("--patch", type=click.IntRange(8), default=64, show_default=True, help="Patch side in pixels.")
@@ -86,7 +93,7 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
               help="Largest misalignment (px) of a pair that is cropped away instead of rejected.")
 @click.option("--list-cameras", is_flag=True, expose_value=False, is_eager=True, callback=_list_cameras,
               help="List the cameras with noise profiles and exit.")
-def main(noisy, clean, noise_spec, arch, arch_args, out, steps, patch, batch, lr, loss, val_fraction,
+def main(noisy, clean, noise_spec, arch, arch_args, init, out, steps, patch, batch, lr, loss, val_fraction,
          val_every, checkpoint_every, seed, resume, device, threads, max_shift) -> None:
     """Train denoising weights from noisy/clean pairs (--noisy, --clean) or from clean photos with
     synthetic noise (--clean, --noise)."""
@@ -103,6 +110,19 @@ def main(noisy, clean, noise_spec, arch, arch_args, out, steps, patch, batch, lr
         spec = parse_noise(noise_spec) if noise_spec is not None else None
     except NoiseSpecError as e:
         raise InputError(str(e)) from None
+    init_path = ""
+    if init is not None:
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("arch", "arch_args")
+                 if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--init takes the architecture from its weights; drop {' and '.join(given)}")
+        try:
+            init_path = str(resolve_model(init))
+            ck = load_checkpoint(init_path)
+        except (ModelNotFoundError, CheckpointError) as e:
+            raise InputError(f"--init: {e}") from None
+        arch, arch_args = ck.arch, json.dumps(ck.arch_args)
     try:
         args = json.loads(arch_args)
         if not isinstance(args, dict):
@@ -137,8 +157,9 @@ def main(noisy, clean, noise_spec, arch, arch_args, out, steps, patch, batch, lr
         val_every = val_every or int(np.clip(pixels // (batch * patch * patch * di.world), 50, 1000))
         cfg = TrainConfig(arch=arch, arch_args=args, noise=str(spec) if spec else "pairs", patch=patch,
                           batch=batch, steps=steps, lr=lr, loss=loss, seed=seed, val_every=val_every,
-                          checkpoint_every=checkpoint_every, device=device, data=data, threads=threads)
-        _say(f"training {arch} on {data}; {steps} steps of {batch}x{patch}x{patch} patches"
+                          checkpoint_every=checkpoint_every, device=device, data=data, threads=threads,
+                          init=init_path)
+        _say(f"training {arch}{f' from {init_path}' if init_path else ''} on {data}; {steps} steps of {batch}x{patch}x{patch} patches"
              f"{f' on each of {di.world} processes' if di.world > 1 else ''}, device {dev.type}")
         if val_pairs:
             base = np.mean([psnr(n, c) for n, c in val_pairs])

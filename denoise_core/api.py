@@ -26,6 +26,7 @@ from .tiler import make_grid, read_window
 
 DEFAULT_MODEL = "unet"
 DEFAULT_TILE = 1024  # a model call sees (tile + 2 * overlap)^2 pixels: ~300 MB for `unet` on the CPU
+DEFAULT_BORDER = 16  # mirrored context past the image edge (see tiler); the full overlap costs time, not quality
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
@@ -74,7 +75,7 @@ def resolve_model(model: str | os.PathLike) -> Path:
 
 class Denoiser:
     def __init__(self, model: str | os.PathLike = "default", *, device: str = "auto",
-                 tile: int = DEFAULT_TILE, overlap: int | None = None) -> None:
+                 tile: int = DEFAULT_TILE, overlap: int | None = None, border: int = DEFAULT_BORDER) -> None:
         self.path = resolve_model(model)
         ckpt = load_checkpoint(self.path)
         self.card = ckpt.card
@@ -88,6 +89,7 @@ class Denoiser:
         self.receptive = int(getattr(net, "receptive_radius", 16))
         self.tile = int(tile)
         self.overlap = self.receptive if overlap is None else int(overlap)
+        self.border = int(border)
 
     @torch.inference_mode()
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +126,7 @@ class Denoiser:
             out[...] = arr
             return out[..., 0] if squeeze else out
         grid = make_grid(h, w, tile=tile or self.tile, overlap=self.overlap if overlap is None else overlap,
-                         multiple=self.multiple)
+                         multiple=self.multiple, border=self.border)
         band = np.zeros((0, w, c), np.float32)  # float accumulator for rows not yet final
         band_y0 = 0
         total = len(grid)

@@ -299,10 +299,12 @@ def apply_noise(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator) ->
         for i in range(n):
             xi = x[i:i + 1]
             u = float(choice[i])
-            if u < 0.45:
+            if u < 0.40:
                 y[i:i + 1] = _camera_batch(xi, NoiseSpec(kind="camera"), gen)
-            elif u < 0.85:
-                y[i:i + 1] = add_gaussian(xi, 55.0 * float(torch.rand((), generator=gen)), gen)
+            elif u < 0.85:  # half of the Gaussian patches at the common 5-30 levels, the rest 0-55
+                v = float(torch.rand((), generator=gen))
+                sigma = 55.0 * v if float(torch.rand((), generator=gen)) < 0.5 else 5.0 + 25.0 * v
+                y[i:i + 1] = add_gaussian(xi, sigma, gen)
             elif u < 0.95:
                 y[i:i + 1] = add_poisson_gaussian(xi, gen)
             else:

@@ -3,9 +3,12 @@
 Pure geometry, no model: the image is partitioned into core boxes whose origins are multiples of
 the model's size multiple (so a translation-variant net, e.g. one that pixel-unshuffles, sees every
 tile on the same grid as the whole image). Each tile reads its core plus `overlap` pixels of
-context on every side (so a model call sees at most (tile + 2*overlap)^2 pixels, mirrored past the image border) and contributes to its core plus a feather
-band of `feather` pixels on each inner edge, with linear ramps that sum to exactly one. When the
-overlap covers the model's receptive field the tiled result equals the untiled one.
+context on every inner side and `border` pixels (mirrored) past the image edge, so a model call
+sees at most (tile + 2*overlap)^2 pixels; each tile contributes to its core plus a feather band of
+`feather` pixels on each inner edge, with linear ramps that sum to exactly one. When the overlap
+covers the model's receptive field the tiled result equals the untiled one (the whole image plus
+the same mirrored border); the border can be thinner than the overlap, since past the image edge
+the context is made up anyway, and every pixel of it costs model time.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class TileGrid:
     multiple: int
     ys: tuple[int, ...]   # core boundaries along y, first 0, last height
     xs: tuple[int, ...]
+    border: int = -1      # mirrored context past the image edge; -1: the overlap
 
     @property
     def rows(self) -> int:
@@ -48,6 +52,7 @@ class TileGrid:
 
     def __iter__(self):
         f, ov = self.feather, self.overlap
+        b = ov if self.border < 0 else self.border
         i = 0
         for r in range(self.rows):
             y0, y1 = self.ys[r], self.ys[r + 1]
@@ -57,9 +62,11 @@ class TileGrid:
                 x0, x1 = self.xs[c], self.xs[c + 1]
                 sx0 = x0 - f if c > 0 else x0
                 sx1 = x1 + f if c < self.cols - 1 else x1
-                wy1 = _round_up(y1 - y0 + 2 * ov, self.multiple) + y0 - ov
-                wx1 = _round_up(x1 - x0 + 2 * ov, self.multiple) + x0 - ov
-                yield Tile(i, r, (y0, x0, y1, x1), (sy0, sx0, sy1, sx1), (y0 - ov, x0 - ov, wy1, wx1))
+                # context stops `b` past the image edge, as it does for the whole image
+                wy0, wx0 = max(y0 - ov, -b), max(x0 - ov, -b)
+                wy1 = wy0 + _round_up(min(y1 + ov, self.height + b) - wy0, self.multiple)
+                wx1 = wx0 + _round_up(min(x1 + ov, self.width + b) - wx0, self.multiple)
+                yield Tile(i, r, (y0, x0, y1, x1), (sy0, sx0, sy1, sx1), (wy0, wx0, wy1, wx1))
                 i += 1
 
     def weights(self, tile: Tile) -> np.ndarray:
@@ -94,7 +101,7 @@ def _ramp(s0: int, s1: int, c0: int, c1: int, f: int) -> np.ndarray:
 
 
 def make_grid(height: int, width: int, *, tile: int, overlap: int, multiple: int = 1,
-              feather: int | None = None) -> TileGrid:
+              feather: int | None = None, border: int | None = None) -> TileGrid:
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1, got {width}x{height}")
     if tile < 1:
@@ -103,6 +110,7 @@ def make_grid(height: int, width: int, *, tile: int, overlap: int, multiple: int
         raise ValueError("overlap must be >= 0")
     multiple = max(1, multiple)
     overlap = _round_up(overlap, multiple)
+    border = overlap if border is None else min(overlap, _round_up(max(0, border), multiple))
     core = _round_up(tile, multiple)
     if feather is None:
         feather = min(16, overlap // 2)
@@ -120,7 +128,7 @@ def make_grid(height: int, width: int, *, tile: int, overlap: int, multiple: int
     ys, xs = bounds(height), bounds(width)
     min_core = min(min(b - a for a, b in zip(ys, ys[1:])), min(b - a for a, b in zip(xs, xs[1:])))
     feather = max(0, min(feather, overlap, (min_core - 1) // 2))
-    return TileGrid(height, width, tile, overlap, feather, multiple, ys, xs)
+    return TileGrid(height, width, tile, overlap, feather, multiple, ys, xs, border)
 
 
 def mirror_indices(start: int, stop: int, n: int) -> np.ndarray:

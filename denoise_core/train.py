@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
-from .checkpoint import save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
 from .device import pick_device
 from .metrics import psnr, ssim
 from .models import create_model
@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "cpu"
     data: str = ""
     threads: int = 0  # CPU threads per process; 0: all cores, shared out among local ranks
+    init: str = ""  # checkpoint to start from (fine-tuning); its arch must match; unused on resume
 
 
 @dataclass
@@ -229,6 +230,20 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
+    try:
+        ckpt = load_checkpoint(cfg.init)
+    except CheckpointError as e:
+        raise TrainingError(f"init: {e}") from None
+    if ckpt.arch != cfg.arch or ckpt.arch_args != cfg.arch_args:
+        raise TrainingError(f"init: {cfg.init} holds a {ckpt.arch!r} model with arch_args {ckpt.arch_args}, "
+                            f"not {cfg.arch!r} with {cfg.arch_args}")
+    try:
+        load_state_dict_strict(model, ckpt.state_dict, source=cfg.init)
+    except CheckpointError as e:
+        raise TrainingError(f"init: {e}") from None
+
+
 def state_path(out: str | os.PathLike) -> Path:
     return Path(str(out) + ".state.pt")
 
@@ -267,6 +282,8 @@ def train(
         torch.set_num_threads(cfg.threads or max(1, cores // di.local_world))
     torch.manual_seed(cfg.seed)
     model = model or create_model(cfg.arch, **cfg.arch_args)
+    if cfg.init and not resume:
+        _load_init(model, cfg)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     use_amp = device.type == "cuda"
@@ -300,6 +317,8 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     model.train()
     card = dict(card or {})
+    if cfg.init:
+        card.setdefault("init", Path(cfg.init).name)
     curve_png, compare_png = report_paths(out)
     t0, s0 = time.time(), step
     log_every = max(1, cfg.steps // 500)

@@ -28,11 +28,14 @@ def main() -> None:
     ap.add_argument("--noise", default="mix")
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default="", help="weights to fine-tune from")
+    ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     train_imgs = load_photos(a.photos, TRAIN)
     val_imgs = load_photos(a.photos, VALIDATION)
     cfg = TrainConfig(arch=a.arch, noise=a.noise, patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr,
                       loss=a.loss, val_every=a.val_every, checkpoint_every=250, device="cpu",
+                      init=a.init, threads=a.threads,
                       data=f"{len(TRAIN)} photos from Debian packages lomiri-wallpapers-16.04, mate-backgrounds, "
                            f"plasma-workspace-wallpapers, palapeli-data (2x box-downscaled); "
                            f"validation: {', '.join(VALIDATION)}")
@@ -51,7 +54,8 @@ def main() -> None:
                   f"{(time.time() - t0):.0f}s eta={p.eta_s or 0:.0f}s{extra}", flush=True)
 
     res = train(cfg, a.out, batches=batches, val_pairs=val, resume=a.resume, on_progress=report,
-                card={"trained_with": "scripts/train_shipped.py", "val_noise": "mix (fixed seed)"})
+                card={"trained_with": "scripts/train_shipped.py", "val_noise": "mix (fixed seed)",
+                      "mix_version": "v2"})
     print("best", res["best_psnr"], file=sys.stderr)
 
 

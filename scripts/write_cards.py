@@ -10,12 +10,15 @@ from pathlib import Path
 from denoise_core.api import shipped_models
 from denoise_core.checkpoint import load_checkpoint
 
+_CAMERA = ("camera noise (a random darktable profile of 374 camera models at ISO 1600-25600, exposure "
+           "pushed 0-2 EV, random white balance and colour matrix, through unprocessing: sRGB -> linear -> "
+           "Bayer mosaic -> Poisson-Gaussian -> bilinear demosaic of the noise -> sRGB)")
+# the `mix` spec changed once; a card's `mix_version` says which one its weights saw (none: v1)
 NOISE_TEXT = {
-    "mix": "per patch: 45% camera noise (a random darktable profile of 374 camera models at ISO "
-           "1600-25600, exposure pushed 0-2 EV, random white balance and colour matrix, through "
-           "unprocessing: sRGB -> linear -> Bayer mosaic -> Poisson-Gaussian -> bilinear demosaic of "
-           "the noise -> sRGB), 40% Gaussian with sigma uniform in 0-55, 10% Poisson-Gaussian in "
-           "linear light, 5% no noise; all clipped and quantized to 8 bits",
+    "mix v1": f"per patch: 45% {_CAMERA}, 40% Gaussian with sigma uniform in 0-55, 10% Poisson-Gaussian "
+              f"in linear light, 5% no noise; all clipped and quantized to 8 bits",
+    "mix v2": f"per patch: 40% {_CAMERA}, 45% Gaussian (half with sigma uniform in 0-55, half in 5-30), "
+              f"10% Poisson-Gaussian in linear light, 5% no noise; all clipped and quantized to 8 bits",
 }
 
 
@@ -25,6 +28,7 @@ def card(name: str, path: Path, quality: dict | None) -> str:
     params = sum(p.numel() for p in net.parameters())
     c = ck.card
     noise = c.get("noise", "?")
+    noise_text = NOISE_TEXT.get(f"{noise} {c.get('mix_version', 'v1')}", noise)
     lines = [
         f"# `{name}` weights",
         "",
@@ -33,10 +37,11 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         f"{params:,} parameters, input sides padded to a multiple of {getattr(net, 'size_multiple', 1)}, "
         f"receptive radius {getattr(net, 'receptive_radius', '?')} px",
         f"- data: {c.get('data', '?')}",
-        f"- noise: `{noise}` — {NOISE_TEXT.get(noise, noise)}",
+        f"- noise: `{noise}` — {noise_text}",
         f"- training: {c.get('steps', '?')} steps, batch {c.get('batch', '?')} of {c.get('patch', '?')}x{c.get('patch', '?')} "
         f"patches with flips/rotations, {str(c.get('loss', '?')).upper()} loss, Adam with warm-up and cosine decay, "
-        f"gradient clipping 1.0, CPU only ({c.get('trained_with', 'scripts/train_shipped.py')})",
+        f"gradient clipping 1.0, CPU only ({c.get('trained_with', 'scripts/train_shipped.py')})"
+        + (f"; fine-tuned from `{c['init']}`" if c.get("init") else ""),
         f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
         f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each held-out photo)",
     ]

@@ -27,6 +27,16 @@ def test_tile_window_size_bounded_by_tile_not_image():
     assert biggest <= (512 + 2 * 64 + 8) ** 2
 
 
+def test_context_past_the_image_edge_is_the_border_not_the_overlap():
+    g = make_grid(300, 200, tile=64, overlap=40, multiple=8, border=16)
+    assert g.rows > 2 and g.cols > 2
+    for t in g:
+        (wy0, wx0, wy1, wx1), (y0, x0, y1, x1) = t.window, t.core
+        assert wy0 == max(-16, y0 - 40) and wx0 == max(-16, x0 - 40)
+        assert wy1 - min(y1 + 40, 300 + 16) in range(8) and wx1 - min(x1 + 40, 200 + 16) in range(8)
+    assert make_grid(50, 50, tile=64, overlap=40, multiple=8).border == 40  # default: the overlap
+
+
 def test_mirror_indices_any_distance():
     assert mirror_indices(-3, 4, 1).tolist() == [0] * 7
     assert mirror_indices(-2, 5, 3).tolist() == [1, 0, 0, 1, 2, 2, 1]
@@ -44,10 +54,12 @@ def random_unet(tmp_path_factory):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (37, 53, 3), (150, 230, 3), (90, 70)])
-def test_tiled_equals_untiled(random_unet, shape):
+@pytest.mark.parametrize("border", [0, 16, None])
+def test_tiled_equals_untiled(random_unet, shape, border):
     img = np.random.default_rng(1).random(shape).astype(np.float32)
-    whole = random_unet.denoise(img, tile=4096)
-    tiled = random_unet.denoise(img, tile=32)
+    dn = Denoiser(random_unet.path, device="cpu", border=random_unet.overlap if border is None else border)
+    whole = dn.denoise(img, tile=4096)
+    tiled = dn.denoise(img, tile=32)
     assert tiled.shape == img.shape and tiled.dtype == img.dtype
     np.testing.assert_allclose(tiled, whole, atol=1e-4)
 
