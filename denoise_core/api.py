@@ -165,7 +165,10 @@ class Denoiser:
 def _to_dtype(x: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         return x.astype(dtype)
-    return np.clip(np.rint(x * scale), 0, scale).astype(dtype)
+    y = x * scale
+    np.rint(y, out=y)
+    np.clip(y, 0, scale, out=y)
+    return y.astype(dtype)
 
 
 def load_denoiser(model: str | os.PathLike = "default", **kwargs) -> Denoiser:

@@ -143,4 +143,8 @@ def read_window(image: np.ndarray, window: tuple[int, int, int, int]) -> np.ndar
     h, w = image.shape[:2]
     if 0 <= y0 and y1 <= h and 0 <= x0 and x1 <= w:
         return image[y0:y1, x0:x1]
-    return image[mirror_indices(y0, y1, h)][:, mirror_indices(x0, x1, w)]
+    rows, cols = mirror_indices(y0, y1, h), mirror_indices(x0, x1, w)
+    r0, c0 = int(rows.min()), int(cols.min())  # gather from the bounding box, not whole rows
+    box = image[r0:int(rows.max()) + 1, c0:int(cols.max()) + 1]
+    box = box[y0 - r0:y1 - r0] if 0 <= y0 and y1 <= h else np.take(box, rows - r0, axis=0)
+    return box[:, x0 - c0:x1 - c0] if 0 <= x0 and x1 <= w else np.take(box, cols - c0, axis=1)

@@ -5,7 +5,7 @@ import torch
 from denoise_core.api import Denoiser
 from denoise_core.checkpoint import save_checkpoint
 from denoise_core.models import create_model
-from denoise_core.tiler import make_grid, mirror_indices
+from denoise_core.tiler import make_grid, mirror_indices, read_window
 
 
 @pytest.mark.parametrize("h,w,tile,overlap,mult", [(1, 1, 64, 8, 8), (37, 53, 16, 8, 8),
@@ -40,6 +40,15 @@ def test_context_past_the_image_edge_is_the_border_not_the_overlap():
 def test_mirror_indices_any_distance():
     assert mirror_indices(-3, 4, 1).tolist() == [0] * 7
     assert mirror_indices(-2, 5, 3).tolist() == [1, 0, 0, 1, 2, 2, 1]
+
+
+@pytest.mark.parametrize("window", [(-20, -30, 60, 90), (0, 0, 37, 53), (5, -8, 30, 20), (-100, 10, 5, 200),
+                                    (10, 10, 20, 20), (30, -5, 45, 50)])
+def test_read_window_mirrors_like_the_index_map(window):
+    a = np.random.default_rng(0).integers(0, 255, (37, 53, 3)).astype(np.uint8)
+    y0, x0, y1, x1 = window
+    want = a[mirror_indices(y0, y1, 37)][:, mirror_indices(x0, x1, 53)]
+    np.testing.assert_array_equal(read_window(a, window), want)
 
 
 @pytest.fixture(scope="module")
