@@ -52,7 +52,7 @@ def run_denoise(
     model: str = "default",
     strength: float = 1.0,
     device: str = "auto",
-    tile: int = 512,
+    tile: int = 1024,
     on_progress=None,
     is_cancelled=None,
     env: dict | None = None,

@@ -141,7 +141,7 @@ def main():
                     bytes(pixels), rw, rh, channels,
                     python=worker["python"], pythonpath=worker.get("pythonpath"), transfer="srgb",
                     model=model, strength=strength, device=worker.get("device", "auto"),
-                    tile=int(worker.get("tile", 512)),
+                    tile=int(worker.get("tile", 1024)),
                     on_progress=lambda f, i=i: Gimp.progress_update((i + min(f, 1.0)) / len(jobs)))
                 results.append((drawable, (x, y, w, h), fmt,
                                 crop_rows(out, rw, rh, channels, x - rx, y - ry, w, h)))
