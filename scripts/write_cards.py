@@ -41,7 +41,8 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         f"- training: {c.get('steps', '?')} steps, batch {c.get('batch', '?')} of {c.get('patch', '?')}x{c.get('patch', '?')} "
         f"patches with flips/rotations, {str(c.get('loss', '?')).upper()} loss, Adam with warm-up and cosine decay, "
         f"gradient clipping 1.0, CPU only ({c.get('trained_with', 'scripts/train_shipped.py')})"
-        + (f"; fine-tuned from `{c['init']}`" if c.get("init") else ""),
+        + (f"; fine-tuned from `{c['init']}` (earlier weights; the history is in training/README.md)"
+           if c.get("init") else ""),
         f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
         f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each held-out photo)",
     ]
