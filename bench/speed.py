@@ -35,25 +35,28 @@ for p in (str(ROOT), str(HERE)):
 
 
 # --------------------------------------------------------------------------- child side
-def _peak_rss_mb() -> float:
+def _status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status (VmHWM: peak resident, VmRSS: now), in MB; None elsewhere."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def _peak_rss_mb() -> float:
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
 
 
 def _rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+    now = _status_mb("VmRSS")
+    return float("nan") if now is None else now
 
 
 def image_shape(mp: float) -> tuple[int, int]:

@@ -37,7 +37,7 @@ class TileGrid:
     multiple: int
     ys: tuple[int, ...]   # core boundaries along y, first 0, last height
     xs: tuple[int, ...]
-    border: int = -1      # mirrored context past the image edge; -1: the overlap
+    border: int           # mirrored context past the image edge, at most the overlap
 
     @property
     def rows(self) -> int:
@@ -51,8 +51,7 @@ class TileGrid:
         return self.rows * self.cols
 
     def __iter__(self):
-        f, ov = self.feather, self.overlap
-        b = ov if self.border < 0 else self.border
+        f, ov, b = self.feather, self.overlap, self.border
         i = 0
         for r in range(self.rows):
             y0, y1 = self.ys[r], self.ys[r + 1]

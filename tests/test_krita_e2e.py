@@ -140,13 +140,19 @@ def run_case(app, win, job, case):
 
     seen = {}
 
-    def on_dialog():
-        if seen.get("stop"):
-            return
-        dlg = visible(QDialog, "denoise_cnn_dialog")
-        if dlg is None:
-            QTimer.singleShot(50, on_dialog)
-            return
+    def when_visible(cls, name, every_ms, act):
+        """Poll from the event loop (the modal dialog blocks the caller) until the widget shows."""
+        def poll():
+            if seen.get("stop"):
+                return
+            w = visible(cls, name)
+            if w is None:
+                QTimer.singleShot(every_ms, poll)
+            else:
+                act(w)
+        QTimer.singleShot(50, poll)
+
+    def on_dialog(dlg):
         seen["dialog"] = True
         seen["models"] = [dlg.model.itemText(i) for i in range(dlg.model.count())]
         if case.get("set_model"):
@@ -164,19 +170,13 @@ def run_case(app, win, job, case):
         else:
             dlg.accept()
 
-    def on_progress():
-        if seen.get("stop"):
-            return
-        p = visible(QProgressDialog, "denoise_cnn_progress")
-        if p is None:
-            QTimer.singleShot(20, on_progress)
-            return
+    def on_progress(p):
         seen["cancel_clicked"] = True
         p.findChild(QPushButton).click()  # the user's click on Cancel
 
-    QTimer.singleShot(50, on_dialog)
+    when_visible(QDialog, "denoise_cnn_dialog", 50, on_dialog)
     if case.get("cancel"):
-        QTimer.singleShot(50, on_progress)
+        when_visible(QProgressDialog, "denoise_cnn_progress", 20, on_progress)
     t0 = time.time()
     app.action("denoise_cnn").trigger()
     if case.get("reject"):
