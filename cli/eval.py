@@ -18,7 +18,7 @@ import torch
 
 from denoise_core.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
 from denoise_core.checkpoint import CheckpointError
-from denoise_core.device import DEVICES
+from denoise_core.device import DEVICES, PRECISIONS
 from denoise_core.metrics import ssim
 from denoise_core.pairs import PairCheck, PairError, load_pairs, to_unit
 from denoise_core.train import save_comparison
@@ -61,13 +61,15 @@ def _center_crop(a: np.ndarray, size: int = 1024) -> np.ndarray:
 @click.option("--compare-dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
               help="Write noisy | denoised | clean comparison PNGs here.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Arithmetic of the convolutions (see denoise-batch --help).")
 @click.option("--tile", type=click.IntRange(64), default=DEFAULT_TILE, show_default=True)
 @click.option("--max-shift", type=click.IntRange(0), default=PairCheck.max_shift, show_default=True,
               help="Largest misalignment (px) of a pair that is cropped away instead of rejected.")
-def main(noisy, clean, model, compare_dir, device, tile, max_shift) -> None:
+def main(noisy, clean, model, compare_dir, device, precision, tile, max_shift) -> None:
     """Per-image and mean PSNR/SSIM of noisy input and denoised output against clean references."""
     try:
-        dn = Denoiser(model, device=device, tile=tile)
+        dn = Denoiser(model, device=device, tile=tile, precision=precision)
     except (ModelNotFoundError, CheckpointError, ValueError) as e:
         raise InputError(str(e)) from None
     try:

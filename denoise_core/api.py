@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .device import pick_device
+from .device import pick_device, pick_precision, precision_name
 from .models import list_models
 from .tiler import make_grid, read_window
 
@@ -75,12 +75,15 @@ def resolve_model(model: str | os.PathLike) -> Path:
 
 class Denoiser:
     def __init__(self, model: str | os.PathLike = "default", *, device: str = "auto",
-                 tile: int = DEFAULT_TILE, overlap: int | None = None, border: int = DEFAULT_BORDER) -> None:
+                 tile: int = DEFAULT_TILE, overlap: int | None = None, border: int = DEFAULT_BORDER,
+                 precision: str = "auto") -> None:
         self.path = resolve_model(model)
         ckpt = load_checkpoint(self.path)
         self.card = ckpt.card
         self.arch = ckpt.arch
         self.device = pick_device(device)
+        self.amp_dtype = pick_precision(self.device, precision)
+        self.precision = precision_name(self.amp_dtype)
         net = ckpt.build().to(self.device)
         if self.device.type == "cpu":
             net = net.to(memory_format=torch.channels_last)
@@ -97,7 +100,7 @@ class Denoiser:
         x = x.to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             y = self.model(x)
         return y.float().cpu()
 

@@ -1,4 +1,9 @@
-"""Device choice: `auto` picks CUDA, then Apple MPS, then the CPU (all cores)."""
+"""Device and precision choice.
+
+`auto` device picks CUDA, then Apple MPS, then the CPU (all cores). `auto` precision runs the
+convolutions in float16 on CUDA, in bfloat16 on a CPU that has native bfloat16 instructions
+(AVX512-BF16 or AMX: about 3x the float32 speed on this project's Xeon) and in float32 elsewhere.
+"""
 from __future__ import annotations
 
 import os
@@ -6,6 +11,35 @@ import os
 import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain float32."""
+    name = (precision or "auto").lower()
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+    if name not in _DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    dtype = _DTYPES[name]
+    if dtype is not None and device.type == "mps":
+        raise ValueError(f"precision {name!r} is not supported on Apple MPS; use fp32 or auto")
+    return dtype
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def pick_device(name: str = "auto") -> torch.device:

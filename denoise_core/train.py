@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
 from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
-from .device import pick_device
+from .device import pick_device, pick_precision, precision_name
 from .metrics import psnr, ssim
 from .models import create_model
 from .noise import NoiseSpec, apply_noise
@@ -59,6 +59,7 @@ class TrainConfig:
     data: str = ""
     threads: int = 0  # CPU threads per process; 0: all cores, shared out among local ranks
     init: str = ""  # checkpoint to start from (fine-tuning); its arch must match; unused on resume
+    precision: str = "auto"  # autocast dtype of the forward pass (see device.pick_precision)
 
 
 @dataclass
@@ -286,8 +287,8 @@ def train(
         _load_init(model, cfg)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    amp_dtype = pick_precision(device, cfg.precision)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     gen = _rank_generator(cfg.seed, di.rank)
     step, best, history, losses, loss_ema = 0, -float("inf"), [], [], None
     sp = state_path(out)
@@ -345,7 +346,7 @@ def train(
         noisy, clean = batches(gen)
         noisy = noisy.to(device, non_blocking=True)
         clean = clean.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             pred = net(noisy)
             loss = loss_fn(pred.float(), clean)
         if not _all_true(bool(torch.isfinite(loss)), device, di.world):
@@ -381,7 +382,8 @@ def train(
                     best = vp
                     card.update({"steps": step, "val_psnr": round(vp, 3), "val_ssim": round(vs, 4),
                                  "noise": cfg.noise, "data": cfg.data, "loss": cfg.loss,
-                                 "patch": cfg.patch, "batch": cfg.batch * di.world})
+                                 "patch": cfg.patch, "batch": cfg.batch * di.world,
+                                 "precision": precision_name(amp_dtype)})
                     save_checkpoint(out, model, card)
                     if val_pairs:
                         save_comparison(compare_png, *_compare_images(model, val_pairs[0], device))

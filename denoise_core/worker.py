@@ -3,7 +3,7 @@
 Protocol (the plugins' side is plugins/common/denoise_client.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
              "output": "out.raw", "transfer": "srgb" | "linear", "model": "default" | name | path,
-             "strength": 0..1, "device": "auto", "tile": 1024}
+             "strength": 0..1, "device": "auto", "tile": 1024, "precision": "auto" (optional)}
   in.raw    float32 little-endian, interleaved H x W x channels; 2 and 4 channels carry alpha last,
             which is copied to the output untouched. "linear" pixels are encoded to sRGB for the
             model (it was trained on sRGB) and decoded back.
@@ -57,8 +57,9 @@ def run_job(job_path: Path) -> None:
     linear = job.get("transfer", "srgb") == "linear"
     if linear:
         colour = _srgb_encode(colour)
-    dn = Denoiser(job.get("model", "default"), device=job.get("device", "auto"), tile=int(job.get("tile", DEFAULT_TILE)))
-    _emit(event="start", model=str(dn.path), arch=dn.arch, device=str(dn.device))
+    dn = Denoiser(job.get("model", "default"), device=job.get("device", "auto"),
+                  tile=int(job.get("tile", DEFAULT_TILE)), precision=job.get("precision", "auto"))
+    _emit(event="start", model=str(dn.path), arch=dn.arch, device=str(dn.device), precision=dn.precision)
     out = dn.denoise(np.ascontiguousarray(colour, dtype=np.float32), strength=float(job.get("strength", 1.0)),
                      progress=lambda done, total: _emit(event="progress", done=done, total=total))
     if linear:

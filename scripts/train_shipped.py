@@ -30,12 +30,13 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", default="", help="weights to fine-tune from")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (autocast of the forward pass)")
     a = ap.parse_args()
     train_imgs = load_photos(a.photos, TRAIN)
     val_imgs = load_photos(a.photos, VALIDATION)
     cfg = TrainConfig(arch=a.arch, noise=a.noise, patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr,
                       loss=a.loss, val_every=a.val_every, checkpoint_every=250, device="cpu",
-                      init=a.init, threads=a.threads,
+                      init=a.init, threads=a.threads, precision=a.precision,
                       data=f"{len(TRAIN)} photos from Debian packages lomiri-wallpapers-16.04, mate-backgrounds, "
                            f"plasma-workspace-wallpapers, palapeli-data (2x box-downscaled); "
                            f"validation: {', '.join(VALIDATION)}")
