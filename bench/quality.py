@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also save the results (summary, throughput, per-image numbers) as JSON here")
     ap.add_argument("--save-inputs", type=Path, help="also save every noisy input as an 8-bit PNG here")
     ap.add_argument("--tile", type=int, default=0, help="tile size for our models (default: the Denoiser's)")
+    ap.add_argument("--precision", default="auto", help="our models' precision (default auto, as users get it)")
     ap.add_argument("--speed", type=Path, metavar="JSON",
                     help="throughput from `bench/speed.py --json FILE` (full-size images) for the plot and the "
                          "speed target, instead of the throughput timed on the crops")
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [m.strip() for m in args.models.split(",") if m.strip()]
     ours = {}
     for n in names:
-        dn = Denoiser(n, device="cpu", **({"tile": args.tile} if args.tile else {}))
+        dn = Denoiser(n, device="cpu", precision=args.precision, **({"tile": args.tile} if args.tile else {}))
         label = n if n in shipped_models() else Path(n).stem
         ours[label] = dn
     if not ours:
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     speed_note = f"Throughput (MP/s) is timed on the {args.size}-px crops"
     speed_size = None
     if args.speed:
-        full = speed_from_json(args.speed, {m: (ours[m].arch if m in ours else m) for m in methods})
+        full = speed_from_json(args.speed, {m: (ours[m].arch, ours[m].precision) for m in ours})
         if full:
             speed_size = full.pop("_size")
             speed_note = (f"Throughput (MP/s) from {args.speed} (`bench/speed.py`, {speed_size} images; CBM3D: "
@@ -309,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     crop_desc = f"{len(items)} crops ({len(photo_names)} photos x up to {args.crops}, up to {args.size}x{args.size})"
     lines = [f"Validation: {crop_desc}; Gaussian {', '.join(c['name'] for c in conds)}; camera noise: "
              f"{', '.join(cameras) or 'none'}, ISO {ISO_RANGE[0]}-{ISO_RANGE[1]}, +{EV_RANGE[0]:g}-{EV_RANGE[1]:g} EV; "
-             f"8-bit inputs. FFDNet on camera noise: oracle sigma from {{{', '.join(map(str, ORACLE_GRID))}}}.", "",
+             f"8-bit inputs. Our models in {', '.join(sorted({d.precision for d in ours.values()}))}. "
+             f"FFDNet on camera noise: oracle sigma from {{{', '.join(map(str, ORACLE_GRID))}}}.", "",
              "Mean PSNR dB / SSIM:", "",
              "| method | " + " | ".join(cols) + " | MP/s |",
              "| --- | " + " | ".join("---:" for _ in cols) + " | ---: |"]
@@ -373,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                for m in methods}
     blob = json.dumps(
         {"summary": summary, "mp_per_s": {m: mps(m) for m in methods}, "cameras": cameras,
+         "precision": {m: d.precision for m, d in ours.items()},
          "crops": crop_desc, "oracle_grid": ORACLE_GRID, "speed_source": str(args.speed or "crops"),
          "per_image": per_image}, indent=1, default=str)
     (args.out / "quality.json").write_text(blob)
@@ -393,15 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def speed_from_json(path: Path, archs: dict[str, str]) -> dict:
-    """MP/s per method from speed.py's JSON, at the largest size where FFDNet was measured."""
+def speed_from_json(path: Path, archs: dict[str, tuple[str, str]]) -> dict:
+    """MP/s per method from speed.py's JSON, at the largest size where FFDNet was measured, in the
+    precision the method ran in here (`archs`: method -> (architecture, precision))."""
     rows = [r for r in json.loads(path.read_text())["rows"] if "mp_s" in r]
     ffd = [r for r in rows if r["arch"].startswith("FFDNet")]
     if not ffd:
         return {}
     size = max(round(r["mp"], 1) for r in ffd)
-    at = {r["arch"]: r["mp_s"] for r in rows if round(r["mp"], 1) == size}
-    out = {m: at[a] for m, a in archs.items() if a in at}
+    at = {(r["arch"], r.get("precision", "fp32")): r["mp_s"] for r in rows if round(r["mp"], 1) == size}
+    out = {m: at[key] for m, key in archs.items() if key in at}
     out["FFDNet"] = next(r["mp_s"] for r in ffd if round(r["mp"], 1) == size)
     out["_size"] = f"{size:g} MP"
     return out

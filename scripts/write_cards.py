@@ -40,7 +40,8 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         f"- noise: `{noise}` — {noise_text}",
         f"- training: {c.get('steps', '?')} steps, batch {c.get('batch', '?')} of {c.get('patch', '?')}x{c.get('patch', '?')} "
         f"patches with flips/rotations, {str(c.get('loss', '?')).upper()} loss, Adam with warm-up and cosine decay, "
-        f"gradient clipping 1.0, CPU only ({c.get('trained_with', 'scripts/train_shipped.py')})"
+        f"gradient clipping 1.0, CPU only, {c.get('precision', 'fp32')} forward pass "
+        f"({c.get('trained_with', 'scripts/train_shipped.py')})"
         + (f"; fine-tuned from `{c['init']}` (earlier weights; the history is in training/README.md)"
            if c.get("init") else ""),
         f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
@@ -49,7 +50,8 @@ def card(name: str, path: Path, quality: dict | None) -> str:
     summary = (quality or {}).get("summary", {})
     if name in summary:
         noisy = summary.get("noisy", {})
-        lines += ["", "## Measured on held-out photos (`bench/quality.py`, 8-bit inputs)", "",
+        prec = (quality or {}).get("precision", {}).get(name, "fp32")
+        lines += ["", f"## Measured on held-out photos (`bench/quality.py`, 8-bit inputs, run in {prec})", "",
                   "| noise | noisy PSNR | PSNR | SSIM |", "| --- | ---: | ---: | ---: |"]
         for cond, r in summary[name].items():
             if r.get("psnr") is None:
