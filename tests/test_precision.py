@@ -12,7 +12,7 @@ from skimage import data
 from cli.batch import main as batch_main
 from denoise_core import device as devmod
 from denoise_core.api import Denoiser
-from denoise_core.device import pick_precision
+from denoise_core.device import cpu_has_bf16, pick_precision
 from denoise_core.metrics import psnr
 from denoise_core.train import TrainConfig, fixed_val_set, random_patches, train
 from denoise_core.noise import apply_noise
@@ -36,6 +36,11 @@ def test_bad_precision_is_named():
     assert r.exit_code == 2 and "fp8" in r.output
 
 
+native_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="no native bfloat16 on this CPU, where auto "
+                                 "never picks bf16 (and emulating it is slow)")
+
+
+@native_bf16
 def test_bf16_costs_no_visible_quality(photo_rgb, photo_coffee):
     """bf16 rounds inside the net; on real photos at sigma 25 the shipped default must land within
     0.1 dB of its fp32 result and within half an 8-bit level on average."""
@@ -62,6 +67,7 @@ def test_batch_reports_its_precision(tmp_path, photo_rgb):
     assert start["event"] == "start" and start["precision"] == "fp32"
 
 
+@native_bf16
 def test_training_in_bf16_learns_and_says_so(tmp_path):
     imgs = [np.ascontiguousarray(f()[:160, :160]) for f in (data.astronaut, data.coffee, data.chelsea)]
     val = fixed_val_set(imgs[2:], "gaussian:25", crop=64, per_image=2)
