@@ -3,18 +3,25 @@
 Protocol (the plugins' side is plugins/common/denoise_client.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
              "output": "out.raw", "transfer": "srgb" | "linear", "model": "default" | name | path,
-             "strength": 0..1, "device": "auto", "tile": 1024, "precision": "auto" (optional)}
+             "strength": 0..1, "device": "auto", "tile": 1024, "precision": "auto" (optional),
+             "parent_pipe": true (optional)}
   in.raw    float32 little-endian, interleaved H x W x channels; 2 and 4 channels carry alpha last,
             which is copied to the output untouched. "linear" pixels are encoded to sRGB for the
             model (it was trained on sRGB) and decoded back.
   stdout    one JSON object per line: {"event": "start"|"progress"|"done"|"error", ...}
   out.raw   written atomically, same layout as in.raw. Exit code 0 on success, 1 on error.
 Cancelling is the client's business: it terminates the process, which leaves no output behind.
+With "parent_pipe" the client holds the worker's stdin open and never writes to it; end-of-file
+there means the client died (GIMP kills a plug-in whose progress bar is cancelled), and the worker
+exits at once, removing the job folder when it is the client's private `denoise-cnn-*` temp dir.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +43,19 @@ def _srgb_decode(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.04045, x / 12.92, np.power((x + 0.055) / 1.055, 2.4)).astype(np.float32)
 
 
+def _exit_when_parent_dies(job_dir: Path) -> None:
+    def watch() -> None:
+        try:  # the raw fd: a buffered sys.stdin would hold its lock into interpreter shutdown
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        if job_dir.name.startswith("denoise-cnn-"):
+            shutil.rmtree(job_dir, ignore_errors=True)
+        os._exit(3)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_job(job_path: Path) -> None:
     from .api import DEFAULT_TILE, Denoiser
     from .atomic import atomic_write_bytes
@@ -48,6 +68,8 @@ def run_job(job_path: Path) -> None:
     if c not in (1, 2, 3, 4) or w < 1 or h < 1:
         raise ValueError(f"bad image geometry {w}x{h}x{c}")
     base = job_path.parent
+    if job.get("parent_pipe"):
+        _exit_when_parent_dies(base)
     raw = (base / job["input"]).read_bytes()
     if len(raw) != w * h * c * 4:
         raise ValueError(f"input holds {len(raw)} bytes, expected {w * h * c * 4} for {w}x{h}x{c} float32")

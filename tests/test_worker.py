@@ -59,3 +59,53 @@ def test_cancel_terminates_the_worker():
     img = np.zeros((64, 64, 3), np.float32)
     with pytest.raises(dc.Cancelled):
         call(img, model="seed", is_cancelled=lambda: True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_worker_stops_and_cleans_up_when_the_plugin_dies(tmp_path):
+    """GIMP's progress-bar Cancel kills the plug-in process outright (no cleanup runs there): its
+    worker must not go on burning the CPU, and the job folder with the pixels must not be left."""
+    import os
+    import signal
+    import subprocess
+    import time
+    tmp = tmp_path / "t"
+    tmp.mkdir()
+    plugin = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, numpy as np\n"
+            f"sys.path.insert(0, {str(ROOT / 'plugins' / 'common')!r})\n"
+            "import denoise_client as dc\n"
+            "img = np.random.default_rng(0).random((2048, 2048, 3), dtype=np.float32)\n"
+            f"dc.run_denoise(img.tobytes(), 2048, 2048, 3, python=sys.executable, pythonpath={str(ROOT)!r},\n"
+            "                model='default', tile=128, on_progress=lambda f: print('progress', flush=True))\n")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        assert plugin.stdout.readline().strip() == "progress"
+        (job_dir,) = tmp.iterdir()
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and str(job_dir).encode()
+                   in _cmdline(p)]
+        assert len(workers) == 1
+        os.kill(plugin.pid, signal.SIGKILL)
+        plugin.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (job_dir.exists() or Path(f"/proc/{workers[0]}").exists()):
+            time.sleep(0.1)
+        assert not job_dir.exists(), "the job folder was left behind"
+        assert not Path(f"/proc/{workers[0]}").exists() or b"Z" in _stat_state(workers[0]), "the worker runs on"
+    finally:
+        plugin.kill()
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return (p / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _stat_state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return b"Z"

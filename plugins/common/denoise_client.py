@@ -75,7 +75,7 @@ def run_denoise(
             f.write(pixels)
         job = {"version": PROTOCOL_VERSION, "width": width, "height": height, "channels": channels,
                "input": "in.raw", "output": "out.raw", "transfer": transfer, "model": model,
-               "strength": float(strength), "device": device, "tile": int(tile)}
+               "strength": float(strength), "device": device, "tile": int(tile), "parent_pipe": True}
         job_path = os.path.join(tmp, "job.json")
         with open(job_path, "w", encoding="utf-8") as f:
             json.dump(job, f)
@@ -103,7 +103,9 @@ def _run_worker(python, pythonpath, job_path, on_progress, is_cancelled, env, po
     run_env["PYTHONUNBUFFERED"] = "1"
     try:
         proc = subprocess.Popen([python, "-m", "denoise_core.worker", job_path], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=run_env)
+                                stderr=subprocess.PIPE, stdin=subprocess.PIPE, env=run_env)
+        # nothing is ever written to stdin: it reaches end-of-file when this process dies (GIMP kills a
+        # plug-in whose progress bar is cancelled), which tells the worker to stop and clean up
     except OSError as e:
         raise WorkerError(f"cannot start the denoiser's Python {python}: {e}") from None
     events: list = []
@@ -142,10 +144,12 @@ def _run_worker(python, pythonpath, job_path, on_progress, is_cancelled, env, po
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            proc.stdin.close()
             raise Cancelled("denoising cancelled")
         time.sleep(poll_s)
     for t in readers:
         t.join(5)
+    proc.stdin.close()
     if rc != 0 and not any(e.get("event") == "error" for e in events):
         tail = b"".join(c or b"" for c in stderr_chunks).decode("utf-8", "replace").strip().splitlines()[-5:]
         if any("No module named denoise_core" in ln for ln in tail):
