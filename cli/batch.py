@@ -114,7 +114,7 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Arithmetic of the convolutions: auto is fp16 on CUDA, bf16 on CPUs with native "
-                   "bfloat16 (about 3x faster), else fp32.")
+                   "bfloat16 (about 2.5x faster), else fp32.")
 @click.option("--tile", type=click.IntRange(16, None), default=DEFAULT_TILE, show_default=True,
               help="Tile size in pixels; memory grows with it, not with the image.")
 @click.option("--overlap", type=click.IntRange(0, None), default=None,

@@ -91,7 +91,7 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--threads", type=click.IntRange(0), default=0, help="CPU threads per process [default: all].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Autocast of the forward pass: auto is fp16 (with loss scaling) on CUDA, bf16 on "
-                   "CPUs with native bfloat16 (about 2.5x faster steps), else fp32.")
+                   "CPUs with native bfloat16 (faster steps), else fp32.")
 @click.option("--max-shift", type=click.IntRange(0), default=PairCheck.max_shift, show_default=True,
               help="Largest misalignment (px) of a pair that is cropped away instead of rejected.")
 @click.option("--list-cameras", is_flag=True, expose_value=False, is_eager=True, callback=_list_cameras,
