@@ -38,11 +38,6 @@ for p in (str(ROOT), str(HERE)):
 
 
 # --------------------------------------------------------------------------- child side
-def _default_tile() -> int:
-    from denoise_core.api import DEFAULT_TILE
-    return DEFAULT_TILE
-
-
 def _status_mb(key: str) -> float | None:
     """A memory line of /proc/self/status (VmHWM: peak resident, VmRSS: now), in MB; None elsewhere."""
     try:
@@ -106,10 +101,8 @@ def child(spec: dict) -> dict:
         from baselines import FFDNet
         model = FFDNet()
 
-        tile = spec.get("tile") or _default_tile()
-
         def run(img):
-            return model.tiled(img, 25.0, tile=tile)
+            return model.tiled(img, 25.0, tile=spec["tile"])
         params = model.params
         precision = "fp32"
         # warm-up (oneDNN primitive creation) on a small image
@@ -245,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"... {arch} {h}x{w} {prec}", file=sys.stderr, flush=True)
                     rows.append({"arch": arch, "weights": weights, "h": h, "w": w, **run_case(spec, args.timeout)})
             if ffdnet_ok and mp in ffd_sizes:
-                spec = {"kind": "ffdnet", "h": h, "w": w, "repeat": args.repeat, "tile": args.tile or None}
+                spec = {"kind": "ffdnet", "h": h, "w": w, "repeat": args.repeat, "tile": args.tile or DEFAULT_TILE}
                 print(f"... FFDNet {h}x{w}", file=sys.stderr, flush=True)
                 rows.append({"arch": "FFDNet (baseline)", "weights": "KAIR colour", "h": h, "w": w,
                              **run_case(spec, args.timeout)})

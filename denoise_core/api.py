@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .device import pick_device, pick_precision, precision_name
+from .device import autocast, pick_device, pick_precision, precision_name
 from .models import list_models
 from .tiler import make_grid, read_window
 
@@ -100,8 +100,7 @@ class Denoiser:
         x = x.to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with autocast(self.device, self.amp_dtype):
             y = self.model(x)
         return y.float().cpu()
 

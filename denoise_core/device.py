@@ -39,6 +39,11 @@ def pick_precision(device: torch.device, precision: str = "auto") -> torch.dtype
     return dtype
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The autocast context for a `pick_precision` result (None: plain float32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
 from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
-from .device import pick_device, pick_precision, precision_name
+from .device import autocast, pick_device, pick_precision, precision_name
 from .metrics import psnr, ssim
 from .models import create_model
 from .noise import NoiseSpec, apply_noise
@@ -346,7 +346,7 @@ def train(
         noisy, clean = batches(gen)
         noisy = noisy.to(device, non_blocking=True)
         clean = clean.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             pred = net(noisy)
             loss = loss_fn(pred.float(), clean)
         if not _all_true(bool(torch.isfinite(loss)), device, di.world):

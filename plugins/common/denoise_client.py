@@ -128,28 +128,29 @@ def _run_worker(python, pythonpath, job_path, on_progress, is_cancelled, env, po
     for t in readers:
         t.start()
     seen = 0
-    while True:
-        rc = proc.poll()
-        with lock:
-            new, seen = events[seen:], len(events)
-        for ev in new:
-            if ev.get("event") == "progress" and on_progress and ev.get("total"):
-                on_progress(ev["done"] / ev["total"])
-        if rc is not None:
-            break
-        if is_cancelled and is_cancelled():
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdin.close()
-            raise Cancelled("denoising cancelled")
-        time.sleep(poll_s)
+    try:
+        while True:
+            rc = proc.poll()
+            with lock:
+                new, seen = events[seen:], len(events)
+            for ev in new:
+                if ev.get("event") == "progress" and on_progress and ev.get("total"):
+                    on_progress(ev["done"] / ev["total"])
+            if rc is not None:
+                break
+            if is_cancelled and is_cancelled():
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                raise Cancelled("denoising cancelled")
+            time.sleep(poll_s)
+    finally:
+        proc.stdin.close()
     for t in readers:
         t.join(5)
-    proc.stdin.close()
     if rc != 0 and not any(e.get("event") == "error" for e in events):
         tail = b"".join(c or b"" for c in stderr_chunks).decode("utf-8", "replace").strip().splitlines()[-5:]
         if any("No module named denoise_core" in ln for ln in tail):
