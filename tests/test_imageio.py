@@ -1,3 +1,4 @@
+import functools
 import os
 
 import imagecodecs
@@ -13,7 +14,9 @@ RNG = np.random.default_rng(1234)
 H, W = 24, 32
 
 
+@functools.cache
 def _icc() -> bytes:
+    # One profile per session: lcms stamps the creation time, so two builds a second apart differ.
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
