@@ -60,6 +60,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads per process; 0: all cores, shared out among local ranks
     init: str = ""  # checkpoint to start from (fine-tuning); its arch must match; unused on resume
     precision: str = "auto"  # autocast dtype of the forward pass (see device.pick_precision)
+    grow: bool = False  # init holds a smaller net of the same arch; added blocks start as identities
 
 
 @dataclass
@@ -236,11 +237,17 @@ def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
         ckpt = load_checkpoint(cfg.init)
     except CheckpointError as e:
         raise TrainingError(f"init: {e}") from None
-    if ckpt.arch != cfg.arch or ckpt.arch_args != cfg.arch_args:
+    state = ckpt.state_dict
+    if cfg.grow and ckpt.arch == cfg.arch and hasattr(model, "grow_from"):
+        try:
+            state = model.grow_from(state)
+        except ValueError as e:
+            raise TrainingError(f"init: {cfg.init}: {e}") from None
+    elif ckpt.arch != cfg.arch or ckpt.arch_args != cfg.arch_args:
         raise TrainingError(f"init: {cfg.init} holds a {ckpt.arch!r} model with arch_args {ckpt.arch_args}, "
                             f"not {cfg.arch!r} with {cfg.arch_args}")
     try:
-        load_state_dict_strict(model, ckpt.state_dict, source=cfg.init)
+        load_state_dict_strict(model, state, source=cfg.init)
     except CheckpointError as e:
         raise TrainingError(f"init: {e}") from None
 

@@ -1,10 +1,16 @@
 """Train the shipped weights on the allowed photos (see denoise_core/photos.py) with synthetic noise.
 
     python scripts/train_shipped.py --arch unet --out weights/unet.safetensors --steps 16000 [--resume]
+
+Deepen a trained net (added blocks start as identities, so training resumes from its quality):
+
+    python scripts/train_shipped.py --arch unet --arch-args '{"enc_blocks": [2, 2]}' --grow \
+        --init weights/unet.safetensors --out grown.safetensors ...
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -28,13 +34,15 @@ def main() -> None:
     ap.add_argument("--noise", default="mix")
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--arch-args", default="{}", help="JSON keyword arguments of the architecture")
     ap.add_argument("--init", default="", help="weights to fine-tune from")
+    ap.add_argument("--grow", action="store_true", help="--init holds the same arch with fewer blocks")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (autocast of the forward pass)")
     a = ap.parse_args()
     train_imgs = load_photos(a.photos, TRAIN)
     val_imgs = load_photos(a.photos, VALIDATION)
-    cfg = TrainConfig(arch=a.arch, noise=a.noise, patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr,
+    cfg = TrainConfig(arch=a.arch, arch_args=json.loads(a.arch_args), grow=a.grow, noise=a.noise, patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr,
                       loss=a.loss, val_every=a.val_every, checkpoint_every=250, device="cpu",
                       init=a.init, threads=a.threads, precision=a.precision,
                       data=f"{len(TRAIN)} photos from Debian packages lomiri-wallpapers-16.04, mate-backgrounds, "

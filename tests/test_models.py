@@ -41,3 +41,25 @@ def test_unet_shapes_and_identity_at_init(name):
 def test_arch_args_are_recorded():
     m = create_model("unet", widths=(8, 16, 32))
     assert m.arch_name == "unet" and m.arch_args == {"widths": (8, 16, 32)}
+
+
+def test_grown_unet_starts_as_the_smaller_trained_net():
+    """Deepening a trained net (scripts/train_shipped.py --grow) keeps what it learned: before any
+    step, the grown net's output equals the small net's."""
+    torch.manual_seed(0)
+    small = create_model("unet", widths=(8, 16, 32)).eval()
+    for p in small.parameters():
+        p.data.normal_(0, 0.1)  # stand-in for trained weights (the real ones start with a zero head)
+    big = create_model("unet", widths=(8, 16, 32), enc_blocks=(2, 3), mid_blocks=3, dec_blocks=(3, 2)).eval()
+    big.load_state_dict(big.grow_from(small.state_dict()))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(big(x), small(x), atol=1e-6)
+        assert not torch.equal(small(x), x)
+    assert sum(p.numel() for p in big.parameters()) > sum(p.numel() for p in small.parameters())
+
+
+def test_grow_rejects_weights_of_another_width():
+    other = create_model("unet", widths=(8, 16, 32)).state_dict()
+    with pytest.raises(ValueError, match=r"intro.weight \(8, 12, 3, 3\) does not fit this net \(32, 12, 3, 3\)"):
+        create_model("unet").grow_from(other)

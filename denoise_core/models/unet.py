@@ -84,6 +84,28 @@ class UNet(nn.Module):
 
     size_multiple = 8
 
+    def grow_from(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A full state dict for this net from one of a same-width `UNet` with fewer blocks per stage.
+
+        Stages keep their trained blocks in order; each added block gets a zeroed second conv, so it
+        starts as the identity and the grown net computes exactly what the smaller one did."""
+        out = dict(self.state_dict())
+        stage_names = ("enc1", "enc2", "mid", "dec2", "dec1")
+        for key, value in state.items():
+            if key not in out:
+                raise ValueError(f"cannot grow from these weights: this net has no {key}")
+            if out[key].shape != value.shape:
+                raise ValueError(f"cannot grow from these weights: {key} {tuple(value.shape)} "
+                                 f"does not fit this net {tuple(out[key].shape)}")
+            out[key] = value
+        for name in stage_names:
+            stage: nn.Sequential = getattr(self, name)
+            for i in range(len(stage)):
+                if f"{name}.{i}.conv1.weight" not in state:
+                    out[f"{name}.{i}.conv2.weight"] = torch.zeros_like(out[f"{name}.{i}.conv2.weight"])
+                    out[f"{name}.{i}.conv2.bias"] = torch.zeros_like(out[f"{name}.{i}.conv2.bias"])
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = self.enc1(F.relu(self.intro(self.unshuffle(x)), inplace=True))
         s2 = self.enc2(self.down1(s1))
