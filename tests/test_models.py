@@ -63,3 +63,11 @@ def test_grow_rejects_weights_of_another_width():
     other = create_model("unet", widths=(8, 16, 32)).state_dict()
     with pytest.raises(ValueError, match=r"intro.weight \(8, 12, 3, 3\) does not fit this net \(32, 12, 3, 3\)"):
         create_model("unet").grow_from(other)
+
+
+def test_unet_defaults_still_build_weights_saved_with_them():
+    """A checkpoint stores only the arguments it was built with ({} for a plain `--arch unet`), so
+    changing these defaults would make users' trained weights unloadable."""
+    m = create_model("unet")
+    assert sum(p.numel() for p in m.parameters()) == 1_012_204
+    assert [len(getattr(m, s)) for s in ("enc1", "enc2", "mid", "dec2", "dec1")] == [1, 2, 2, 2, 1]
