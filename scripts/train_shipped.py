@@ -16,9 +16,10 @@ import time
 
 import torch
 
+from denoise_core.checkpoint import load_checkpoint
 from denoise_core.noise import apply_noise
 from denoise_core.photos import TRAIN, VALIDATION, load_photos
-from denoise_core.train import TrainConfig, fixed_val_set, random_patches, train
+from denoise_core.train import TrainConfig, fixed_val_set, random_patches, state_path, train
 
 
 def main() -> None:
@@ -34,15 +35,25 @@ def main() -> None:
     ap.add_argument("--noise", default="mix")
     ap.add_argument("--val-every", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--arch-args", default="{}", help="JSON keyword arguments of the architecture")
+    ap.add_argument("--arch-args", default=None,
+                    help="JSON keyword arguments of the architecture (default: those of --init, or of the "
+                         "state being resumed, else none)")
     ap.add_argument("--init", default="", help="weights to fine-tune from")
     ap.add_argument("--grow", action="store_true", help="--init holds the same arch with fewer blocks")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (autocast of the forward pass)")
     a = ap.parse_args()
+    if a.arch_args is not None:
+        arch_args = json.loads(a.arch_args)
+    elif a.resume and state_path(a.out).exists():
+        arch_args = torch.load(state_path(a.out), map_location="cpu", weights_only=True)["config"]["arch_args"]
+    elif a.init and not a.grow:
+        arch_args = load_checkpoint(a.init).arch_args
+    else:
+        arch_args = {}
     train_imgs = load_photos(a.photos, TRAIN)
     val_imgs = load_photos(a.photos, VALIDATION)
-    cfg = TrainConfig(arch=a.arch, arch_args=json.loads(a.arch_args), grow=a.grow, noise=a.noise, patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr,
+    cfg = TrainConfig(arch=a.arch, arch_args=arch_args, grow=a.grow, noise=a.noise, patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr,
                       loss=a.loss, val_every=a.val_every, checkpoint_every=250, device="cpu",
                       init=a.init, threads=a.threads, precision=a.precision,
                       data=f"{len(TRAIN)} photos from Debian packages lomiri-wallpapers-16.04, mate-backgrounds, "
