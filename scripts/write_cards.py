@@ -43,9 +43,11 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         f"gradient clipping 1.0, CPU only, {c.get('precision', 'fp32')} forward pass "
         f"({c.get('trained_with', 'scripts/train_shipped.py')})"
         + (f"; fine-tuned from `{c['init']}` (earlier weights; the history is in training/README.md)"
-           if c.get("init") else ""),
+           if c.get("init") else "")
+        + (f"; grown {c['grown']}" if c.get("grown") else ""),
         f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
-        f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each held-out photo)",
+        f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each held-out photo)"
+        + (f"; weights of the {c['selection']}" if c.get("selection") else ""),
     ]
     summary = (quality or {}).get("summary", {})
     if name in summary:
