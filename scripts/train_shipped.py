@@ -53,7 +53,8 @@ def main() -> None:
         arch_args = {}
     train_imgs = load_photos(a.photos, TRAIN)
     val_imgs = load_photos(a.photos, VALIDATION)
-    cfg = TrainConfig(arch=a.arch, arch_args=arch_args, grow=a.grow, noise=a.noise, patch=a.patch, batch=a.batch, steps=a.steps, lr=a.lr,
+    cfg = TrainConfig(arch=a.arch, arch_args=arch_args, grow=a.grow, noise=a.noise, patch=a.patch,
+                      batch=a.batch, steps=a.steps, lr=a.lr,
                       loss=a.loss, val_every=a.val_every, checkpoint_every=250, device="cpu",
                       init=a.init, threads=a.threads, precision=a.precision,
                       data=f"{len(TRAIN)} photos from Debian packages lomiri-wallpapers-16.04, mate-backgrounds, "
