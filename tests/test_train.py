@@ -276,3 +276,21 @@ def test_banded_metrics_equal_whole_image_metrics():
     t = [torch.from_numpy(x).permute(2, 0, 1)[None] for x in (a, b)]
     assert p == pytest.approx(psnr(a, b), abs=1e-4)
     assert s == pytest.approx(ssim(*t), abs=1e-6)
+
+
+def test_export_state_writes_the_last_steps_weights(tmp_path):
+    """scripts/export_state.py made the shipped unet: the run's last step, not its best one."""
+    cfg, batches, val = _tiny_setup()
+    run = tmp_path / "run.safetensors"
+    train(cfg, run, batches=batches, val_pairs=val)
+    st = torch.load(state_path(run), weights_only=True)
+    dest = tmp_path / "last.safetensors"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "export_state.py"), str(run), str(dest),
+                        "--card", "selection=final step"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    ck = load_checkpoint(dest)
+    assert all(torch.equal(ck.state_dict[k], st["model"][k]) for k in st["model"])
+    assert ck.card["steps"] == st["step"] == cfg.steps and ck.card["selection"] == "final step"
+    assert ck.card["val_psnr"] == round(st["history"][-1]["val_psnr"], 3)
+    assert ck.card["data"] == load_checkpoint(run).card["data"]
