@@ -238,7 +238,9 @@ def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
     except CheckpointError as e:
         raise TrainingError(f"init: {e}") from None
     state = ckpt.state_dict
-    if cfg.grow and ckpt.arch == cfg.arch and hasattr(model, "grow_from"):
+    if cfg.grow and not hasattr(model, "grow_from"):
+        raise TrainingError(f"init: a {cfg.arch!r} model cannot be grown (only unet-style nets can)")
+    if cfg.grow and ckpt.arch == cfg.arch:
         try:
             state = model.grow_from(state)
         except ValueError as e:

@@ -4,8 +4,8 @@
 
 Deepen a trained net (added blocks start as identities, so training resumes from its quality):
 
-    python scripts/train_shipped.py --arch unet --arch-args '{"enc_blocks": [2, 2]}' --grow \
-        --init weights/unet.safetensors --out grown.safetensors ...
+    python scripts/train_shipped.py --arch unet --arch-args '{"enc_blocks": [2, 3], "dec_blocks": [3, 2]}' \
+        --grow --init weights/unet.safetensors --out grown.safetensors ...
 """
 from __future__ import annotations
 
