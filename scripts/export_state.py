@@ -29,10 +29,10 @@ def main() -> None:
     net = create_model(cfg["arch"], **cfg["arch_args"])
     net.load_state_dict(st["model"])
     card = {k: v for k, v in load_checkpoint(a.run_out).card.items() if not k.startswith("_")}
-    last = [h for h in st["history"] if h.get("val_psnr") is not None][-1]
-    if last["step"] != st["step"]:
+    last = next((h for h in reversed(st["history"]) if h.get("val_psnr") is not None), None)
+    if last is None or last["step"] != st["step"]:
         raise SystemExit(f"{state_path(a.run_out)}: step {st['step']} was not evaluated (last evaluation at "
-                         f"step {last['step']}); finish the run or evaluate it first")
+                         f"step {last['step'] if last else 'none'}); finish the run or evaluate it first")
     card.update({"steps": st["step"], "val_psnr": round(last["val_psnr"], 3), "val_ssim": round(last["val_ssim"], 4)})
     for item in a.card:
         key, _, value = item.partition("=")
