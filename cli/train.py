@@ -30,7 +30,7 @@ from denoise_core.metrics import psnr
 from denoise_core.models import create_model, list_models
 from denoise_core.noise import NoiseSpecError, apply_noise, list_cameras, parse_noise
 from denoise_core.pairs import PairCheck, PairError, image_files, load_pairs
-from denoise_core.train import (Progress, TrainConfig, TrainingError, fixed_val_set, init_distributed,
+from denoise_core.train import (LOSSES, Progress, TrainConfig, TrainingError, fixed_val_set, init_distributed,
                                 pair_val_set, random_patches, report_paths, shutdown_distributed,
                                 split_by_image, state_path, train)
 
@@ -78,7 +78,9 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--patch", type=click.IntRange(8), default=64, show_default=True, help="Patch side in pixels.")
 @click.option("--batch", type=click.IntRange(1), default=8, show_default=True, help="Patches per step and process.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--loss", type=click.Choice(["l1", "l2"]), default="l1", show_default=True)
+@click.option("--loss", type=click.Choice(list(LOSSES)), default="l1", show_default=True,
+              help="psnr: minus the mean per-image PSNR, so lightly noisy images weigh as much as "
+                   "heavily noisy ones in a blind mix.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Share of whole images held out for validation.")
 @click.option("--val-every", type=click.IntRange(1), default=None,
