@@ -229,7 +229,7 @@ PSNR_FLOOR_MSE = 1e-5  # 50 dB: beyond it a sample's error is invisible, so it g
 
 
 def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Minus the mean PSNR (dB) of the batch's images, each capped at 50 dB.
+    """Minus the mean PSNR (dB) of the batch's images, each softly capped at 50 dB.
 
     The benchmark and users judge mean PSNR over photos. Its gradient weights each image by
     1/MSE, so lightly noisy images count as much as heavily noisy ones; with L1 or L2 the

@@ -24,8 +24,8 @@ from denoise_core.metrics import psnr, ssim
 from denoise_core.models import create_model
 from denoise_core.noise import NoiseSpecError, apply_noise, find_camera, parse_noise
 from denoise_core.pairs import load_pairs
-from denoise_core.train import (TrainConfig, TrainingError, fixed_val_set, pair_val_set, random_patches,
-                                report_paths, state_path, train)
+from denoise_core.train import (TrainConfig, TrainingError, fixed_val_set, loss_function, pair_val_set,
+                                random_patches, report_paths, state_path, train)
 
 REPO = Path(__file__).resolve().parent.parent
 HIGH_ISO = 'camera:"Nikon D750"@25600'
@@ -294,3 +294,35 @@ def test_export_state_writes_the_last_steps_weights(tmp_path):
     assert ck.card["steps"] == st["step"] == cfg.steps and ck.card["selection"] == "final step"
     assert ck.card["val_psnr"] == round(st["history"][-1]["val_psnr"], 3)
     assert ck.card["data"] == load_checkpoint(run).card["data"]
+
+
+# --------------------------------------------------------------------------- losses
+def test_psnr_loss_is_minus_the_mean_image_psnr_and_weighs_light_noise_like_heavy():
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 48, 48, generator=gen)
+    err = torch.randn(2, 3, 48, 48, generator=gen) * torch.tensor([10.0, 50.0]).view(2, 1, 1, 1) / 255
+    loss = loss_function("psnr")
+    mean_psnr = np.mean([psnr(clean[i:i + 1] + err[i:i + 1], clean[i:i + 1]) for i in range(2)])
+    assert float(loss(clean + err, clean)) == pytest.approx(-mean_psnr, abs=0.05)  # the 50 dB cap costs ~0.03
+
+    def gain(name, i):  # loss drop when image i's error shrinks by 10%
+        shrunk = err.clone()
+        shrunk[i] *= 0.9
+        f = loss_function(name)
+        return float(f(clean + err, clean) - f(clean + shrunk, clean))
+    assert gain("psnr", 0) == pytest.approx(gain("psnr", 1), rel=0.02)
+    assert gain("l1", 1) > 5 * gain("l1", 0)  # what psnr avoids: L1 follows the heavy noise
+    with pytest.raises(TrainingError, match="unknown loss 'l3'; choose one of l1, l2, psnr"):
+        loss_function("l3")
+
+
+def test_training_with_psnr_loss_raises_validation_psnr(tmp_path):
+    cfg, batches, val = _tiny_setup()
+    cfg.loss, cfg.steps, cfg.val_every, cfg.lr = "psnr", 90, 30, 3e-3
+    out = tmp_path / "p.safetensors"
+    res = train(cfg, out, batches=batches, val_pairs=val)
+    hist = res["history"]
+    print("validation PSNR", [round(h["val_psnr"], 2) for h in hist])
+    assert hist[-1]["val_psnr"] > hist[0]["val_psnr"] + 0.5
+    assert load_checkpoint(out).card["loss"] == "psnr"
+    assert Image.open(report_paths(out)[0]).size[0] > 300
