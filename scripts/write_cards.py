@@ -20,6 +20,7 @@ NOISE_TEXT = {
     "mix v2": f"per patch: 40% {_CAMERA}, 45% Gaussian (half with sigma uniform in 0-55, half in 5-30), "
               f"10% Poisson-Gaussian in linear light, 5% no noise; all clipped and quantized to 8 bits",
 }
+LOSS_TEXT = {"l1": "L1", "l2": "L2", "psnr": "PSNR (minus the mean per-image PSNR, softly capped at 50 dB)"}
 
 
 def card(name: str, path: Path, quality: dict | None) -> str:
@@ -39,7 +40,7 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         f"- data: {c.get('data', '?')}",
         f"- noise: `{noise}` — {noise_text}",
         f"- training: {c.get('steps', '?')} steps, batch {c.get('batch', '?')} of {c.get('patch', '?')}x{c.get('patch', '?')} "
-        f"patches with flips/rotations, {str(c.get('loss', '?')).upper()} loss, Adam with warm-up and cosine decay, "
+        f"patches with flips/rotations, {LOSS_TEXT.get(c.get('loss'), str(c.get('loss', '?')).upper())} loss, Adam with warm-up and cosine decay, "
         f"gradient clipping 1.0, CPU only, {c.get('precision', 'fp32')} forward pass "
         f"({c.get('trained_with', 'scripts/train_shipped.py')})"
         + (f"; fine-tuned from `{c['init']}` (earlier weights; the history is in training/README.md)"
