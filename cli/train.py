@@ -80,7 +80,7 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--loss", type=click.Choice(list(LOSSES)), default="l1", show_default=True,
               help="psnr: minus the mean per-image PSNR, so lightly noisy images weigh as much as "
-                   "heavily noisy ones in a blind mix.")
+                   "heavily noisy ones in a mix of noise levels.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Share of whole images held out for validation.")
 @click.option("--val-every", type=click.IntRange(1), default=None,
