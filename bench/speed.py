@@ -206,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in archs if a not in list_models()]
     if unknown:
         ap.error(f"unknown architecture(s) {', '.join(unknown)}; valid: {', '.join(list_models())}")
+    from denoise_core.checkpoint import CheckpointError, load_checkpoint
     extra = [Path(m.strip()) for m in args.models.split(",") if m.strip()]
     for m in extra:
-        from denoise_core.checkpoint import CheckpointError, load_checkpoint
         try:
             load_checkpoint(m)
         except (CheckpointError, OSError) as e:
@@ -231,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
         cases = []
         for arch in archs:
             if arch in shipped and not args.random_init:
-                from denoise_core.checkpoint import load_checkpoint
                 ck = load_checkpoint(shipped[arch])
                 if ck.arch == arch:
                     cases.append((arch, "shipped", str(shipped[arch])))
