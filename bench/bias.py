@@ -28,7 +28,7 @@ from baselines import FFDNet, try_load  # noqa: E402
 from quality import DEFAULT_PHOTOS, _seed, crops_of, ensure_photos, make_noisy, to_u8  # noqa: E402
 
 from denoise_core.api import Denoiser  # noqa: E402
-from denoise_core.photos import VALIDATION, load_photos  # noqa: E402
+from denoise_core.photos import BENCHMARK, load_photos  # noqa: E402
 
 BOX = 8
 
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dark", type=int, default=20, help="a clean channel value below this is dark (default 20)")
     ap.add_argument("--precision", default="auto")
     a = ap.parse_args(argv)
-    photos = load_photos(ensure_photos(a.photos), VALIDATION)
-    crops = [(name, crops_of(img, a.size, 1)[0][2]) for name, img in zip(VALIDATION, photos)]
+    photos = load_photos(ensure_photos(a.photos), BENCHMARK)
+    crops = [(name, crops_of(img, a.size, 1)[0][2]) for name, img in zip(BENCHMARK, photos)]
     sigmas = [float(s) for s in a.sigmas.split(",") if s.strip()]
     print(f"{len(crops)} held-out crops (up to {a.size}x{a.size}), Gaussian noise, 8-bit inputs; errors on the "
           f"0-255 scale; 'dark' = pixels where that channel of the clean photo is below {a.dark}.\n")

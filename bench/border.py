@@ -25,7 +25,7 @@ from quality import DEFAULT_PHOTOS, ensure_photos, make_noisy  # noqa: E402
 from speed import image_shape  # noqa: E402
 
 from denoise_core.api import DEFAULT_TILE, Denoiser  # noqa: E402
-from denoise_core.photos import VALIDATION  # noqa: E402
+from denoise_core.photos import BENCHMARK  # noqa: E402
 from denoise_core.tiler import make_grid  # noqa: E402
 
 NOISES = {"σ=25": {"kind": "gaussian", "sigma": 25.0},
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     folder = ensure_photos(args.photos)
     from PIL import Image
-    clean = [np.asarray(Image.open(folder / f"{n}.png").convert("RGB"))[:400, :520] for n in VALIDATION]
+    clean = [np.asarray(Image.open(folder / f"{n}.png").convert("RGB"))[:400, :520] for n in BENCHMARK]
     ref = Denoiser("default", device="cpu")
     borders = [int(b) for b in args.borders.split(",")] + [ref.overlap]
     h, w = image_shape(2)

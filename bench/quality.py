@@ -1,6 +1,6 @@
 """Quality benchmark of issue 4: our models against FFDNet and CBM3D on the held-out photos.
 
-The validation photos (`denoise_core.photos.VALIDATION`: never trained on, 2x box-downscaled) are
+The validation photos (`denoise_core.photos.BENCHMARK`: never trained on, 2x box-downscaled) are
 cut into crops (default: 2 per photo, up to 512x512). Each crop gets
 
 - Gaussian noise, sigma 15, 25 and 50 (0-255 scale);
@@ -52,7 +52,7 @@ from baselines import CBM3D, FFDNet, INSTALL_HINT, try_load  # noqa: E402
 from denoise_core.api import DEFAULT_MODEL, Denoiser, shipped_models  # noqa: E402
 from denoise_core.metrics import psnr, ssim  # noqa: E402
 from denoise_core.noise import NoiseSpec, apply_noise, find_camera  # noqa: E402
-from denoise_core.photos import VALIDATION, download_packages, prepare  # noqa: E402
+from denoise_core.photos import BENCHMARK, download_packages, prepare  # noqa: E402
 
 DEFAULT_PHOTOS = Path(os.environ.get("DENOISE_PHOTOS", "~/.cache/denoise-cnn/photos")).expanduser()
 CAMERAS = ("Canon EOS 5D Mark III", "Nikon D750", "Sony ILCE-7M3", "Panasonic DC-G9")
@@ -66,7 +66,7 @@ CROP_POSITIONS = ((0.5, 0.5), (0.2, 0.2), (0.8, 0.8), (0.2, 0.8), (0.8, 0.2))
 # --------------------------------------------------------------------------- data
 def ensure_photos(folder: Path) -> Path:
     """The prepared validation photos; downloaded (apt-get download) and prepared if missing."""
-    missing = [n for n in VALIDATION if not (folder / f"{n}.png").is_file()]
+    missing = [n for n in BENCHMARK if not (folder / f"{n}.png").is_file()]
     if missing:
         print(f"{folder}: {len(missing)} validation photos missing; fetching the Debian photo packages "
               "(apt-get download, no root needed) and preparing them ...", file=sys.stderr, flush=True)
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         find_camera(c, ISO_RANGE[0]), find_camera(c, ISO_RANGE[1])  # validate names and ISO range early
 
     photos_dir = ensure_photos(args.photos.expanduser())
-    photo_names = VALIDATION[:args.max_photos] if args.max_photos else VALIDATION
+    photo_names = BENCHMARK[:args.max_photos] if args.max_photos else BENCHMARK
     items = []  # (photo, crop index, y, x, clean uint8)
     for name in photo_names:
         img = np.asarray(Image.open(photos_dir / f"{name}.png").convert("RGB"))

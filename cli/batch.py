@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from denoise_core.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
+from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, Denoiser, ModelNotFoundError
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWriteError, Photo,
@@ -111,6 +111,11 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
               help="Shipped model name (default, unet, fast, seed) or a checkpoint file.")
 @click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="0 leaves the input untouched, 1 is full denoising.")
+@click.option("--noise-level", type=click.FloatRange(0.0, MAX_NOISE_LEVEL), default=None,
+              help="How much noise to remove, relative to what the model finds by itself "
+                   "[default: automatic, one pass]. 1 is about automatic, 2 assumes twice the "
+                   "noise (removes what automatic leaves), 0.5 half; costs a second pass. Models "
+                   "with a noise-level input only (the default has one).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Arithmetic of the convolutions: auto is fp16 on CUDA, bf16 on CPUs with native "
@@ -125,8 +130,8 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise they are skipped).")
 @click.option("--shard", default=None, metavar="K/N", help="Take every N-th file starting at K (0-based).")
 @click.option("--json", "json_mode", is_flag=True, help="One JSON object per line on stdout.")
-def main(inputs, outdir: Path, model, strength, device, precision, tile, overlap, out_format, quality, overwrite,
-         shard, json_mode) -> None:
+def main(inputs, outdir: Path, model, strength, noise_level, device, precision, tile, overlap, out_format,
+         quality, overwrite, shard, json_mode) -> None:
     """Denoise photos (files, folders or globs) into OUTPUT."""
     report = Report(json_mode=json_mode)
     shard_kn = parse_shard(shard)
@@ -144,6 +149,7 @@ def main(inputs, outdir: Path, model, strength, device, precision, tile, overlap
         sys.exit(1)
     try:
         dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision)
+        dn.check_noise_level(noise_level)
     except (ModelNotFoundError, CheckpointError, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -161,7 +167,8 @@ def main(inputs, outdir: Path, model, strength, device, precision, tile, overlap
             dst = outdir / name
             if bar:
                 bar.set_postfix_str(src.name)
-            _process(dn, src, dst, report, claimed, inputs_real, strength=strength, out_format=out_format,
+            _process(dn, src, dst, report, claimed, inputs_real, strength=strength,
+                     noise_level=noise_level, out_format=out_format,
                      quality=quality, overwrite=overwrite)
             if bar:
                 bar.update(1)
@@ -178,8 +185,8 @@ def main(inputs, outdir: Path, model, strength, device, precision, tile, overlap
 
 
 def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[str, str],
-             inputs_real: set[str], *, strength: float, out_format: str | None, quality: int | None,
-             overwrite: bool) -> None:
+             inputs_real: set[str], *, strength: float, noise_level: float | None, out_format: str | None,
+             quality: int | None, overwrite: bool) -> None:
     s = str(src)
     real_dst = os.path.realpath(dst)
     if real_dst in inputs_real:
@@ -195,7 +202,7 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
     t0 = time.perf_counter()
     try:
         photo = read_image(src)
-        pixels = dn.denoise(photo.pixels, strength=strength,
+        pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level,
                             progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
         result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
                        exif=photo.exif, info=photo.info)

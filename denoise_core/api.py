@@ -3,6 +3,14 @@
     from denoise_core import Denoiser
     dn = Denoiser("default", device="auto")
     out = dn.denoise(pixels, strength=0.8, progress=lambda done, total: ..., cancel=event.is_set)
+    out = dn.denoise(pixels, noise_level=1.5)   # assume 1.5x the noise the blind pass finds
+
+`strength` blends the result with the input (0 keeps it, 1 is the full result). `noise_level`
+(models with a noise-level input, the default among them; see `denoise_core.levels`) tells the
+net how much noise to remove, relative to what it finds by itself: None (default) is blind and
+one pass; a number runs a blind pass, maps the noise it removed, and runs again told that map
+times the number: 0 keeps the image, 1 is about the blind result, 2 removes noise the blind pass
+left. Both can be combined.
 
 Arrays are (H, W), (H, W, 1) or (H, W, 3) — colour only, alpha is the caller's to keep — in
 uint8, uint16 or float (0..1, sRGB-encoded); the result has the input's shape and dtype. The image
@@ -21,12 +29,14 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import autocast, pick_device, pick_precision, precision_name
+from .levels import LEVEL_RADIUS, level_map, level_planes
 from .models import list_models
 from .tiler import make_grid, read_window
 
 DEFAULT_MODEL = "unet"
 DEFAULT_TILE = 1024  # a model call sees (tile + 2 * overlap)^2 pixels: ~300 MB for `unet` on the CPU
 DEFAULT_BORDER = 16  # mirrored context past the image edge (see tiler); the full overlap costs time, not quality
+MAX_NOISE_LEVEL = 4.0
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
@@ -90,25 +100,47 @@ class Denoiser:
         self.model: nn.Module = net
         self.multiple = int(getattr(net, "size_multiple", 1))
         self.receptive = int(getattr(net, "receptive_radius", 16))
+        self.has_levels = bool(getattr(net, "level_channels", 0))
         self.tile = int(tile)
         self.overlap = self.receptive if overlap is None else int(overlap)
+        self._overlap_given = overlap is not None
+        self.border = int(border)
+
+    def context(self, noise_level: float | None = None) -> int:
+        """Pixels of context each output pixel depends on: the receptive radius, or with a noise
+        level, two passes of it plus the level map's window."""
+        return self.receptive if noise_level is None else 2 * self.receptive + LEVEL_RADIUS
         self.border = int(border)
 
     @torch.inference_mode()
-    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Model on a float (N, 3, H, W) batch whose sides are multiples of `self.multiple`."""
+    def run_tensor(self, x: torch.Tensor, noise_level: float | None = None) -> torch.Tensor:
+        """Model on a float (N, 3, H, W) batch whose sides are multiples of `self.multiple`;
+        with `noise_level`, the two passes described in the module docstring."""
         x = x.to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
             y = self.model(x)
+            if noise_level is not None:
+                planes = level_planes(level_map(x - y.float()) * float(noise_level), tuple(x.shape))
+                y = self.model(x, planes.to(self.device, x.dtype))
         return y.float().cpu()
 
-    def denoise(self, image: np.ndarray, *, strength: float = 1.0, progress: ProgressFn | None = None,
-                cancel: CancelFn | None = None, tile: int | None = None,
+    def check_noise_level(self, noise_level: float | None) -> None:
+        if noise_level is None:
+            return
+        if not self.has_levels:
+            raise ValueError(f"model {self.path.name} ({self.arch}) has no noise-level input; use "
+                             f"strength, or a model that has one (the default)")
+        if not 0.0 <= float(noise_level) <= MAX_NOISE_LEVEL:
+            raise ValueError(f"noise level must be within 0..{MAX_NOISE_LEVEL:g}, got {noise_level}")
+
+    def denoise(self, image: np.ndarray, *, strength: float = 1.0, noise_level: float | None = None,
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None, tile: int | None = None,
                 overlap: int | None = None) -> np.ndarray:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be within 0..1, got {strength}")
+        self.check_noise_level(noise_level)
         arr = np.asarray(image)
         squeeze = arr.ndim == 2
         if squeeze:
@@ -128,8 +160,9 @@ class Denoiser:
         if strength == 0.0:
             out[...] = arr
             return out[..., 0] if squeeze else out
-        grid = make_grid(h, w, tile=tile or self.tile, overlap=self.overlap if overlap is None else overlap,
-                         multiple=self.multiple, border=self.border)
+        if overlap is None:
+            overlap = self.overlap if self._overlap_given or noise_level is None else self.context(noise_level)
+        grid = make_grid(h, w, tile=tile or self.tile, overlap=overlap, multiple=self.multiple, border=self.border)
         band = np.zeros((0, w, c), np.float32)  # float accumulator for rows not yet final
         band_y0 = 0
         total = len(grid)
@@ -140,7 +173,7 @@ class Denoiser:
             x = torch.from_numpy(np.ascontiguousarray(win)).permute(2, 0, 1)[None]
             if c == 1:
                 x = x.expand(1, 3, *x.shape[2:])
-            y = self.run_tensor(x)[0]
+            y = self.run_tensor(x, noise_level)[0]
             if c == 1:
                 y = y.mean(0, keepdim=True)
             y = y.permute(1, 2, 0).numpy()

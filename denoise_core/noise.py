@@ -8,7 +8,14 @@ draws from an explicit `torch.Generator` so runs are reproducible. Specs are str
     poisson-gaussian     random shot and read levels, applied in linear light
     camera:"Nikon D750"@12800   darktable profile through an unprocessing pipeline
     camera:random        a random camera profile at ISO 1600-25600 per image
-    mix                  the training mixture the shipped weights use
+    pipeline             a random camera development of signal and noise together
+                         (`denoise_core.pipeline`: demosaic, tone curve, sharpening, chroma NR,
+                         scaling, JPEG); the target is the noise-free development
+    mix-v1, mix-v2, mix-v3   the training mixtures of the shipped weights, by version
+    mix                  the current mixture (mix-v3)
+
+`noisy_pair` gives (noisy, target) for every spec; `apply_noise` only the noisy image, for specs
+whose target is the clean input itself (all but `pipeline` and `mix-v3`).
 """
 from __future__ import annotations
 
@@ -27,6 +34,11 @@ import torch.nn.functional as F
 
 class NoiseSpecError(ValueError):
     pass
+
+
+MIX_VERSIONS = ("mix-v1", "mix-v2", "mix-v3")
+CURRENT_MIX = "mix-v3"
+_PAIRED = ("pipeline", "mix-v3")  # kinds whose target is a development, not the input
 
 
 # --------------------------------------------------------------------------- transfer curves
@@ -230,7 +242,7 @@ def add_camera_noise(
 # --------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class NoiseSpec:
-    kind: str  # gaussian | poisson-gaussian | camera | mix | none
+    kind: str  # gaussian | poisson-gaussian | camera | pipeline | mix-v1/2/3 | none
     sigma: tuple[float, float] = (0.0, 0.0)
     camera: str | None = None
     iso: float | None = None
@@ -252,7 +264,9 @@ _CAMERA_RE = re.compile(r'^camera:\s*"?([^"@]+?)"?\s*@\s*(\d+(?:\.\d+)?)$', re.I
 def parse_noise(spec: str) -> NoiseSpec:
     s = spec.strip()
     low = s.lower()
-    if low in ("mix", "none", "poisson-gaussian"):
+    if low == "mix":
+        return NoiseSpec(kind=CURRENT_MIX)
+    if low in ("none", "poisson-gaussian", "pipeline", *MIX_VERSIONS):
         return NoiseSpec(kind=low)
     if low.startswith("gaussian:"):
         body = s.split(":", 1)[1]
@@ -275,14 +289,48 @@ def parse_noise(spec: str) -> NoiseSpec:
         return NoiseSpec(kind="camera", camera=name, iso=iso)
     raise NoiseSpecError(
         f"unknown noise spec {spec!r}; use gaussian:SIGMA, gaussian:LO-HI, poisson-gaussian, "
-        f'camera:"MAKER MODEL"@ISO, camera:random or mix')
+        f'camera:"MAKER MODEL"@ISO, camera:random, pipeline, mix or {", ".join(MIX_VERSIONS)}')
 
 
 def apply_noise(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator) -> torch.Tensor:
-    """Return a noisy copy of clean sRGB batch `x` in [0, 1] (clipped, 8-bit quantized if asked)."""
+    """Return a noisy copy of clean sRGB batch `x` in [0, 1] (clipped, 8-bit quantized if asked),
+    for specs whose target is `x` itself; `noisy_pair` handles every spec."""
+    if isinstance(spec, str):
+        spec = parse_noise(spec)
+    if spec.kind in _PAIRED:
+        raise NoiseSpecError(f"{spec} changes the target too (a camera development): use noisy_pair")
+    return noisy_pair(x, spec, gen)[0]
+
+
+def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
+               out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy, target) for the clean sRGB batch `x`. The target is `x` except under camera
+    developments (`pipeline`, part of `mix-v3`), where it is the noise-free development. With
+    `out_size`, each pair is cut to a random out_size^2 crop at least 8 px inside (the input must
+    be larger), so filters and demosaicing never see a patch edge."""
     if isinstance(spec, str):
         spec = parse_noise(spec)
     n = x.shape[0]
+    if spec.kind in ("pipeline", "mix-v3"):
+        from . import pipeline  # local: pipeline imports this module
+        noisy, target = [], []
+        choice = torch.rand(n, generator=gen)
+        for i in range(n):
+            xi = x[i:i + 1]
+            u = 0.0 if spec.kind == "pipeline" else float(choice[i])
+            if u < 0.45:
+                ni, ti = pipeline.pipeline_pair(xi, gen)
+            elif u < 0.93:
+                ni, ti = _mix_v3_simple(xi, gen, u), xi
+            else:  # a clean photo saved as JPEG: must come back as it is
+                q = int(round(75 + 23 * float(torch.rand((), generator=gen))))
+                ni = pipeline.jpeg(xi, q, "4:2:0" if float(torch.rand((), generator=gen)) < 0.5 else "4:4:4")
+                ti = ni
+            if out_size is not None:
+                ni, ti = pipeline._random_crop(ni, ti, out_size, gen)
+            noisy.append(ni.clamp(0, 1))
+            target.append(ti.clamp(0, 1))
+        return torch.cat(noisy), torch.cat(target)
     if spec.kind == "none":
         y = x.clone()
     elif spec.kind == "gaussian":
@@ -293,25 +341,66 @@ def apply_noise(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator) ->
         y = add_poisson_gaussian(x, gen)
     elif spec.kind == "camera":
         y = _camera_batch(x, spec, gen)
-    elif spec.kind == "mix":
+    elif spec.kind in ("mix-v1", "mix-v2"):
         y = torch.empty_like(x)
         choice = torch.rand(n, generator=gen)
         for i in range(n):
-            xi = x[i:i + 1]
-            u = float(choice[i])
-            if u < 0.40:
-                y[i:i + 1] = _camera_batch(xi, NoiseSpec(kind="camera"), gen)
-            elif u < 0.85:  # half of the Gaussian patches at the common 5-30 levels, the rest 0-55
-                v = float(torch.rand((), generator=gen))
-                sigma = 55.0 * v if float(torch.rand((), generator=gen)) < 0.5 else 5.0 + 25.0 * v
-                y[i:i + 1] = add_gaussian(xi, sigma, gen)
-            elif u < 0.95:
-                y[i:i + 1] = add_poisson_gaussian(xi, gen)
+            if spec.kind == "mix-v1":
+                y[i:i + 1] = _mix_v1_one(x[i:i + 1], gen, float(choice[i]))
             else:
-                y[i:i + 1] = xi
+                y[i:i + 1] = _mix_v2_one(x[i:i + 1], gen, float(choice[i]))
     else:
         raise NoiseSpecError(f"unknown noise kind {spec.kind!r}")
-    return quantize(y) if spec.quantize else y.clamp(0.0, 1.0)
+    y = quantize(y) if spec.quantize else y.clamp(0.0, 1.0)
+    target = x
+    if out_size is not None:
+        from .pipeline import _random_crop
+        pairs = [_random_crop(y[i:i + 1], x[i:i + 1], out_size, gen) for i in range(n)]
+        y, target = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    return y, target
+
+
+def _mix_v1_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:
+    """mix-v1 (session 1): 45% camera, 40% Gaussian sigma 0-55, 10% Poisson-Gaussian, 5% clean."""
+    if u < 0.45:
+        return _camera_batch(xi, NoiseSpec(kind="camera"), gen)
+    if u < 0.85:
+        return add_gaussian(xi, 55.0 * float(torch.rand((), generator=gen)), gen)
+    if u < 0.95:
+        return add_poisson_gaussian(xi, gen)
+    return xi
+
+
+def _mix_v2_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:
+    """mix-v2 (sessions 2-7): as v1 with 40% camera and half of the Gaussian patches at sigma 5-30."""
+    if u < 0.40:
+        y = _camera_batch(xi, NoiseSpec(kind="camera"), gen)
+    elif u < 0.85:  # half of the Gaussian patches at the common 5-30 levels, the rest 0-55
+        v = float(torch.rand((), generator=gen))
+        sigma = 55.0 * v if float(torch.rand((), generator=gen)) < 0.5 else 5.0 + 25.0 * v
+        y = add_gaussian(xi, sigma, gen)
+    elif u < 0.95:
+        y = add_poisson_gaussian(xi, gen)
+    else:
+        y = xi
+    return quantize(y)
+
+
+def _mix_v3_simple(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:
+    """mix-v3 outside the camera developments (45%) and clean JPEGs (7%): 10% camera noise on an
+    undeveloped signal (the v2 simulator), 28% Gaussian (half at sigma 5-30, half 0-55), 4%
+    Poisson-Gaussian, 6% clean; 8-bit."""
+    if u < 0.55:
+        y = _camera_batch(xi, NoiseSpec(kind="camera"), gen)
+    elif u < 0.83:
+        v = float(torch.rand((), generator=gen))
+        sigma = 55.0 * v if float(torch.rand((), generator=gen)) < 0.5 else 5.0 + 25.0 * v
+        y = add_gaussian(xi, sigma, gen)
+    elif u < 0.87:
+        y = add_poisson_gaussian(xi, gen)
+    else:
+        y = xi
+    return quantize(y)
 
 
 def _camera_batch(x: torch.Tensor, spec: NoiseSpec, gen: torch.Generator) -> torch.Tensor:

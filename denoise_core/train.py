@@ -33,7 +33,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from .device import autocast, pick_device, pick_precision, precision_name
 from .metrics import psnr, ssim
 from .models import create_model
-from .noise import NoiseSpec, apply_noise
+from .noise import NoiseSpec, noisy_pair
 
 
 class TrainingError(RuntimeError):
@@ -153,7 +153,7 @@ def fixed_val_set(images: Sequence[np.ndarray], noise: NoiseSpec | str, *, crop:
     for im in images:
         for sy, sx in _val_windows(*im.shape[:2], crop, per_image):
             clean = _to_float(im[sy, sx])[None]
-            pairs.append((apply_noise(clean, noise, gen), clean))
+            pairs.append(noisy_pair(clean, noise, gen))
     return pairs
 
 
@@ -307,7 +307,8 @@ def train(
     card: dict | None = None,
     model: nn.Module | None = None,
 ) -> dict:
-    """Train; `batches(gen)` returns one (noisy, clean) batch drawn from `gen`. Returns the card,
+    """Train; `batches(gen)` returns one (noisy, clean) batch drawn from `gen`, or (noisy, clean,
+    level planes) for a model with a noise-level input (`denoise_core.levels`). Returns the card,
     the validation history and the best PSNR. Joins DDP when a process group is initialized
     (see `init_distributed`); `on_progress` is called on rank 0 only."""
     loss_fn = loss_function(cfg.loss)
@@ -379,11 +380,12 @@ def train(
         lr = _lr_at(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr
-        noisy, clean = batches(gen)
-        noisy = noisy.to(device, non_blocking=True)
-        clean = clean.to(device, non_blocking=True)
+        batch = batches(gen)
+        noisy = batch[0].to(device, non_blocking=True)
+        clean = batch[1].to(device, non_blocking=True)
+        level = batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
         with autocast(device, amp_dtype):
-            pred = net(noisy)
+            pred = net(noisy) if level is None else net(noisy, level)
             loss = loss_fn(pred.float(), clean)
         if not _all_true(bool(torch.isfinite(loss)), device, di.world):
             where = " on at least one process" if di.world > 1 else ""

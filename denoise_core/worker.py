@@ -3,7 +3,8 @@
 Protocol (the plugins' side is plugins/common/denoise_client.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
              "output": "out.raw", "transfer": "srgb" | "linear", "model": "default" | name | path,
-             "strength": 0..1, "device": "auto", "tile": 1024, "precision": "auto" (optional),
+             "strength": 0..1, "noise_level": null or 0..4 (optional, see api.py), "device": "auto",
+             "tile": 1024, "precision": "auto" (optional),
              "parent_pipe": true (optional)}
   in.raw    float32 little-endian, interleaved H x W x channels; 2 and 4 channels carry alpha last,
             which is copied to the output untouched. "linear" pixels are encoded to sRGB for the
@@ -82,7 +83,9 @@ def run_job(job_path: Path) -> None:
     dn = Denoiser(job.get("model", "default"), device=job.get("device", "auto"),
                   tile=int(job.get("tile", DEFAULT_TILE)), precision=job.get("precision", "auto"))
     _emit(event="start", model=str(dn.path), arch=dn.arch, device=str(dn.device), precision=dn.precision)
+    level = job.get("noise_level")
     out = dn.denoise(np.ascontiguousarray(colour, dtype=np.float32), strength=float(job.get("strength", 1.0)),
+                     noise_level=None if level is None else float(level),
                      progress=lambda done, total: _emit(event="progress", done=done, total=total))
     if linear:
         out = _srgb_decode(out)

@@ -17,8 +17,9 @@ import time
 import torch
 
 from denoise_core.checkpoint import load_checkpoint
-from denoise_core.noise import apply_noise
-from denoise_core.photos import TRAIN, VALIDATION, load_photos
+from denoise_core.levels import training_levels
+from denoise_core.noise import noisy_pair, parse_noise
+from denoise_core.photos import SELECTION, TRAIN, load_photos
 from denoise_core.train import TrainConfig, fixed_val_set, random_patches, state_path, train
 
 
@@ -52,19 +53,23 @@ def main() -> None:
     else:
         arch_args = {}
     train_imgs = load_photos(a.photos, TRAIN)
-    val_imgs = load_photos(a.photos, VALIDATION)
-    cfg = TrainConfig(arch=a.arch, arch_args=arch_args, grow=a.grow, noise=a.noise, patch=a.patch,
+    val_imgs = load_photos(a.photos, SELECTION)
+    noise = str(parse_noise(a.noise))  # 'mix' -> the versioned name, so the card says which
+    cfg = TrainConfig(arch=a.arch, arch_args=arch_args, grow=a.grow, noise=noise, patch=a.patch,
                       batch=a.batch, steps=a.steps, lr=a.lr,
                       loss=a.loss, val_every=a.val_every, checkpoint_every=250, device="cpu",
                       init=a.init, threads=a.threads, precision=a.precision,
                       data=f"{len(TRAIN)} photos from Debian packages lomiri-wallpapers-16.04, mate-backgrounds, "
                            f"plasma-workspace-wallpapers, palapeli-data (2x box-downscaled); "
-                           f"validation: {', '.join(VALIDATION)}")
-    val = fixed_val_set(val_imgs, "mix", crop=256, per_image=2)
+                           f"validation (model selection): {', '.join(SELECTION)}")
+    val = fixed_val_set(val_imgs, noise, crop=256, per_image=2)
+    levels = bool(arch_args.get("level_input"))
 
     def batches(gen):
-        clean = random_patches(train_imgs, a.batch, a.patch, gen)
-        return apply_noise(clean, a.noise, gen), clean
+        # 16 px more than the patch: developments and filters never see the patch's edge
+        clean = random_patches(train_imgs, a.batch, a.patch + 16, gen)
+        noisy, target = noisy_pair(clean, noise, gen, out_size=a.patch)
+        return (noisy, target, training_levels(noisy, target, gen)) if levels else (noisy, target)
 
     t0 = time.time()
 
@@ -75,8 +80,8 @@ def main() -> None:
                   f"{(time.time() - t0):.0f}s eta={p.eta_s or 0:.0f}s{extra}", flush=True)
 
     res = train(cfg, a.out, batches=batches, val_pairs=val, resume=a.resume, on_progress=report,
-                card={"trained_with": "scripts/train_shipped.py", "val_noise": "mix (fixed seed)",
-                      "mix_version": "v2"})
+                card={"trained_with": "scripts/train_shipped.py",
+                      "val_noise": f"{noise} (fixed seed)", "mix_version": noise})
     print("best", res["best_psnr"], file=sys.stderr)
 
 

@@ -3,6 +3,11 @@
 The image is pixel-unshuffled 2x on entry, so every convolution runs at a quarter of the pixels
 or fewer; three scales of plain conv-ReLU residual blocks (the fastest block on a CPU), pixel-shuffle
 upsampling, and a global residual so the net predicts the noise and a clean input passes through.
+
+With `level_input=True` the net also takes a noise-level map (FFDNet/CBDNet-style conditioning):
+two extra input planes, the local noise standard deviation in units of 25/255
+(`denoise_core.levels`) and a flag that says whether that level is given (1) or left to the net
+(0, blind: the map is ignored and the net estimates the noise itself, as without the input).
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_model
+
+LEVEL_CHANNELS = 2  # noise-level map, and whether it is given
 
 
 class ResBlock(nn.Module):
@@ -57,12 +64,14 @@ class UNet(nn.Module):
         enc_blocks: tuple[int, int] = (1, 2),
         mid_blocks: int = 2,
         dec_blocks: tuple[int, int] = (2, 1),
+        level_input: bool = False,
     ) -> None:
         super().__init__()
         w1, w2, w3 = widths
         enc_blocks, dec_blocks = tuple(enc_blocks), tuple(dec_blocks)  # JSON metadata gives lists
+        self.level_channels = LEVEL_CHANNELS if level_input else 0
         self.unshuffle = nn.PixelUnshuffle(2)
-        self.intro = nn.Conv2d(in_channels * 4, w1, 3, padding=1)
+        self.intro = nn.Conv2d((in_channels + self.level_channels) * 4, w1, 3, padding=1)
         self.enc1 = _stage(w1, enc_blocks[0])
         self.down1 = Down(w1, w2)
         self.enc2 = _stage(w2, enc_blocks[1])
@@ -86,15 +95,22 @@ class UNet(nn.Module):
     size_multiple = 8
 
     def grow_from(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A full state dict for this net from one of a same-width `UNet` with fewer blocks per stage.
+        """A full state dict for this net from one of a same-width `UNet` with fewer blocks per stage,
+        or without the noise-level input.
 
         Stages keep their trained blocks in order; each added block gets a zeroed second conv, so it
-        starts as the identity and the grown net computes exactly what the smaller one did."""
+        starts as the identity; an added level input gets zero weights in the first conv. So the
+        grown net computes exactly what the smaller one did (blind, or whatever level it is given)."""
         out = dict(self.state_dict())
         stage_names = ("enc1", "enc2", "mid", "dec2", "dec1")
         for key, value in state.items():
             if key not in out:
                 raise ValueError(f"cannot grow from these weights: this net has no {key}")
+            if key == "intro.weight" and value.shape[1] < out[key].shape[1] and value.shape[0] == out[key].shape[0]:
+                grown = torch.zeros_like(out[key])
+                grown[:, :value.shape[1]] = value  # pixel-unshuffle keeps each input plane's 4 channels together
+                out[key] = grown
+                continue
             if out[key].shape != value.shape:
                 raise ValueError(f"cannot grow from these weights: {key} {tuple(value.shape)} "
                                  f"does not fit this net {tuple(out[key].shape)}")
@@ -107,8 +123,16 @@ class UNet(nn.Module):
                     out[f"{name}.{i}.conv2.bias"] = torch.zeros_like(out[f"{name}.{i}.conv2.bias"])
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self.enc1(F.relu(self.intro(self.unshuffle(x)), inplace=True))
+    def forward(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """`level`: (N, 2, H, W) map and given-flag planes (see the module docstring); None is blind."""
+        inp = x
+        if self.level_channels:
+            if level is None:
+                level = x.new_zeros(x.shape[0], self.level_channels, *x.shape[2:])
+            inp = torch.cat([x, level.to(x)], 1)
+        elif level is not None:
+            raise ValueError("this model has no noise-level input")
+        s1 = self.enc1(F.relu(self.intro(self.unshuffle(inp)), inplace=True))
         s2 = self.enc2(self.down1(s1))
         y = self.mid(self.down2(s2))
         y = self.dec2(self.up2(y) + s2)
