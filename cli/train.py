@@ -28,7 +28,8 @@ from denoise_core.device import DEVICES, PRECISIONS, pick_device, pick_precision
 from denoise_core.imageio import ImageReadError, read_image
 from denoise_core.metrics import psnr
 from denoise_core.models import create_model, list_models
-from denoise_core.noise import NoiseSpecError, apply_noise, list_cameras, parse_noise
+from denoise_core.levels import training_levels
+from denoise_core.noise import NoiseSpecError, list_cameras, noisy_pair, parse_noise
 from denoise_core.pairs import PairCheck, PairError, image_files, load_pairs
 from denoise_core.train import (LOSSES, Progress, TrainConfig, TrainingError, fixed_val_set, init_distributed,
                                 pair_val_set, random_patches, report_paths, shutdown_distributed,
@@ -67,7 +68,8 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--clean", type=click.Path(path_type=Path), metavar="DIR", help="Folder of clean photos (in pairs mode named like the noisy ones).")
 @click.option("--noise", "noise_spec", metavar="SPEC",
               help='Synthetic noise instead of pairs: gaussian:SIGMA, gaussian:LO-HI, poisson-gaussian, '
-                   'camera:"MAKER MODEL"@ISO, camera:random or mix.')
+                   'camera:"MAKER MODEL"@ISO, camera:random, pipeline (camera developments: demosaic, '
+                   'sharpening, JPEG, ...), mix (what the shipped weights use; mix-v1/v2/v3 by version).')
 @click.option("--arch", type=click.Choice(list_models()), default="unet", show_default=True)
 @click.option("--arch-args", default="{}", metavar="JSON", help='Architecture arguments, e.g. \'{"width": 48}\'.')
 @click.option("--init", "init", metavar="MODEL",
@@ -224,12 +226,17 @@ def _run(cfg: TrainConfig, out: Path, train_set, spec, val_pairs, resume: bool) 
     from tqdm import tqdm
 
     clean_imgs, noisy_imgs = train_set
+    # up to 16 px more than the patch: camera developments and filters never reach the patch's edge
+    margin = max(0, min(16, min(min(a.shape[:2]) for a in clean_imgs) - cfg.patch))
 
     def batches(gen: torch.Generator):
         if noisy_imgs is not None:
             return random_patches(clean_imgs, cfg.batch, cfg.patch, gen, partners=noisy_imgs)
-        target = random_patches(clean_imgs, cfg.batch, cfg.patch, gen)
-        return apply_noise(target, spec, gen), target
+        clean = random_patches(clean_imgs, cfg.batch, cfg.patch + margin, gen)
+        noisy, target = noisy_pair(clean, spec, gen, out_size=cfg.patch)
+        if cfg.arch_args.get("level_input"):  # half the patches are told their true noise level
+            return noisy, target, training_levels(noisy, target, gen)
+        return noisy, target
 
     bar = None
 

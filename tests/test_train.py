@@ -22,7 +22,7 @@ from cli.train import main as train_main
 from denoise_core.checkpoint import load_checkpoint, save_checkpoint
 from denoise_core.metrics import psnr, ssim
 from denoise_core.models import create_model
-from denoise_core.noise import NoiseSpecError, apply_noise, find_camera, parse_noise
+from denoise_core.noise import NoiseSpecError, apply_noise, find_camera, noisy_pair, parse_noise
 from denoise_core.pairs import load_pairs
 from denoise_core.train import (TrainConfig, TrainingError, fixed_val_set, loss_function, pair_val_set,
                                 random_patches, report_paths, state_path, train)
@@ -71,8 +71,8 @@ def _tiny_setup():
     val = fixed_val_set(imgs[2:], CAMERA, crop=64, per_image=1)
 
     def batches(gen):
-        clean = random_patches(imgs[:2], 4, 32, gen)
-        return apply_noise(clean, "mix", gen), clean
+        clean = random_patches(imgs[:2], 4, 48, gen)
+        return noisy_pair(clean, "mix", gen, out_size=32)  # camera developments, JPEG: all replayed on resume
     cfg = TrainConfig(arch="seed", noise="mix", patch=32, batch=4, steps=40, val_every=15, checkpoint_every=10,
                       device="cpu", threads=1)
     return cfg, batches, val

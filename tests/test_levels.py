@@ -1,0 +1,120 @@
+"""The noise-level control: the map measures noise, grown weights start as the blind net, the
+two-pass run tiles exactly, and the API, CLI and worker refuse what they cannot do, by name."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from denoise_core.api import Denoiser
+from denoise_core.checkpoint import save_checkpoint
+from denoise_core.levels import LEVEL_UNIT, level_map, level_planes, training_levels
+from denoise_core.models import create_model
+
+SMALL = {"widths": (8, 16, 16), "enc_blocks": (1, 1), "mid_blocks": 1, "dec_blocks": (1, 1)}
+
+
+def test_level_map_reads_gaussian_sigma_in_units_of_25():
+    noise = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0)) * (12.5 / 255)
+    m = level_map(noise)
+    assert m.shape == (1, 1, 128, 128)
+    assert abs(float(m.mean()) - 0.5) < 0.02
+    assert float(level_map(torch.zeros(1, 3, 8, 8)).abs().max()) == 0.0
+    assert LEVEL_UNIT == pytest.approx(25 / 255)
+
+
+def test_training_levels_give_the_true_map_or_nothing():
+    clean = torch.rand(64, 3, 16, 16)
+    noisy = clean + 0.1 * torch.randn(64, 3, 16, 16)
+    lv = training_levels(noisy, clean, torch.Generator().manual_seed(1))
+    given = lv[:, 1, 0, 0]
+    assert set(given.unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(lv[given == 1, :1], level_map(noisy - clean)[given == 1])
+    assert float(lv[given == 0].abs().max()) == 0.0
+    assert torch.equal(level_planes(None, (2, 3, 4, 4)), torch.zeros(2, 2, 4, 4))
+
+
+def test_grown_level_net_computes_what_the_blind_net_did():
+    torch.manual_seed(0)
+    blind = create_model("unet", **SMALL)
+    for p in blind.parameters():  # the outro starts at zero; make every layer count
+        torch.nn.init.normal_(p, std=0.05)
+    grown = create_model("unet", **SMALL, level_input=True)
+    grown.load_state_dict(grown.grow_from(blind.state_dict()))
+    x = torch.rand(2, 3, 32, 32)
+    planes = torch.rand(2, 2, 32, 32)
+    with torch.no_grad():
+        ref = blind(x)
+        torch.testing.assert_close(grown(x), ref, atol=0, rtol=0)
+        torch.testing.assert_close(grown(x, planes), ref, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="no noise-level input"):
+        blind(x, planes)
+
+
+@pytest.fixture(scope="module")
+def level_ckpt(tmp_path_factory):
+    torch.manual_seed(1)
+    net = create_model("unet", **SMALL, level_input=True)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    path = tmp_path_factory.mktemp("lv") / "lv.safetensors"
+    save_checkpoint(path, net, {"test": "random level net"})
+    return path
+
+
+def test_two_pass_tiles_exactly_and_levels_change_the_result(level_ckpt):
+    dn = Denoiser(level_ckpt, device="cpu", precision="fp32")
+    assert dn.has_levels and dn.context(1.0) == 2 * dn.receptive + 4
+    img = (np.random.default_rng(0).random((150, 133, 3)) * 255).astype(np.uint8)
+    whole = dn.denoise(img, noise_level=1.5, tile=4096)
+    tiled = dn.denoise(img, noise_level=1.5, tile=32)
+    np.testing.assert_array_equal(tiled, whole)
+    assert not np.array_equal(whole, dn.denoise(img, noise_level=0.5, tile=4096))
+    assert not np.array_equal(whole, dn.denoise(img, tile=4096))
+
+
+def test_noise_level_refused_by_name(level_ckpt, tmp_path):
+    blind = create_model("seed")
+    path = tmp_path / "blind.safetensors"
+    save_checkpoint(path, blind, {})
+    dn = Denoiser(path, device="cpu")
+    img = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"blind\.safetensors \(seed\) has no noise-level input"):
+        dn.denoise(img, noise_level=1.0)
+    with pytest.raises(ValueError, match="within 0..4"):
+        Denoiser(level_ckpt, device="cpu").denoise(img, noise_level=9.0)
+
+
+def test_cli_noise_level_on_a_blind_model_is_a_usage_error(tmp_path):
+    from denoise_cli.batch import main
+
+    path = tmp_path / "blind.safetensors"
+    save_checkpoint(path, create_model("seed"), {})
+    src = tmp_path / "in"
+    src.mkdir()
+    from PIL import Image
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(src / "a.png")
+    r = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "out"), "--model", str(path),
+                                  "--noise-level", "2"])
+    assert r.exit_code == 2
+    assert "has no noise-level input" in r.output
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_worker_passes_the_noise_level(level_ckpt, tmp_path):
+    img = np.random.default_rng(3).random((40, 48, 3)).astype(np.float32)
+    (tmp_path / "in.raw").write_bytes(img.astype("<f4").tobytes())
+    job = {"version": 1, "width": 48, "height": 40, "channels": 3, "input": "in.raw", "output": "out.raw",
+           "model": str(level_ckpt), "strength": 1.0, "noise_level": 2.0, "device": "cpu", "precision": "fp32"}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    r = subprocess.run([sys.executable, "-m", "denoise_core.worker", str(tmp_path / "job.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = np.frombuffer((tmp_path / "out.raw").read_bytes(), "<f4").reshape(40, 48, 3)
+    ref = Denoiser(level_ckpt, device="cpu", precision="fp32").denoise(img, noise_level=2.0)
+    np.testing.assert_array_equal(out, ref)
