@@ -13,8 +13,14 @@ This module owns:
     (gAMA, cHRM, sRGB, cICP, mDCV, cLLI, copied verbatim); JPEG subsampling, progressive mode, comment
     and a quality estimate; whether a WebP was lossless; TIFF compression and alpha kind.
   * rejection of everything it cannot represent faithfully (CMYK, palette, 1-bit, Lab, signed or
-    32-bit integer samples, animations, camera raw files, images over MAX_PIXELS) and of missing,
-    empty, truncated or corrupt files, always as ImageReadError("<path>: <reason>").
+    32-bit integer samples, animations, multi-page TIFF, stereo/multi-frame MPF JPEG, camera raw
+    files, images over MAX_PIXELS) and of missing, empty, truncated, corrupt or non-regular files
+    (a FIFO is refused from its stat, never opened), always as ImageReadError("<path>: <reason>"),
+    whatever the decoder raised. Warnings libpng prints are caught and re-raised as ImageWarning
+    naming the file.
+  * bounded cost: metadata decompressed or copied from one file (ICC, XMP, EXIF, PNG text) stays
+    under MAX_METADATA_BYTES, EXIF pointers are followed once per IFD (loops end), and a TIFF ICC or
+    XMP tag stored as a number is refused instead of becoming that many zero bytes.
   * atomic output (denoise_core.atomic): a failed write leaves nothing behind and never a partial file.
   * format choice: reading goes by the file's content (a PNG named .jpg reads as PNG); writing goes
     by `format=`, else the destination's extension, else photo.format.
@@ -36,16 +42,23 @@ Reading a TIFF builds `Photo.exif` from the same tags. BigTIFF input or output c
 colour key: int or (r, g, b)); 'jpeg_quality' (estimate from the quantisation tables),
 'jpeg_subsampling' (0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0), 'progressive', 'comment' (JPEG);
 'webp_lossless'; 'tiff_compression' (TIFF compression code), 'tiff_extrasample' (0 unspecified,
-1 associated/premultiplied, 2 unassociated alpha). Only the multi-page TIFF's first page is read.
+1 associated/premultiplied, 2 unassociated alpha). A TIFF's reduced-resolution preview pages and a
+camera JPEG's MPF preview images are not read or written back: they would show the noisy photo.
+A resolution outside 0.001..1e6 dpi (4294967295 px/cm, say) is damage and reads as no resolution.
 """
 from __future__ import annotations
 
 import binascii
 import contextlib
 import logging
+import math
 import mmap
 import os
+import stat
 import struct
+import sys
+import tempfile
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -73,9 +86,21 @@ _CMYK = "CMYK images are not supported; convert to RGB first"
 _PALETTE = "palette (indexed-colour) images are not supported; convert to RGB or grayscale first"
 _JPEG_MAX_SIDE, _WEBP_MAX_SIDE = 65535, 16383
 _NAMES = {"PNG": "PNG", "TIFF": "TIFF", "JPEG": "JPEG", "WEBP": "WebP"}
+# Metadata one file may carry once decompressed or copied (ICC + EXIF + XMP + text together): real
+# photos carry well under 1 MiB; a zlib bomb in a 265 kB PNG would otherwise inflate to 772 MB.
+MAX_METADATA_BYTES = 16 << 20
+_MIN_DPI, _MAX_DPI = 1e-3, 1e6     # outside this a resolution tag is damage, read as absent
 
 
 class ImageReadError(ValueError):
+    def __init__(self, path, reason: str):
+        self.path, self.reason = os.fspath(path), reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ImageWarning(UserWarning):
+    """Damage a decoder worked around (a libpng warning): the image was read, the file is named."""
+
     def __init__(self, path, reason: str):
         self.path, self.reason = os.fspath(path), reason
         super().__init__(f"{self.path}: {reason}")
@@ -119,6 +144,11 @@ def read_image(path) -> Photo:
     if ext not in _EXT_FORMATS:
         raise ImageReadError(path, f"unsupported file extension '{ext}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
     try:
+        st = os.stat(p)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):    # a FIFO would block the read forever; a device never ends
+            raise ImageReadError(path, f"is a {_file_kind(st.st_mode)}, not a regular file")
         with open(p, "rb") as f:
             head = f.read(16)
     except FileNotFoundError:
@@ -136,10 +166,19 @@ def read_image(path) -> Photo:
         raise ImageReadError(path, _not_an_image(head, ext))
     try:
         return _READERS[fmt](p, path)
+    except ImageReadError:
+        raise
     except MemoryError:
         raise ImageReadError(path, "not enough memory to decode the image") from None
     except OSError as e:
         raise ImageReadError(path, f"cannot read file: {e.strerror or e}") from None
+    except Exception as e:  # a decoder tripping over hostile bytes is still one named, one-line error
+        raise ImageReadError(path, f"corrupt {_NAMES[fmt]} file ({type(e).__name__}: {e})") from None
+
+
+def _file_kind(mode: int) -> str:
+    return ("FIFO (named pipe)" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else
+            "character device" if stat.S_ISCHR(mode) else "block device" if stat.S_ISBLK(mode) else "special file")
 
 
 def _sniff(head: bytes) -> str | None:
@@ -193,7 +232,8 @@ _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 _XMP_KEY = "XML:com.adobe.xmp"
 
 
-def _png_chunks(data: memoryview, path) -> list[tuple[bytes, memoryview]]:
+def _png_chunks(data: memoryview, path) -> list[tuple[bytes, memoryview, memoryview]]:
+    """(type, payload, the whole chunk as stored) for every chunk up to IEND, CRCs checked."""
     chunks, pos = [], 8
     while True:
         if pos + 12 > len(data):
@@ -205,10 +245,30 @@ def _png_chunks(data: memoryview, path) -> list[tuple[bytes, memoryview]]:
         payload = data[pos + 8:end - 4]
         if binascii.crc32(payload, binascii.crc32(ctype)) != struct.unpack_from(">I", data, end - 4)[0]:
             raise ImageReadError(path, f"corrupt PNG file (CRC mismatch in the {ctype.decode('latin-1')!r} chunk)")
-        chunks.append((ctype, payload))
+        chunks.append((ctype, payload, data[pos:end]))
         if ctype == b"IEND":
             return chunks
         pos = end
+
+
+_C_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _c_stderr() -> Iterator[list[str]]:
+    """Collect what C code (libpng) writes to file descriptor 2 meanwhile, so a warning can name its file."""
+    lines: list[str] = []
+    with _C_STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += [ln.strip() for ln in sink.read(1 << 16).decode("utf-8", "replace").splitlines() if ln.strip()]
 
 
 def _read_png(p: Path, path) -> Photo:
@@ -223,44 +283,73 @@ def _read_png(p: Path, path) -> Photo:
         raise ImageReadError(path, f"corrupt PNG file (invalid colour type {ctype})")
     if depth not in (8, 16):
         raise ImageReadError(path, f"{depth}-bit PNG images are not supported (only 8 and 16 bits per sample)")
-    if any(t == b"acTL" for t, _ in chunks):
+    if any(t == b"acTL" for t, _, _ in chunks):
         raise ImageReadError(path, "animated PNG (APNG) images are not supported")
     _check_size(path, width, height)
+    # libpng sees the pixel chunks only: metadata is parsed (with bounds) below, so a zlib bomb in
+    # iCCP is never inflated by libpng, and its metadata warnings cannot occur
+    pixel_stream = b"".join([_PNG_SIGNATURE, *(raw for t, _, raw in chunks if t in (b"IHDR", b"IDAT", b"IEND"))])
     try:
-        arr = imagecodecs.png_decode(data)
+        with _c_stderr() as libpng_said:
+            arr = imagecodecs.png_decode(pixel_stream)
     except Exception as e:
         raise ImageReadError(path, f"corrupt PNG image data ({e})") from None
+    del pixel_stream
+    for line in libpng_said:
+        warnings.warn(ImageWarning(path, f"libpng: {line}"), stacklevel=3)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     channels = _PNG_CHANNELS[ctype]
-    if arr.shape[2] == channels + 1 and any(t == b"tRNS" for t, _ in chunks):
-        arr = arr[:, :, :channels]      # libpng expands a tRNS colour key to alpha; it is kept in info instead
     if arr.shape != (height, width, channels):
         raise ImageReadError(path, f"corrupt PNG file (decoded shape {arr.shape} does not match the header)")
     arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
     pixels, alpha = _split_alpha(arr, 3 if channels >= 3 else 1)
     try:
-        icc, exif, info = _png_metadata(chunks, ctype)
+        icc, exif, info = _png_metadata(chunks, ctype, _Budget(path))
+    except ImageReadError:
+        raise
     except (ValueError, IndexError, struct.error, zlib.error) as e:
         raise ImageReadError(path, f"corrupt PNG metadata ({e})") from None
     return Photo(pixels, alpha, "PNG", icc, exif, info)
 
 
-def _png_metadata(chunks, ctype: int) -> tuple[bytes | None, bytes | None, dict]:
+class _Budget:
+    """Metadata bytes one file may produce (decompressed or copied), so a small file cannot expand."""
+
+    def __init__(self, path) -> None:
+        self.path, self.left = path, MAX_METADATA_BYTES
+
+    def take(self, n: int, what: str) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ImageReadError(self.path, f"{what} makes the metadata larger than "
+                                            f"{MAX_METADATA_BYTES >> 20} MiB (corrupt file or decompression bomb)")
+
+    def inflate(self, data: bytes, what: str) -> bytes:
+        d = zlib.decompressobj()
+        out = d.decompress(data, max(0, self.left) + 1)
+        self.take(len(out), what)
+        return out
+
+
+def _png_metadata(chunks, ctype: int, budget: _Budget) -> tuple[bytes | None, bytes | None, dict]:
     icc = exif = None
     info: dict = {}
     text: dict[str, str] = {}
-    for t, payload in chunks:
-        body = bytes(payload) if t not in (b"IDAT", b"IEND") else b""
+    for t, payload, _ in chunks:
+        if t in (b"IDAT", b"IEND"):
+            continue
+        body = bytes(payload)
+        name = t.decode("latin-1")
         if t == b"iCCP":
-            name, rest = body.split(b"\0", 1)
-            icc = zlib.decompress(rest[1:])
-            info["icc_profile_name"] = name.decode("latin-1")
+            key, rest = body.split(b"\0", 1)
+            icc = budget.inflate(rest[1:], "the iCCP chunk (ICC profile)")
+            info["icc_profile_name"] = key.decode("latin-1")
         elif t == b"eXIf":
             exif = _normalise_exif(body)
         elif t == b"pHYs":
             x, y, unit = struct.unpack(">IIB", body)
-            if unit == 1:
+            if unit == 1 and _plausible_dpi(x * 0.0254, y * 0.0254):
                 info["dpi"] = (x * 0.0254, y * 0.0254)
         elif t == b"tRNS":
             vals = struct.unpack(f">{len(body) // 2}H", body)
@@ -272,19 +361,28 @@ def _png_metadata(chunks, ctype: int) -> tuple[bytes | None, bytes | None, dict]
             text[key.decode("latin-1")] = value.decode("latin-1")
         elif t == b"zTXt":
             key, value = body.split(b"\0", 1)
-            text[key.decode("latin-1")] = zlib.decompress(value[1:]).decode("latin-1")
+            text[key.decode("latin-1")] = budget.inflate(value[1:], f"the zTXt chunk {key[:79]!r}").decode("latin-1")
         elif t == b"iTXt":
             key, rest = body.split(b"\0", 1)
             compressed, rest = rest[0], rest[2:]
             _lang, _tkey, value = rest.split(b"\0", 2)
-            value = zlib.decompress(value) if compressed else value
+            value = budget.inflate(value, f"the iTXt chunk {key[:79]!r}") if compressed else value
             if key == _XMP_KEY.encode():
                 info["xmp"] = value
             else:
                 text[key.decode("latin-1")] = value.decode("utf-8")
+        else:
+            continue
+        if name not in ("iCCP", "zTXt", "iTXt"):
+            budget.take(len(body), f"the {name} chunk")
     if text:
         info["text"] = text
     return icc, exif, info
+
+
+def _plausible_dpi(x: float, y: float) -> bool:
+    """A resolution every writer can store; others (4294967295 px/cm, 0, NaN) are dropped as absent."""
+    return all(math.isfinite(v) and _MIN_DPI <= v <= _MAX_DPI for v in (x, y))
 
 
 # TIFF -----------------------------------------------------------------------------------------
@@ -327,10 +425,28 @@ def _read_tiff(p: Path, path) -> Photo:
                 raise ImageReadError(path, f"corrupt TIFF file ({damage[0]})")
             if page is None:
                 raise ImageReadError(path, "TIFF file contains no image")
+            _refuse_more_pages(tif, path)
             photo = _tiff_photo(tif, page, p, path)
             if damage:
                 raise ImageReadError(path, f"corrupt TIFF file ({damage[0]})")
             return photo
+
+
+def _refuse_more_pages(tif: tifffile.TiffFile, path) -> None:
+    """One image per file: a later full page is refused (denoising page 1 alone would drop it in
+    silence); reduced-resolution previews of page 1 are allowed and not written back (they would
+    show the noisy image)."""
+    try:
+        n = len(tif.pages)
+        for i in range(1, n):
+            if not int(tif.pages[i].subfiletype) & 1:
+                raise ImageReadError(path, f"multi-page TIFF ({n} pages) is not supported: only single-image "
+                                           "files are denoised, so no page is lost; split the pages first "
+                                           "(e.g. with tiffsplit)")
+    except ImageReadError:
+        raise
+    except Exception as e:
+        raise ImageReadError(path, f"corrupt TIFF file (page {i + 1}: {e})") from None
 
 
 def _tiff_photo(tif: tifffile.TiffFile, page: tifffile.TiffPage, p: Path, path) -> Photo:
@@ -393,19 +509,36 @@ def _tiff_photo(tif: tifffile.TiffFile, page: tifffile.TiffPage, p: Path, path) 
     if alpha is not None:
         info["tiff_extrasample"] = int(page.extrasamples[0]) if page.extrasamples else 0
     tags = page.tags
+    budget = _Budget(path)
+    icc = _tiff_bytes_tag(tags, 34675, "ICC profile", budget)
+    xmp = _tiff_bytes_tag(tags, 700, "XMP", budget)
+    if xmp:
+        info["xmp"] = xmp
     try:
-        icc = bytes(tags[34675].value) if 34675 in tags else None
-        if 700 in tags:
-            info["xmp"] = bytes(tags[700].value)
         if 282 in tags and 283 in tags and 296 in tags and int(tags[296].value) in (2, 3):
             scale = 1.0 if int(tags[296].value) == 2 else 2.54
             (xn, xd), (yn, yd) = tags[282].value, tags[283].value
-            if xd and yd:
+            if xd and yd and _plausible_dpi(xn / xd * scale, yn / yd * scale):
                 info["dpi"] = (xn / xd * scale, yn / yd * scale)
     except (TypeError, ValueError) as e:
-        raise ImageReadError(path, f"corrupt TIFF metadata ({e})") from None
-    exif = None if tif.is_bigtiff else _tiff_file_exif(p, tif.byteorder)
+        raise ImageReadError(path, f"corrupt TIFF metadata (resolution: {e})") from None
+    try:
+        exif = None if tif.is_bigtiff else _tiff_file_exif(p, tif.byteorder, budget)
+    except _ExifTooLarge as e:
+        raise ImageReadError(path, str(e)) from None
     return Photo(pixels, alpha, "TIFF", icc, exif, info)
+
+
+def _tiff_bytes_tag(tags, code: int, what: str, budget: _Budget) -> bytes | None:
+    """A blob tag's bytes; one stored as a number is damage (bytes(400000000) would be 400 MB of zeros)."""
+    if code not in tags:
+        return None
+    value = tags[code].value
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ImageReadError(budget.path, f"corrupt TIFF metadata (the {what} tag {code} holds "
+                                          f"{type(value).__name__} {str(value)[:40]}, not bytes)")
+    budget.take(len(value), f"the {what} tag")
+    return bytes(value) or None
 
 
 # JPEG and WebP (Pillow) ------------------------------------------------------------------------
@@ -429,7 +562,9 @@ def _open_pillow(p: Path, path, fmt: str) -> Image.Image:
         if im.mode not in ("L", "RGB", "RGBA"):
             raise ImageReadError(path, f"image mode {im.mode} is not supported (only RGB and grayscale, "
                                        "with or without alpha)")
-        if getattr(im, "n_frames", 1) > 1:
+        if im.format == "MPO":
+            _check_mpo(im, path)
+        elif getattr(im, "n_frames", 1) > 1:
             raise ImageReadError(path, f"animated {_NAMES[fmt]} images are not supported")
         try:
             im.load()       # full decode now, so a truncated file fails here and not in a later step
@@ -441,6 +576,19 @@ def _open_pillow(p: Path, path, fmt: str) -> Image.Image:
     return im
 
 
+def _check_mpo(im: Image.Image, path) -> None:
+    """A JPEG with an MPF index (cameras add a preview image so) reads as its primary image; the
+    previews are not written back, as they would show the noisy photo. Multi-frame MPF files (stereo
+    pairs, panoramas, multi-angle) hold several real images and are refused."""
+    entries = (getattr(im, "mpinfo", None) or {}).get(0xB002) or []
+    kinds = [str((e.get("Attribute") or {}).get("MPType", "")) for e in entries if isinstance(e, dict)]
+    multi = [k for k in kinds if k.startswith("Multi-Frame")]
+    if multi:
+        raise ImageReadError(path, f"multi-picture JPEG with {len(kinds)} images ({multi[0]}) is not supported: "
+                                   "only single images are denoised")
+    im.seek(0)
+
+
 def _read_jpeg(p: Path, path) -> Photo:
     with _open_pillow(p, path, "JPEG") as im:
         pixels, alpha = _split_alpha(np.array(im), 1 if im.mode == "L" else 3)
@@ -448,8 +596,9 @@ def _read_jpeg(p: Path, path) -> Photo:
         sampling = JpegImagePlugin.get_sampling(im)
         if sampling != -1 and im.mode != "L":
             info["jpeg_subsampling"] = sampling
-        if getattr(im, "quantization", None):
-            info["jpeg_quality"] = _estimate_jpeg_quality(im.quantization[0])
+        tables = getattr(im, "quantization", None)
+        if tables:   # the lowest-numbered table is luma's; encoders number them 0 and 1, a few 1 and 2
+            info["jpeg_quality"] = _estimate_jpeg_quality(tables[min(tables)])
         for key in ("progressive", "comment", "xmp"):
             if im.info.get(key):
                 info[key] = im.info[key]
@@ -504,19 +653,35 @@ _EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 34665, 34853, 40965
 _IFD0_EXIF_TAGS = frozenset({270, 271, 272, 274, 305, 306, 315, 316, 33432, _EXIF_IFD, _GPS_IFD})
 
 
-def _read_ifd(buf, offset: int, bo: str, keep: frozenset | None = None, depth: int = 0) -> list:
-    if depth > 3 or offset < 8 or offset + 2 > len(buf):
+class _ExifTooLarge(ValueError):
+    pass
+
+
+# which sub-IFD pointers each IFD may hold (None: IFD0); any other pointer tag is dropped
+_SUB_IFDS = {None: (_EXIF_IFD, _GPS_IFD), _EXIF_IFD: (_INTEROP_IFD,), _GPS_IFD: (), _INTEROP_IFD: ()}
+
+
+def _read_ifd(buf, offset: int, bo: str, keep: frozenset | None = None, *, kind: int | None = None,
+              seen: set | None = None, left: list | None = None) -> list:
+    """Entries of the IFD at `offset`. Each IFD is followed once (a pointer back to one already read
+    is dropped, so loops end), a tag once per IFD, and all the bytes copied stay under
+    MAX_METADATA_BYTES (else _ExifTooLarge)."""
+    seen = set() if seen is None else seen
+    left = [MAX_METADATA_BYTES] if left is None else left
+    if offset in seen or offset < 8 or offset + 2 > len(buf):
         return []
+    seen.add(offset)
     (n,) = struct.unpack_from(bo + "H", buf, offset)
-    entries = []
+    entries, tags = [], set()
     for pos in range(offset + 2, min(offset + 2 + 12 * n, len(buf) - 11), 12):
         tag, typ, count = struct.unpack_from(bo + "HHI", buf, pos)
-        if (keep is not None and tag not in keep) or typ not in _TYPE_SIZES:
+        if (keep is not None and tag not in keep) or typ not in _TYPE_SIZES or tag in tags:
             continue
         if tag in (_EXIF_IFD, _GPS_IFD, _INTEROP_IFD):
-            if count == 1 and typ in (4, 13):
-                sub = _read_ifd(buf, struct.unpack_from(bo + "I", buf, pos + 8)[0], bo, depth=depth + 1)
+            if count == 1 and typ in (4, 13) and tag in _SUB_IFDS[kind]:
+                sub = _read_ifd(buf, struct.unpack_from(bo + "I", buf, pos + 8)[0], bo, kind=tag, seen=seen, left=left)
                 if sub:
+                    tags.add(tag)
                     entries.append((tag, 4, 1, sub))
             continue
         total = _TYPE_SIZES[typ] * count
@@ -526,7 +691,12 @@ def _read_ifd(buf, offset: int, bo: str, keep: frozenset | None = None, depth: i
             (off,) = struct.unpack_from(bo + "I", buf, pos + 8)
             if off + total > len(buf):
                 continue
+            left[0] -= total + 12
+            if left[0] < 0:
+                raise _ExifTooLarge(f"EXIF tags copy more than {MAX_METADATA_BYTES >> 20} MiB "
+                                    "(corrupt or hostile EXIF)")
             value = bytes(buf[off:off + total])
+        tags.add(tag)
         entries.append((tag, typ, count, value))
     return sorted(entries, key=lambda e: e[0])
 
@@ -557,7 +727,7 @@ def _exif_ifd0(exif: bytes | None) -> tuple[str, list]:
         return bo, []
 
 
-def _tiff_file_exif(p: Path, bo: str) -> bytes | None:
+def _tiff_file_exif(p: Path, bo: str, budget: _Budget) -> bytes | None:
     with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
             entries = _read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo, keep=_IFD0_EXIF_TAGS)
@@ -566,7 +736,9 @@ def _tiff_file_exif(p: Path, bo: str) -> bytes | None:
     if not entries:
         return None
     header = (b"II*\0" if bo == "<" else b"MM\0*") + struct.pack(bo + "I", 8)
-    return b"Exif\0\0" + header + _pack_ifd(entries, 8, bo)
+    exif = b"Exif\0\0" + header + _pack_ifd(entries, 8, bo)
+    budget.take(len(exif), "the EXIF tags")
+    return exif
 
 
 def _add_exif_to_tiff(tmp: Path, bo: str, exif_entries: list) -> None:
@@ -576,7 +748,7 @@ def _add_exif_to_tiff(tmp: Path, bo: str, exif_entries: list) -> None:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             if bytes(buf[2:4]) != struct.pack(bo + "H", 42):
                 return
-            current = _read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo)
+            current = _read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo, left=[sys.maxsize])
             end = len(buf)
         have = {e[0] for e in current}
         entries = sorted(current + [e for e in exif_entries if e[0] not in have], key=lambda e: e[0])
@@ -624,6 +796,8 @@ def write_image(path, photo: Photo, *, format: str | None = None, quality: int |
             _WRITERS[fmt](tmp, photo, quality)
     except OSError as e:
         raise ImageWriteError(path, e.strerror or str(e)) from e
+    except (ValueError, TypeError, struct.error, OverflowError) as e:   # metadata the encoder refuses
+        raise ImageWriteError(path, f"cannot encode {_NAMES[fmt]}: {e}") from None
 
 
 def _check_photo(photo: Photo) -> None:
@@ -636,6 +810,14 @@ def _check_photo(photo: Photo) -> None:
     if photo.alpha is not None and (photo.alpha.shape != px.shape[:2] or photo.alpha.dtype != px.dtype):
         raise ValueError(f"Photo.alpha must be {px.shape[:2]} {px.dtype}, "
                          f"got {photo.alpha.shape} {photo.alpha.dtype}")
+    dpi = photo.info.get("dpi")
+    if dpi is not None:
+        try:
+            ok = len(dpi) == 2 and _plausible_dpi(float(dpi[0]), float(dpi[1]))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"Photo.info['dpi'] must be two numbers within {_MIN_DPI:g}..{_MAX_DPI:g}, got {dpi!r}")
 
 
 def _samples(photo: Photo, dtype) -> np.ndarray:
@@ -785,7 +967,9 @@ def _write_jpeg(tmp: Path, photo: Photo, quality: int | None) -> None:
     if info.get("jpeg_subsampling") in (0, 1, 2) and photo.pixels.shape[2] == 3:
         kw["subsampling"] = info["jpeg_subsampling"]
     if info.get("dpi"):
-        kw["dpi"] = tuple(round(float(d)) for d in info["dpi"])
+        kw["dpi"] = tuple(max(1, round(float(d))) for d in info["dpi"])
+        if max(kw["dpi"]) > 65535:      # JFIF's 16-bit density field; Pillow would wrap it around
+            raise ValueError(f"JPEG stores at most 65535 dpi, this photo has {max(kw['dpi'])}")
     if info.get("progressive"):
         kw["progressive"] = True
     if info.get("comment"):
