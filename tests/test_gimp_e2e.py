@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from denoise_core.api import Denoiser
 from denoise_core.imageio import Photo, read_image, write_image
 from denoise_core.metrics import psnr
 from denoise_core.noise import apply_noise
@@ -38,6 +39,7 @@ PROC = "plug-in-denoise-cnn"
 MODEL = "seed"
 SIGMA = 25  # gaussian noise, 0-255 scale
 MIN_GAIN_DB = 3.0
+LEVEL = 2.0  # the noise level the level case sets
 
 
 def load_plugin_module():
@@ -79,6 +81,7 @@ def test_helpers_formats_and_settings(tmp_path):
     assert m.pixel_format(False, False) == ("R'G'B' float", 3)
     assert m.pixel_format(True, True) == ("Y'A float", 2)
     assert m.pixel_format(True, False) == ("Y' float", 1)
+    assert m.noise_level(False, 2.5) is None and m.noise_level(True, 2.5) == 2.5 and m.noise_level(True, 0) == 0.0
     assert m.clean_model("  seed ") == "seed" and m.clean_model("") == "default" and m.clean_model(None) == "default"
     # a missing or broken config still lets GIMP register the procedure
     assert m.read_settings(str(tmp_path)) == {"models": [], "default_model": "default"}
@@ -132,7 +135,7 @@ if proc is not None:
     out["image_types"] = proc.get_image_types()
     out["arguments"] = [a.get_name() for a in proc.get_arguments()]
     cfg = proc.create_config()
-    out["defaults"] = {"strength": cfg.get_property("strength"), "model": cfg.get_property("model")}
+    out["defaults"] = {k: cfg.get_property(k) for k in ("strength", "model", "set-noise-level", "noise-level")}
 
 def dump(drawable, fmt, path):
     buf = drawable.get_buffer()
@@ -171,6 +174,9 @@ for case in P["cases"] if proc is not None else []:
         config.set_core_object_array("drawables", [layer])
         config.set_property("strength", case["strength"])
         config.set_property("model", case["model"])
+        if "noise_level" in case:
+            config.set_property("set-noise-level", True)
+            config.set_property("noise-level", case["noise_level"])
         result = proc.run(config)
         status = result.index(0)
         r["status"] = status.value_nick
@@ -263,6 +269,9 @@ def gimp(photo_rgb):
         assert r.returncode == 0, f"denoise-plugin install gimp failed:\n{r.stdout}\n{r.stderr}"
         h, w = data["n8"].shape[:2]
         sel = [w // 4, h // 4, w // 2, h // 2]
+        from plugin_models import level_model
+        levels = level_model(work)
+        levels_inner = levels if levels == "default" else inner(Path(levels))
         cases = [
             {"name": "u8", "input": "noisy8.png", "output": "out-u8.png", "strength": 1.0, "model": MODEL},
             {"name": "u16", "input": "noisy16.png", "output": "out-u16.png", "strength": 1.0, "model": MODEL},
@@ -280,6 +289,10 @@ def gimp(photo_rgb):
              "model": "/bogus.safetensors", "run_mode": "WITH_LAST_VALS",
              "last_values": f'(strength 0.5)\n(model "{MODEL}")\n'},
             {"name": "group", "input": "noisy8.png", "group": True, "strength": 1.0, "model": MODEL},
+            {"name": "level", "input": "noisy8.png", "output": "out-level.png", "strength": 1.0,
+             "model": levels_inner, "noise_level": LEVEL},
+            {"name": "level-blind-model", "input": "noisy8.png", "output": "out-level-blind.png",
+             "strength": 1.0, "model": MODEL, "noise_level": 1.0},
             {"name": "missing-model", "input": "noisy8.png", "output": "out-err.png", "strength": 1.0,
              "model": "/nonexistent/missing-model.safetensors"},
         ]
@@ -330,7 +343,7 @@ def gimp(photo_rgb):
         results_path = work / "results.json"
         assert proc.returncode == 0 and results_path.exists(), log
         results = json.loads(results_path.read_text())
-        yield {"results": results, "work": work, "data": data, "sel": sel, "log": log,
+        yield {"results": results, "work": work, "data": data, "sel": sel, "log": log, "level_model": levels,
                "config": json.loads((profile / "plug-ins" / "denoise-cnn" / "denoise_worker.json").read_text())}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -355,8 +368,8 @@ def test_registered_in_filters_enhance(gimp):
     assert res["menu_label"] == "Denoise (CNN)…"
     assert "<Image>/Filters/Enhance" in res["menu_paths"]
     assert res["image_types"] == "RGB*, GRAY*"
-    assert {"strength", "model"} <= set(res["arguments"])
-    assert res["defaults"] == {"strength": 1.0, "model": "default"}
+    assert {"strength", "model", "set-noise-level", "noise-level"} <= set(res["arguments"])
+    assert res["defaults"] == {"strength": 1.0, "model": "default", "set-noise-level": False, "noise-level": 1.0}
     cfg = gimp["config"]
     assert cfg["python"] == sys.executable and MODEL in cfg["models"]
 
@@ -455,3 +468,23 @@ def test_missing_model_is_an_error_and_changes_nothing(gimp):
 def test_layer_group_is_refused_with_a_message(gimp):
     r = _case(gimp, "group")
     assert r["status"] == "execution-error" and "layer groups" in (r["message"] or ""), r
+
+
+def test_noise_level_gives_the_cores_result(gimp):
+    """`set-noise-level` + `noise-level` reach the model: GIMP's result is the core's own
+    `Denoiser.denoise(same pixels, noise_level=LEVEL)` (to 1 level at 8 bit), not the automatic one."""
+    _ok(gimp, "level")
+    n8 = gimp["data"]["n8"]
+    got = read_image(gimp["work"] / "out-level.png").pixels.astype(int)
+    dn = Denoiser(gimp["level_model"])
+    want = dn.denoise(n8, noise_level=LEVEL).astype(int)
+    auto = dn.denoise(n8).astype(int)
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
+    assert np.abs(got - auto).mean() > 1.0, np.abs(got - auto).mean()
+
+
+def test_noise_level_with_a_blind_model_is_an_error(gimp):
+    r = _case(gimp, "level-blind-model")
+    assert r["status"] == "execution-error", r
+    assert MODEL in (r["message"] or "") and "no noise-level input" in r["message"], r
+    assert np.array_equal(read_image(gimp["work"] / "out-level-blind.png").pixels, gimp["data"]["n8"])

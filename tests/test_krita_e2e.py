@@ -8,8 +8,9 @@ back to files; it ends Krita with `os._exit(rc)`. All the numbers are checked he
 
 Cases: RGBA U8 (sRGB; then Edit › Undo), RGBA U16 and F32 and GRAYA U16 (linear profiles), U8 with
 a rectangular selection, a missing checkpoint file (error message, layer untouched), Cancel
-clicked in the progress dialog, and refusals before the dialog (an active group layer, a CMYK
-document).
+clicked in the progress dialog, refusals before the dialog (an active group layer, a CMYK
+document), and the noise level: set to 2 with a model that has the input (compared with the core's
+own result), then set with a model that has not (the worker's message).
 
 Set DENOISE_KRITA_SHOTS=DIR to also save docs-style screenshots (krita-menu.png, krita-dialog.png).
 """
@@ -27,10 +28,12 @@ import numpy as np
 import pytest
 import torch
 
+from denoise_core.api import Denoiser
 from denoise_core.metrics import psnr
 from denoise_core.noise import apply_noise
 
 REPO = Path(__file__).resolve().parent.parent
+LEVEL = 2.0  # the noise level the level case sets in the dialog
 KRITA_TIMEOUT = 900
 W, H = 256, 192
 SEL = (64, 48, 128, 96)  # x, y, w, h of the selection case
@@ -155,8 +158,10 @@ def run_case(app, win, job, case):
     def on_dialog(dlg):
         seen["dialog"] = True
         seen["models"] = [dlg.model.itemText(i) for i in range(dlg.model.count())]
+        seen["loaded"] = dlg.settings()  # what the dialog restored from the last accepted run
         if case.get("set_model"):
             dlg.set_model(case["set_model"])
+        dlg.set_noise_level(case.get("noise_level"))
         if case.get("dialog_shot"):
             dlg.show_advanced(True)
             dlg.update_preview()
@@ -165,6 +170,7 @@ def run_case(app, win, job, case):
             pump(0.3)
             dlg.grab().save(case["dialog_shot"])
         dlg.strength.setValue(case.get("strength", 1.0))
+        seen["settings"] = dlg.settings()
         if case.get("reject"):
             dlg.reject()
         else:
@@ -326,6 +332,8 @@ def krita_run(tmp_path_factory, photo_rgb):
     noisy_gray = apply_noise(xg, "gaussian:25", torch.Generator().manual_seed(6))[0, 0].numpy()
     shots = os.environ.get("DENOISE_KRITA_SHOTS")
     missing = str(home / "no-such-dir" / "missing.safetensors")
+    from plugin_models import level_model
+    levels = level_model(out)
     cases = [
         {"name": "u8", "depth": "U8", "set_model": "seed", "undo": 2},
         {"name": "u16", "depth": "U16", "set_model": "seed"},
@@ -334,6 +342,8 @@ def krita_run(tmp_path_factory, photo_rgb):
         {"name": "cancel", "depth": "U8", "set_model": "seed", "cancel": True},
         {"name": "f32", "depth": "F32", "set_model": "seed"},
         {"name": "gray16", "depth": "U16", "model": "GRAYA", "set_model": "seed"},
+        {"name": "level", "depth": "U8", "set_model": levels, "noise_level": LEVEL},
+        {"name": "level_blind", "depth": "U8", "set_model": "seed", "noise_level": 1.0},
         {"name": "group", "depth": "U8", "group": True},
         {"name": "cmyk", "depth": "U8", "model": "CMYKA"},
     ]
@@ -380,7 +390,8 @@ def krita_run(tmp_path_factory, photo_rgb):
             im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
                 Path(shots, name), optimize=True)
     print(f"\nKrita run: {seconds:.1f}s; " + json.dumps(results))
-    return {"out": out, "results": results, "clean": clean, "clean_gray": clean_gray, "cases": cases}
+    return {"out": out, "results": results, "clean": clean, "clean_gray": clean_gray, "cases": cases,
+            "level_model": levels}
 
 
 def _read(run, name, ext="out"):
@@ -459,3 +470,32 @@ def test_refuses_with_message_and_leaves_layer(krita_run, name, words):
     for w in words:
         assert w in res["box_text"], res["box_text"]
     assert (krita_run["out"] / f"{name}.out").read_bytes() == (krita_run["out"] / f"{name}.before").read_bytes()
+
+
+def test_noise_level_gives_the_cores_result(krita_run):
+    """The dialog's noise level reaches the model: Krita's result is the core's own
+    `Denoiser.denoise(same pixels, noise_level=LEVEL)` (to 1 level at 8 bit), not the automatic one."""
+    res = krita_run["results"]["level"]
+    assert res["state"] == "done", res
+    assert res["settings"]["noise_level"] == LEVEL and res["settings"]["model"] == krita_run["level_model"]
+    before, a0 = _read(krita_run, "level", "in")
+    after, a1 = _read(krita_run, "level")
+    u8 = np.rint(before * 255).astype(np.uint8)
+    got = np.rint(after * 255).astype(int)
+    dn = Denoiser(krita_run["level_model"])
+    want = dn.denoise(u8, noise_level=LEVEL).astype(int)
+    auto = dn.denoise(u8).astype(int)
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
+    assert np.abs(got - auto).mean() > 1.0, np.abs(got - auto).mean()
+    np.testing.assert_array_equal(a1, a0)
+    # the next dialog opens with the level that was accepted
+    assert krita_run["results"]["level_blind"]["loaded"]["noise_level"] == LEVEL
+
+
+def test_noise_level_with_a_blind_model_says_so(krita_run):
+    res = krita_run["results"]["level_blind"]
+    assert res["state"] == "error", res
+    assert "seed" in res["box_text"] and "no noise-level input" in res["box_text"], res["box_text"]
+    assert (krita_run["out"] / "level_blind.out").read_bytes() == (krita_run["out"] / "level_blind.in").read_bytes()
+    # automatic is what the other cases ran with
+    assert krita_run["results"]["u8"]["settings"]["noise_level"] is None

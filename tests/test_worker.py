@@ -109,3 +109,17 @@ def _stat_state(pid: int) -> bytes:
         return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
         return b"Z"
+
+
+def test_noise_level_reaches_the_model(photo_rgb, tmp_path):
+    from denoise_core.api import Denoiser
+    from plugin_models import level_model
+    model = level_model(tmp_path)
+    u8 = photo_rgb[:64, :96]
+    img = (u8.astype(np.float32) / 255)
+    out = call(img, model=model, noise_level=2.0)
+    want = Denoiser(model).denoise(img, noise_level=2.0)
+    assert np.abs(out - want).max() < 1.5 / 255
+    assert np.abs(out - call(img, model=model)).mean() > 1 / 255  # not the automatic result
+    with pytest.raises(dc.WorkerError, match="seed.*no noise-level input"):
+        call(img, model="seed", noise_level=1.0)

@@ -51,6 +51,7 @@ def run_denoise(
     transfer: str = "srgb",
     model: str = "default",
     strength: float = 1.0,
+    noise_level: float | None = None,
     device: str = "auto",
     tile: int = 1024,
     on_progress=None,
@@ -62,6 +63,8 @@ def run_denoise(
 
     `on_progress(fraction)` is called from this thread; `is_cancelled()` is polled and, when true,
     the worker is terminated and Cancelled raised. Errors raise WorkerError with a readable message.
+    `noise_level` None is automatic (one blind pass); a number 0..4 is passed on to the model (see
+    denoise_core/levels.py); a model without a noise-level input makes the worker say so.
     """
     expected = width * height * channels * 4
     if len(pixels) != expected:
@@ -75,7 +78,8 @@ def run_denoise(
             f.write(pixels)
         job = {"version": PROTOCOL_VERSION, "width": width, "height": height, "channels": channels,
                "input": "in.raw", "output": "out.raw", "transfer": transfer, "model": model,
-               "strength": float(strength), "device": device, "tile": int(tile), "parent_pipe": True}
+               "strength": float(strength), "noise_level": None if noise_level is None else float(noise_level),
+               "device": device, "tile": int(tile), "parent_pipe": True}
         job_path = os.path.join(tmp, "job.json")
         with open(job_path, "w", encoding="utf-8") as f:
             json.dump(job, f)

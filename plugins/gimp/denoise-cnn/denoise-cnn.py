@@ -19,6 +19,7 @@ import sys
 PROC_NAME = "plug-in-denoise-cnn"
 PLUGIN_DIR = os.path.dirname(os.path.realpath(__file__))
 CONFIG_NAME = "denoise_worker.json"
+MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL (no torch here, so not imported)
 CONTEXT = 64  # pixels of context read around the selection, so its edges get the model's full view
 
 
@@ -71,6 +72,11 @@ def pixel_format(is_gray, has_alpha):
     return ("R'G'B'A float", 4) if has_alpha else ("R'G'B' float", 3)
 
 
+def noise_level(set_level, level):
+    """The worker's noise_level: None (automatic) unless "Set noise level" is on."""
+    return float(level) if set_level else None
+
+
 def clean_model(model):
     """The model argument as the worker takes it: blank means the default model."""
     return (model or "").strip() or "default"
@@ -97,6 +103,9 @@ def main():
             GimpUi.init("denoise-cnn")
             dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title=_("Denoise (CNN)"))
             dialog.get_spin_scale("strength", 1.0)  # a slider rather than a bare spin button
+            dialog.get_spin_scale("noise-level", 1.0)
+            # the level slider only counts (and is only editable) when "Set noise level" is on
+            dialog.set_sensitive("noise-level", True, config, "set-noise-level", False)
             dialog.fill(None)
             ok = dialog.run()
             dialog.destroy()
@@ -104,6 +113,7 @@ def main():
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
         strength = float(config.get_property("strength"))
+        level = noise_level(config.get_property("set-noise-level"), config.get_property("noise-level"))
         model = clean_model(config.get_property("model"))
         if not drawables:
             return failure(procedure, _("Denoise (CNN) needs a layer or channel to work on."))
@@ -140,7 +150,7 @@ def main():
                 out = denoise_client.run_denoise(
                     bytes(pixels), rw, rh, channels,
                     python=worker["python"], pythonpath=worker.get("pythonpath"), transfer="srgb",
-                    model=model, strength=strength, device=worker.get("device", "auto"),
+                    model=model, strength=strength, noise_level=level, device=worker.get("device", "auto"),
                     tile=int(worker.get("tile", 1024)),
                     on_progress=lambda f, i=i: Gimp.progress_update((i + min(f, 1.0)) / len(jobs)))
                 results.append((drawable, (x, y, w, h), fmt,
@@ -194,6 +204,18 @@ def main():
             procedure.add_string_argument("model", _("_Model"),
                                           model_blurb(settings["models"], settings["default_model"]),
                                           "default", GObject.ParamFlags.READWRITE)
+            # Noise level: a switch and a value rather than one number with a sentinel for
+            # "automatic", so the dialog shows a plain check box and slider, and the value is kept
+            # in the saved settings while automatic is on.
+            procedure.add_boolean_argument("set-noise-level", _("Set _noise level"),
+                                           _("Off: automatic (the model judges the noise, one pass). "
+                                             "On: use Noise level; needs a model with a noise-level input"),
+                                           False, GObject.ParamFlags.READWRITE)
+            procedure.add_double_argument("noise-level", _("Noise _level"),
+                                          _("How much noise to remove, relative to what the model finds "
+                                            "by itself: 1 is about automatic, 2 also removes noise that "
+                                            "automatic leaves, 0 keeps the image"),
+                                          0.0, MAX_NOISE_LEVEL, 1.0, GObject.ParamFlags.READWRITE)
             return procedure
 
     Gimp.main(DenoiseCNN.__gtype__, sys.argv)

@@ -1,4 +1,8 @@
-"""The modal "Denoise (CNN)" dialog: model, strength, advanced (device, tile size), crop preview.
+"""The modal "Denoise (CNN)" dialog: model, strength, noise level, advanced (device, tile size),
+crop preview.
+
+Noise level: unchecked is automatic (the model judges the noise, one pass); checked sends a value
+0..4 (1 about automatic, 2 removes noise automatic leaves, 0 keeps the image; denoise_core/levels.py).
 
 The preview runs the worker on a centred crop of at most 256x256 pixels in a background thread
 (job.WorkerRun), polled by a QTimer, so the dialog stays responsive and Cancel/OK stop it.
@@ -7,7 +11,7 @@ from __future__ import annotations
 
 from PyQt5.QtCore import Qt, QTimer
 from PyQt5.QtGui import QImage, QPixmap
-from PyQt5.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog,
+from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog,
                              QFormLayout, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSlider,
                              QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
@@ -16,6 +20,10 @@ from . import job, pixels
 CHECKPOINT_ITEM = "Checkpoint file…"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PREVIEW = 256
+MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL (no torch here, so not imported)
+LEVEL_TIP = ("Off: automatic, the model judges the noise (one pass). On: tell it how much to remove, "
+             "relative to what it finds by itself: 1 is about automatic, 2 also removes noise that "
+             "automatic leaves, 0 keeps the image. Needs a model with a noise-level input.")
 SETTINGS_GROUP = "denoise_cnn"
 
 
@@ -71,9 +79,32 @@ class DenoiseDialog(QDialog):
         strength_row.addWidget(self.strength_slider, 1)
         strength_row.addWidget(self.strength)
 
+        self.level_check = QCheckBox("Set")
+        self.level_check.setObjectName("set_noise_level")
+        self.level_slider = QSlider(Qt.Horizontal)
+        self.level_slider.setRange(0, round(MAX_NOISE_LEVEL * 10))
+        self.level = QDoubleSpinBox()
+        self.level.setObjectName("noise_level")
+        self.level.setRange(0.0, MAX_NOISE_LEVEL)
+        self.level.setSingleStep(0.1)
+        self.level.setDecimals(1)
+        self.level.setValue(1.0)
+        self.level_slider.setValue(10)
+        self.level_slider.valueChanged.connect(lambda v: self.level.setValue(v / 10.0))
+        self.level.valueChanged.connect(lambda v: self.level_slider.setValue(round(v * 10)))
+        self.level_check.toggled.connect(self._level_toggled)
+        for w in (self.level_check, self.level_slider, self.level):
+            w.setToolTip(LEVEL_TIP)
+        level_row = QHBoxLayout()
+        level_row.addWidget(self.level_check)
+        level_row.addWidget(self.level_slider, 1)
+        level_row.addWidget(self.level)
+        self._level_toggled(False)
+
         form = QFormLayout()
         form.addRow("Model:", self.model)
         form.addRow("Strength:", strength_row)
+        form.addRow("Noise level:", level_row)
 
         # --- advanced (collapsed by default)
         self.advanced_button = QToolButton()
@@ -151,6 +182,12 @@ class DenoiseDialog(QDialog):
         except ValueError:
             self.strength.setValue(1.0)
         self.strength_slider.setValue(round(self.strength.value() * 100))
+        level = _read_setting("noise_level", "auto")
+        try:
+            self.level.setValue(min(max(float(level), 0.0), MAX_NOISE_LEVEL))
+            self.level_check.setChecked(True)
+        except ValueError:  # "auto"
+            self.level_check.setChecked(False)
         dev = _read_setting("device", "auto")
         self.device.setCurrentIndex(max(0, self.device.findText(dev)))
         try:
@@ -159,8 +196,20 @@ class DenoiseDialog(QDialog):
             self.tile.setValue(1024)
 
     def settings(self) -> dict:
+        """What the job gets; `noise_level` is None for automatic."""
         return {"model": self.model.currentData() or "default", "strength": self.strength.value(),
+                "noise_level": self.level.value() if self.level_check.isChecked() else None,
                 "device": self.device.currentText(), "tile": self.tile.value()}
+
+    def set_noise_level(self, level) -> None:
+        """None: automatic; a number: that level (clamped to 0..MAX_NOISE_LEVEL)."""
+        if level is not None:
+            self.level.setValue(min(max(float(level), 0.0), MAX_NOISE_LEVEL))
+        self.level_check.setChecked(level is not None)
+
+    def _level_toggled(self, on: bool) -> None:
+        self.level_slider.setEnabled(on)
+        self.level.setEnabled(on)
 
     def set_model(self, name_or_path: str, remember_missing: bool = True) -> None:
         """Select a shipped model by name or a checkpoint file by path (added to the list)."""
@@ -253,6 +302,7 @@ class DenoiseDialog(QDialog):
             s = self.settings()
             for k in ("model", "strength", "device", "tile"):
                 _write_setting(k, s[k])
+            _write_setting("noise_level", "auto" if s["noise_level"] is None else s["noise_level"])
         super().done(result)
 
 

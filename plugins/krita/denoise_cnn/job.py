@@ -143,6 +143,8 @@ class WorkerRun:
         self.kwargs = dict(python=cfg["python"], pythonpath=cfg.get("pythonpath"), transfer=transfer,
                            model=settings.get("model", "default"),
                            strength=float(settings.get("strength", 1.0)),
+                           noise_level=(None if settings.get("noise_level") is None
+                                        else float(settings["noise_level"])),
                            device=settings.get("device", "auto"), tile=int(settings.get("tile", 1024)))
         self.progress = 0.0
         self.result = None
