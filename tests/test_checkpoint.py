@@ -100,16 +100,20 @@ def test_wrong_architecture_diff_is_readable(tmp_path):
     del sd["body.0.bias"]
     p = tmp_path / "mismatch.safetensors"
     save_file(sd, p, metadata={"format": "denoise-cnn", "format_version": "1", "arch": "seed", "arch_args": "{}"})
-    c = load_checkpoint(p)
-    with pytest.raises(CheckpointError) as e:
-        c.build()
-    msg = str(e.value)
-    assert "missing keys" in msg and "body.0.bias" in msg and "unexpected keys" in msg and "extra.weight" in msg
+    msg = _expect(p, "missing keys", "body.0.bias", "unexpected keys", "extra.weight")
+    assert msg.count("\n") == 0
 
     save_file(create_model("fast").state_dict(), tmp_path / "u.safetensors",
               metadata={"format": "denoise-cnn", "format_version": "1", "arch": "seed", "arch_args": "{}"})
-    with pytest.raises(CheckpointError, match="do not match architecture 'seed'"):
-        load_checkpoint(tmp_path / "u.safetensors").build()
+    _expect(tmp_path / "u.safetensors", "do not match architecture 'seed'")
+
+
+def test_build_still_checks_weights_given_in_memory():
+    from denoise_core.checkpoint import Checkpoint
+    sd = dict(create_model("seed").state_dict())
+    del sd["body.0.bias"]
+    with pytest.raises(CheckpointError, match="missing keys.*body.0.bias"):
+        Checkpoint("seed", {}, sd).build()
 
 
 def test_unknown_architecture_and_foreign_files(tmp_path):
@@ -136,3 +140,94 @@ def test_nan_weights_rejected(tmp_path):
     save_checkpoint(p, m)
     with pytest.raises(CheckpointError, match="NaN"):
         load_checkpoint(p).build()
+
+
+# ------------------------------------------------------------- hostile headers and metadata (issue 16)
+
+def _raw(path, header: bytes, data: bytes = b""):
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return path
+
+
+@pytest.mark.parametrize("header,words", [(b"[]", ("JSON an array",)), (b"null", ("JSON null",)),
+                                          (b'"x"', ("JSON a string",)), (b"7", ("JSON a number",)),
+                                          (b'{"__metadata__": []}', ("__metadata__",)),
+                                          (b'{"w": 3}', ("malformed",)),
+                                          (b'{"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}',
+                                           ("malformed",)),
+                                          (b'{"w": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}',
+                                           ("dtype", "floating point")),
+                                          (b'{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 4]}}',
+                                           ("offsets do not fit",))])
+def test_header_that_is_not_a_tensor_map_is_named(tmp_path, header, words):
+    _expect(_raw(tmp_path / "h.safetensors", header, b"\0" * 16), *words)
+
+
+def _seed_with_args(tmp_path, arch_args, arch="seed", weights=None):
+    from safetensors.torch import save_file
+    sd = weights if weights is not None else create_model(arch).state_dict()
+    p = tmp_path / "a.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, p,
+              metadata={"format": "denoise-cnn", "format_version": "1", "arch": arch, "arch_args": arch_args})
+    return p
+
+
+@pytest.mark.parametrize("arch,args,words", [
+    ("seed", '{"width": -5}', ("width=-5", "1..1024")),
+    ("seed", '{"width": 6000}', ("width=6000", "out of range")),
+    ("seed", '{"width": 1e9}', ("width=1000000000.0",)),
+    ("seed", '{"width": "32"}', ("width=\"32\"",)),
+    ("unet", '{"mid_blocks": 1000000}', ("mid_blocks=1000000", "0..64")),
+    ("unet", '{"widths": [8]}', ("widths=[8]", "list of 3 integers")),
+    ("unet", '{"level_input": 1}', ("level_input=1", "true or false")),
+    ("seed", '{"in_channels": 4}', ("4 input channels", "must take 3")),
+    ("seed", '{"depth": 3}', ("do not fit architecture 'seed'", "depth")),
+    ("seed", "[1, 2]", ("arch_args", "not an object")),
+])
+def test_bad_arch_args_refused_before_any_network_is_built(tmp_path, monkeypatch, arch, args, words):
+    import denoise_core.checkpoint as ck
+    p = _seed_with_args(tmp_path, args, arch)
+    built = []
+    real = ck.create_model
+    monkeypatch.setattr(ck, "create_model", lambda *a, **k: built.append(torch.get_default_device()) or real(*a, **k))
+    msg = _expect(p, *words)
+    assert "\n" not in msg
+    assert all(d.type == "meta" for d in built)     # laid out on the meta device at most, never allocated
+
+
+def test_layout_is_checked_before_any_tensor_is_read(tmp_path, monkeypatch):
+    import denoise_core.checkpoint as ck
+    p = _seed_with_args(tmp_path, '{"width": 16}')       # weights are width 32
+    monkeypatch.setattr(ck, "safe_open", lambda *a, **k: pytest.fail("tensors read before the layout check"))
+    _expect(p, "do not match architecture 'seed'", "body.0.weight")
+
+
+def test_huge_checkpoint_refused_from_its_header_alone(tmp_path):
+    import tracemalloc
+    p = _raw(tmp_path / "big.safetensors",
+             json.dumps({"__metadata__": {"format": "denoise-cnn", "format_version": "1", "arch": "seed",
+                                          "arch_args": "{}"},
+                         "w": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 4 << 30]}}).encode())
+    with open(p, "r+b") as f:        # sparse: 4 GiB long, no disk used
+        f.truncate((4 << 30) + 200)
+    tracemalloc.start()
+    try:
+        _expect(p, "1,073,741,824 parameters")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_tensor_data_cut_short_is_truncated(ckpt, tmp_path):
+    p, _ = ckpt
+    data = p.read_bytes()
+    (tmp_path / "t.safetensors").write_bytes(data[:-4])
+    _expect(tmp_path / "t.safetensors", "truncated")
+
+
+def test_fifo_checkpoint_refused_without_blocking(tmp_path):
+    import os
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)
+    _expect(fifo, "not a regular file")
