@@ -17,15 +17,18 @@ sensors get a `RawReadError` saying so, never a wrong image.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .imageio import ImageReadError, ImageWriteError
 from .noise import CameraProfile, NoiseSpecError, find_camera
 
 RAW_EXTENSIONS: tuple[str, ...] = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".raf", ".orf",
@@ -33,16 +36,31 @@ RAW_EXTENSIONS: tuple[str, ...] = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw
 PLANES = ("R", "G1", "G2", "B")
 
 
-class RawReadError(ValueError):
-    def __init__(self, path, reason: str):
-        self.path, self.reason = os.fspath(path), reason
-        super().__init__(f"{self.path}: {reason}")
+class RawReadError(ImageReadError):
+    """A raw file that cannot be read or is not a Bayer mosaic; `reason` is one line."""
 
 
-class RawWriteError(OSError):
-    def __init__(self, path, reason: str):
-        self.path, self.reason = os.fspath(path), reason
-        super().__init__(f"{self.path}: {reason}")
+class RawWriteError(ImageWriteError):
+    """A result that cannot be written (e.g. a DNG layout this writer cannot re-encode)."""
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """LibRaw prints its own complaints ("Unexpected end of file") on file descriptor 2; the batch
+    reports each file in one line, so they are swallowed while LibRaw runs."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def is_raw(path) -> bool:
@@ -202,6 +220,25 @@ def unpack(planes: np.ndarray, h: int, w: int, dy: int = 0, dx: int = 0) -> np.n
 
 
 # ----------------------------------------------------------------------------------- noise level
+def noise_sigma(planes, A, B):
+    """Noise standard deviation per photosite, sqrt(A*x + B), x the 3x3 local mean of each packed
+    plane (clipped at 0): the noisy data is all inference has, and training computes it the same
+    way. `planes` (N, 4, h, w) or (4, h, w), torch or numpy (the result has the input's kind)."""
+    import torch
+    import torch.nn.functional as F
+    as_np = isinstance(planes, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(planes, np.float32)) if as_np else planes.float()
+    squeeze = t.ndim == 3
+    if squeeze:
+        t = t[None]
+    x = F.avg_pool2d(F.pad(t, (1, 1, 1, 1), mode="replicate"), 3, stride=1).clamp_min(0)
+    A = torch.as_tensor(np.asarray(A, np.float32) if not torch.is_tensor(A) else A, dtype=torch.float32)
+    B = torch.as_tensor(np.asarray(B, np.float32) if not torch.is_tensor(B) else B, dtype=torch.float32)
+    s = (A.reshape(1, 4, 1, 1) * x + B.reshape(1, 4, 1, 1)).clamp_min(0).sqrt()
+    s = s[0] if squeeze else s
+    return s.numpy() if as_np else s
+
+
 def _box3(p: np.ndarray) -> np.ndarray:
     q = np.pad(p, ((0, 0), (1, 1), (1, 1)), mode="reflect")
     s = np.zeros_like(p)
@@ -218,14 +255,6 @@ def profile_ab(profile: CameraProfile) -> tuple[np.ndarray, np.ndarray]:
     b = np.clip(np.asarray(profile.b, np.float64), 0, None)
     idx = [0, 1, 1, 2]
     return 4.0 * a[idx], 4.0 * b[idx]
-
-
-def noise_planes(planes: np.ndarray, A: np.ndarray, B: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Standard deviation per photosite, (4, h2, w2) float32, from the 3x3 local mean of each
-    plane (the noisy data is all there is at inference; training does the same)."""
-    x = np.clip(_box3(planes.astype(np.float32)), 0, None)
-    var = A.reshape(4, 1, 1).astype(np.float32) * x + B.reshape(4, 1, 1).astype(np.float32)
-    return (np.sqrt(np.clip(var, 0, None)) * np.float32(scale)).astype(np.float32)
 
 
 def estimate_noise(planes: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -314,7 +343,8 @@ def open_raw(path):
     if p.is_dir():
         raise RawReadError(path, "is a directory, not a raw file")
     try:
-        return rawpy.imread(str(p))
+        with _quiet_stderr():
+            return rawpy.imread(str(p))  # opens and unpacks: a truncated file fails here
     except rawpy.LibRawFileUnsupportedError:
         raise RawReadError(path, "not a raw file LibRaw can read (unsupported or damaged)") from None
     except (rawpy.LibRawIOError, rawpy.LibRawDataError) as e:
@@ -323,6 +353,8 @@ def open_raw(path):
         raise RawReadError(path, f"LibRaw cannot read it ({type(e).__name__})") from None
     except OSError as e:
         raise RawReadError(path, e.strerror or str(e)) from None
+    except Exception as e:  # anything else LibRaw or rawpy raises on a damaged file
+        raise RawReadError(path, f"damaged raw file ({type(e).__name__})") from None
 
 
 def check_bayer(raw, path) -> tuple[int, int]:
@@ -419,5 +451,5 @@ def write_bayer_dng(path, mosaic: np.ndarray, *, make: str, model: str, iso: flo
 
 
 __all__ = ["PLANES", "RAW_EXTENSIONS", "RawImage", "RawMeta", "RawReadError", "RawWriteError", "camera_names",
-           "check_bayer", "estimate_noise", "is_raw", "lookup_profile", "noise_planes", "open_raw", "pack",
+           "check_bayer", "estimate_noise", "is_raw", "lookup_profile", "noise_sigma", "open_raw", "pack",
            "profile_ab", "read_meta", "read_raw", "unpack", "write_bayer_dng"]

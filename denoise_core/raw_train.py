@@ -1,0 +1,223 @@
+"""Training data and loop for the raw-domain model (`raw`).
+
+Data: clean sRGB photos are unprocessed into plausible sensor mosaics with `pipeline.unprocess`
+(inverse tone curve, inverse camera-like colour matrix and white balance, exposure pushed 0-2 EV
+down, RGGB mosaic; every setting drawn per image by `pipeline.draw_development`), darktable-profile
+noise is added per photosite (`pipeline.add_sensor_noise`: a random camera of the makers training
+may see, ISO 800-25600), the result is clipped at the white point, sometimes at black (as some
+cameras store it), quantized to a 12- or 14-bit raw range, and packed into R, G1, G2, B planes.
+The target is the clean mosaic; the model is told the noise standard deviation per photosite that
+inference computes from the profile (`raw.noise_sigma` on the noisy data), with a +-10% error
+drawn per image so it does not rely on the profile being exact.
+
+Loss: L1 after a square root (the encoding raw converters' tone curves approximate), so a shadow
+error weighs about as much as it will after development instead of vanishing under the highlights.
+
+Validation: fixed crops of the SELECTION photos, each under its own development (Malvar demosaic,
+white balance, colour matrix and tone curve of its draw, no sharpening), PSNR in sRGB against the
+development of the clean mosaic: the quantity the raw benchmark measures.
+
+The loop is small and its own (the generic `train.train` validates single-input sRGB models):
+Adam, warm-up and cosine decay (`train._lr_at`), gradient clipping, bf16 autocast where the CPU
+has it, resumable state in `<out>.state.pt` written atomically (model, optimizer, patch generator,
+step, best, curves); the best validation weights go to `<out>` with a card, beside them the
+`.curves.png` and `.compare.png` of the sRGB trainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .atomic import atomic_path
+from .checkpoint import save_checkpoint
+from .device import autocast, pick_precision, precision_name
+from .metrics import psnr, ssim
+from .models import create_model
+from .noise import CameraProfile
+from .pipeline import (Development, Settings, add_sensor_noise, demosaic_malvar, develop, draw_development,
+                       unprocess)
+from .train import TrainConfig, _lr_at, random_patches, report_paths, save_comparison, save_curves, state_path
+
+RAW_SETTINGS = Settings(iso=(800, 25600), cameras="train")
+SIGMA_JITTER = 0.1
+
+
+# ----------------------------------------------------------------------------------- data
+def pack_t(m: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) RGGB mosaic, H and W even -> (N, 4, H/2, W/2) planes R, G1, G2, B."""
+    return torch.cat([m[..., 0::2, 0::2], m[..., 0::2, 1::2], m[..., 1::2, 0::2], m[..., 1::2, 1::2]], 1)
+
+
+def unpack_t(p: torch.Tensor) -> torch.Tensor:
+    n, _, h, w = p.shape
+    m = p.new_empty(n, 1, 2 * h, 2 * w)
+    m[..., 0::2, 0::2], m[..., 0::2, 1::2] = p[:, 0:1], p[:, 1:2]
+    m[..., 1::2, 0::2], m[..., 1::2, 1::2] = p[:, 2:3], p[:, 3:4]
+    return m
+
+
+def profile_ab_t(cam: CameraProfile) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variance coefficients per packed plane (4x darktable's a, b, clamped), shape (4,)."""
+    idx = [0, 1, 1, 2]
+    a = torch.tensor(cam.a, dtype=torch.float32).clamp_min(0)[idx]
+    b = torch.tensor(cam.b, dtype=torch.float32).clamp_min(0)[idx]
+    return 4 * a, 4 * b
+
+
+def raw_sample(x: torch.Tensor, gen: torch.Generator, settings: Settings = RAW_SETTINGS,
+               d: Development | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Development]:
+    """One clean sRGB image (1, 3, H, W), H and W even -> (noisy planes, clean planes, sigma planes,
+    development), planes (1, 4, H/2, W/2)."""
+    from .raw import noise_sigma
+    d = d or draw_development(gen, settings)
+    clean = unprocess(x, d).clamp(0, 1)
+    noisy = add_sensor_noise(clean, d.camera, gen).clamp_max(1.0)
+    if d.clip_black:
+        noisy = noisy.clamp_min(0)
+    levels = 4095.0 if float(torch.rand((), generator=gen)) < 0.3 else 16383.0
+    noisy = torch.round(noisy * levels) / levels
+    A, B = profile_ab_t(d.camera)
+    noisy_p = pack_t(noisy)
+    err = 1 + SIGMA_JITTER * (2 * float(torch.rand((), generator=gen)) - 1)
+    sigma = noise_sigma(noisy_p, A, B) * err
+    return noisy_p, pack_t(clean), sigma, d
+
+
+def raw_batches(images: Sequence[np.ndarray], patch: int, batch: int,
+                settings: Settings = RAW_SETTINGS) -> Callable[[torch.Generator], tuple]:
+    """`batches(gen)` -> (noisy, clean, sigma), each (batch, 4, patch, patch) packed planes."""
+    def draw(gen: torch.Generator):
+        crops = random_patches(images, batch, 2 * patch, gen)
+        out = [raw_sample(crops[i:i + 1], gen, settings)[:3] for i in range(batch)]
+        return tuple(torch.cat(t) for t in zip(*out))
+    return draw
+
+
+def val_set(images: Sequence[np.ndarray], crop: int = 256, per_image: int = 2, seed: int = 4321):
+    """Fixed (noisy, clean, sigma, development) crops of whole photos, same noise every time."""
+    from .train import _to_float, _val_windows
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for im in images:
+        for sy, sx in _val_windows(*im.shape[:2], crop, per_image):
+            out.append(raw_sample(_to_float(im[sy, sx])[None], gen))
+    return out
+
+
+def develop_planes(planes: torch.Tensor, d: Development) -> torch.Tensor:
+    """Packed planes -> sRGB under `d` without sharpening or scaling (Malvar demosaic)."""
+    plain = dataclasses.replace(d, sharpen="none", downscale=1.0, chroma_nr=0.0)
+    return develop(unpack_t(planes.float()), plain, demosaic_malvar).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------- loss
+def sqrt_l1(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    f = lambda t: (t.clamp_min(-eps / 2) + eps).sqrt()  # noqa: E731
+    return F.l1_loss(f(pred), f(target))
+
+
+# ----------------------------------------------------------------------------------- loop
+@torch.inference_mode()
+def evaluate(model: nn.Module, pairs, amp_dtype=None) -> tuple[float, float]:
+    model.eval()
+    ps, ss = [], []
+    for noisy, clean, sigma, d in pairs:
+        with autocast(torch.device("cpu"), amp_dtype):
+            out = model(noisy, sigma).float()
+        a, b = develop_planes(out, d), develop_planes(clean, d)
+        ps.append(psnr(a, b))
+        ss.append(ssim(a, b))
+    model.train()
+    return float(np.mean(ps)), float(np.mean(ss))
+
+
+def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray], val_pairs: list,
+              resume: bool = False, max_seconds: float | None = None, card: dict | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Train the `raw` model; stops at cfg.steps or after `max_seconds` (state saved, resumable)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, **cfg.arch_args).to(memory_format=torch.channels_last)  # 2x faster on CPU
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    amp_dtype = pick_precision(torch.device("cpu"), cfg.precision)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, best, history, losses, loss_ema, spent = 0, -math.inf, [], [], None, 0.0
+    sp = state_path(out)
+    if resume and sp.exists():
+        st = torch.load(sp, map_location="cpu", weights_only=True)
+        if st["config"]["arch_args"] != cfg.arch_args:
+            raise ValueError(f"{sp} was trained with arch_args {st['config']['arch_args']}, not {cfg.arch_args}")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        step, best, history = st["step"], st["best"], list(st["history"])
+        losses, loss_ema, spent = list(st["losses"]), st["loss_ema"], float(st.get("seconds", 0.0))
+        log(f"resumed at step {step} (best {best:.3f} dB, {spent / 60:.1f} min trained)")
+    batches = raw_batches(images, cfg.patch, cfg.batch)
+    card = dict(card or {})
+    curve_png, compare_png = report_paths(out)
+    t0 = time.time()
+
+    def save_state() -> None:
+        blob = {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
+                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step, "best": best,
+                "history": history, "losses": losses, "loss_ema": loss_ema,
+                "seconds": spent + time.time() - t0}
+        with atomic_path(sp) as tmp:
+            torch.save(blob, tmp)
+
+    model.train()
+    stop = False
+    while step < cfg.steps and not stop:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(cfg, step)
+        noisy, clean, sigma = (t.contiguous(memory_format=torch.channels_last) for t in batches(gen))
+        with autocast(torch.device("cpu"), amp_dtype):
+            pred = model(noisy, sigma)
+        loss = sqrt_l1(pred.float(), clean)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss became {float(loss)} at step {step + 1}; last good state: {sp}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        step += 1
+        lv = float(loss.detach())
+        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        if step % 10 == 0:
+            losses.append([step, loss_ema])
+        stop = max_seconds is not None and time.time() - t0 >= max_seconds
+        if step % cfg.val_every == 0 or step == cfg.steps or stop:
+            vp, vs = evaluate(model, val_pairs, amp_dtype)
+            history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "val_ssim": vs})
+            elapsed = spent + time.time() - t0
+            log(f"step {step}: loss {loss_ema:.5f}, validation {vp:.3f} dB / SSIM {vs:.4f}, "
+                f"{step / max(elapsed, 1e-6):.2f} steps/s overall")
+            if vp > best:
+                best = vp
+                card.update({"steps": step, "val_psnr": round(vp, 3), "val_ssim": round(vs, 4),
+                             "loss": "sqrt-l1", "patch": cfg.patch, "batch": cfg.batch,
+                             "precision": precision_name(amp_dtype), "data": cfg.data, "noise": cfg.noise})
+                save_checkpoint(out, model, card)
+                noisy0, clean0, sigma0, d0 = val_pairs[0]
+                with torch.inference_mode(), autocast(torch.device("cpu"), amp_dtype):
+                    den0 = model.eval()(noisy0, sigma0).float()
+                model.train()
+                save_comparison(compare_png, develop_planes(noisy0, d0), develop_planes(den0, d0),
+                                develop_planes(clean0, d0))
+            save_curves(curve_png, losses, history, loss="sqrt-l1")
+            save_state()
+        elif step % cfg.checkpoint_every == 0:
+            save_state()
+    return {"card": card, "history": history, "best_psnr": best, "step": step,
+            "seconds": spent + time.time() - t0}
