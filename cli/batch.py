@@ -24,6 +24,8 @@ from denoise_core.device import DEVICES, PRECISIONS
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWriteError, Photo,
                                   read_image, write_image)
 
+from denoise_core.raw import RAW_EXTENSIONS, is_raw
+
 _FORMAT_EXT = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp"}
 
 
@@ -74,7 +76,7 @@ def expand_inputs(inputs: tuple[str, ...], report: Report) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_EXTENSIONS)
+            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_EXTENSIONS + RAW_EXTENSIONS)
         elif p.exists() or not glob.has_magic(item):
             found.append(p)
         else:
@@ -164,6 +166,9 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
     try:
         for src in files:
             name = src.name if out_format is None else src.stem + _FORMAT_EXT[out_format]
+            if is_raw(src):  # a DNG gives a DNG, other raw files a developed TIFF (or --format)
+                from denoise_core.raw_denoise import output_name
+                name = output_name(src, out_format)
             dst = outdir / name
             if bar:
                 bar.set_postfix_str(src.name)
@@ -199,6 +204,10 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
     if dst.exists() and not overwrite:
         report.skip(s, f"output {dst} exists (use --overwrite to replace it)")
         return
+    if is_raw(src):
+        _process_raw(dn, src, dst, report, strength=strength, noise_level=noise_level, out_format=out_format,
+                     quality=quality)
+        return
     t0 = time.perf_counter()
     try:
         photo = read_image(src)
@@ -215,6 +224,40 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         report.fail(s, str(e) or type(e).__name__)
     else:
         report.done(s, dst, time.perf_counter() - t0)
+
+
+_RAW_DENOISERS: dict = {}
+
+
+def _process_raw(dn: Denoiser, src: Path, dst: Path, report: Report, *, strength: float,
+                 noise_level: float | None, out_format: str | None, quality: int | None) -> None:
+    """A camera raw file: the `raw` model on the mosaic (denoise_core.raw_denoise), on --model's
+    weights when they are a raw model, else the shipped `raw` weights; --noise-level scales the
+    camera profile's noise level."""
+    from denoise_core.raw_denoise import RawDenoiser, process_raw
+    s = str(src)
+    try:
+        key = (str(dn.path) if dn.arch == "raw" else "raw", str(dn.device), dn.precision)
+        if key not in _RAW_DENOISERS:
+            _RAW_DENOISERS[key] = RawDenoiser(key[0], device=key[1], precision=key[2])
+        info = process_raw(_RAW_DENOISERS[key], src, dst, strength=strength, noise_level=noise_level,
+                           out_format=out_format, quality=quality,
+                           progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
+    except ImageReadError as e:
+        report.fail(s, e.reason)
+    except ImageWriteError as e:
+        report.fail(s, f"cannot write {e.path}: {e.reason}")
+    except (ModelNotFoundError, CheckpointError) as e:
+        report.fail(s, f"no raw-domain model: {e}")
+    except (ValueError, MemoryError, RuntimeError) as e:
+        report.fail(s, str(e) or type(e).__name__)
+    except Exception as e:      # a bug must cost this file, not the rest of the batch
+        report.fail(s, f"unexpected {type(e).__name__}: {e}")
+    else:
+        if info["noise"].startswith("estimated"):
+            click.echo(f"note: {s}: noise level {info['noise']}", err=True)
+            report.emit(event="warning", file=s, message=f"noise level {info['noise']}")
+        report.done(s, dst, info["seconds"])
 
 
 if __name__ == "__main__":
