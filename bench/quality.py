@@ -1,13 +1,19 @@
-"""Quality benchmark of issue 4: our models against FFDNet and CBM3D on the held-out photos.
+"""Quality benchmark: our models against FFDNet and CBM3D on photos never trained on or selected on.
 
-The validation photos (`denoise_core.photos.BENCHMARK`: never trained on, 2x box-downscaled) are
-cut into crops (default: 2 per photo, up to 512x512). Each crop gets
+The benchmark photos (`denoise_core.photos.BENCHMARK`: never trained on, never used to pick
+weights, 2x box-downscaled) are cut into crops (default: 2 per photo, up to 512x512). Each crop gets
 
 - Gaussian noise, sigma 15, 25 and 50 (0-255 scale);
-- camera noise: darktable noise profiles through the unprocessing pipeline of
-  `denoise_core.noise` for several cameras (default: Canon EOS 5D Mark III, Nikon D750,
-  Sony ILCE-7M3, Panasonic DC-G9), ISO log-uniform in 6400-25600, exposure pushed 0-2 EV,
-  random white balance and colour matrix;
+- the simulator's own camera noise (`camera:` specs, part of every training mix, so this measures
+  how well the simulator is learnt, not real cameras): darktable noise profiles through the
+  unprocessing pipeline of `denoise_core.noise` for several cameras (default: Canon EOS 5D Mark
+  III, Nikon D750, Sony ILCE-7M3, Panasonic DC-G9), ISO log-uniform in 6400-25600, exposure pushed
+  0-2 EV, random white balance and colour matrix;
+- camera developments (`bench/pipelines.py`): signal and noise through a whole camera pipeline,
+  once with training's own settings and three times with pipelines held out of training (LibRaw
+  demosaics, other sharpening, 4:2:2 JPEG, cameras training never draws), scored against the
+  noise-free development; the held-out ones are reported apart and are what generalization means;
+- a clean crop saved as JPEG q95, scored against itself (a clean photo must pass unchanged);
 
 every noisy input clipped and quantized to 8 bits, as a saved PNG is, all drawn from fixed seeds.
 Our models are blind (never told the noise) and run through `Denoiser.denoise` on the uint8 input
@@ -20,7 +26,9 @@ is not timed).
     .venv/bin/python bench/quality.py --photos /work/data/prepared          # the full run
     .venv/bin/python bench/quality.py --quick --no-cbm3d                    # a quick look
 
-Prints Markdown tables (results, per camera, targets met or missed and by how much) and writes
+The main model also runs told a noise level (`--levels`, two passes) on every condition.
+
+Prints Markdown tables (results, per camera, developments, targets met or missed and by how much) and writes
 `quality.md`, `quality.json`, the quality-vs-speed plot `quality_speed.png` and comparison crops
 `crops_*.png` (noisy | ours | FFDNet | CBM3D | clean) into --out (default docs/bench).
 """
@@ -48,6 +56,7 @@ for p in (str(ROOT), str(HERE)):
         sys.path.insert(0, p)
 
 from baselines import CBM3D, FFDNet, INSTALL_HINT, try_load  # noqa: E402
+from pipelines import HELD_OUT, describe, develop_pair  # noqa: E402
 
 from denoise_core.api import DEFAULT_MODEL, Denoiser, shipped_models  # noqa: E402
 from denoise_core.metrics import psnr, ssim  # noqa: E402
@@ -61,6 +70,8 @@ ISO_RANGE = (6400, 25600)
 EV_RANGE = (0.0, 2.0)
 ORACLE_GRID = (5, 7.5, 10, 12.5, 15, 17.5, 20, 25, 30, 35, 40, 50, 60, 75)
 CROP_POSITIONS = ((0.5, 0.5), (0.2, 0.2), (0.8, 0.8), (0.2, 0.8), (0.8, 0.2))
+DEVELOPMENTS = ("training settings", *HELD_OUT)
+CLEAN_JPEG_Q = 95
 
 
 # --------------------------------------------------------------------------- data
@@ -115,6 +126,29 @@ def make_noisy(clean_u8: np.ndarray, cond: dict, seed: int) -> np.ndarray:
     return to_u8(y[0].permute(1, 2, 0).numpy())
 
 
+def jpeg_u8(clean_u8: np.ndarray, quality: int) -> np.ndarray:
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(clean_u8).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def oracle_search(run, ref_t: torch.Tensor):
+    """FFDNet's best (PSNR, sigma, output) over ORACLE_GRID, in ascending sigma; PSNR against sigma
+    is unimodal, so the search stops two grid steps past the peak."""
+    best, worse = None, 0
+    for s in ORACLE_GRID:
+        o = run(s)
+        p = psnr(to_t(o), ref_t)
+        if best is None or p > best[0]:
+            best, worse = (p, s, o), 0
+        else:
+            worse += 1
+            if worse >= 2:
+                break
+    return best
+
+
 # --------------------------------------------------------------------------- run
 def score(out_u8: np.ndarray, clean_t: torch.Tensor) -> tuple[float, float]:
     o = to_t(out_u8)
@@ -133,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-photos", type=int, default=0, help="use only the first N validation photos")
     ap.add_argument("--sigmas", default=",".join(map(str, SIGMAS)), help="Gaussian sigmas (default 15,25,50)")
     ap.add_argument("--cameras", default=";".join(CAMERAS), help="cameras, ';'-separated ('' for none)")
+    ap.add_argument("--developments", default=";".join(DEVELOPMENTS),
+                    help="camera developments, ';'-separated ('' for none): 'training settings' (drawn as "
+                         f"training draws them) and the held-out pipelines {', '.join(HELD_OUT)} (bench/pipelines.py)")
+    ap.add_argument("--levels", default="2",
+                    help="noise levels to run the main model at as extra rows (models with a level input; '' for none)")
+    ap.add_argument("--no-clean-jpeg", dest="clean_jpeg", action="store_false",
+                    help=f"skip the clean-photo condition (a noise-free crop saved as JPEG q{CLEAN_JPEG_Q}, "
+                         "scored against itself)")
     ap.add_argument("--no-cbm3d", action="store_true", help="skip CBM3D (about 27 s per 512x512 crop on 2 cores)")
     ap.add_argument("--cbm3d-camera", action="store_true", help="also run CBM3D on camera noise, at FFDNet's oracle sigma")
     ap.add_argument("--quick", action="store_true", help="2 photos, 1 crop of 256 px, 2 cameras")
@@ -152,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         args.max_photos, args.crops, args.size = args.max_photos or 2, 1, min(args.size, 256)
         if args.cameras == ";".join(CAMERAS):
             args.cameras = ";".join(CAMERAS[:2])
+        if args.developments == ";".join(DEVELOPMENTS):
+            args.developments = ";".join(DEVELOPMENTS[:3])
     if args.out is None:
         args.out = (Path(tempfile.gettempdir()) / "denoise-bench-quick") if args.quick else ROOT / "docs" / "bench"
     torch.manual_seed(0)
@@ -178,6 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     for c in cameras:
         find_camera(c, ISO_RANGE[0]), find_camera(c, ISO_RANGE[1])  # validate names and ISO range early
 
+    developments = [d.strip() for d in args.developments.split(";") if d.strip()]
+    for d in developments:
+        if d not in DEVELOPMENTS:
+            sys.exit(f"unknown development {d!r}; choose from {', '.join(DEVELOPMENTS)}")
+    level_methods = {}
+    if ours[main_model].has_levels:
+        level_methods = {f"{main_model} @ level {float(v):g}": float(v) for v in args.levels.split(",") if v.strip()}
+    elif args.levels.strip():
+        print(f"note: {main_model} has no noise-level input; no level rows", file=sys.stderr)
+
     photos_dir = ensure_photos(args.photos.expanduser())
     photo_names = BENCHMARK[:args.max_photos] if args.max_photos else BENCHMARK
     items = []  # (photo, crop index, y, x, clean uint8)
@@ -195,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     figure_keys = {}
     figs = {}
     t_start = time.perf_counter()
-    n_total = len(items) * (len(conds) + len(cameras))
+    n_total = len(items) * (len(conds) + len(cameras) + len(developments) + bool(args.clean_jpeg))
     n_done = 0
 
     def timed(method, fn, mp, count):
@@ -222,8 +276,20 @@ def main(argv: list[str] | None = None) -> int:
             iso = float(round(math.exp(rng.uniform(math.log(ISO_RANGE[0]), math.log(ISO_RANGE[1])))))
             ev = float(round(rng.uniform(*EV_RANGE), 2))
             item_conds.append({"name": f"camera: {cam}", "kind": "camera", "camera": cam, "iso": iso, "ev": ev})
+        item_conds += [{"name": dv, "kind": "develop"} for dv in developments]
+        if args.clean_jpeg:
+            item_conds.append({"name": f"clean JPEG q{CLEAN_JPEG_Q}", "kind": "clean"})
         for cond in item_conds:
-            noisy = make_noisy(clean, cond, _seed(name, k, cond["name"], cond.get("iso"), cond.get("ev")))
+            ref_t = clean_t
+            if cond["kind"] == "develop":
+                noisy, ref, dev = develop_pair(clean, cond["name"], _seed(name, k, cond["name"]))
+                ref_t = to_t(ref)
+                cond = {**cond, "development": describe(dev)}
+            elif cond["kind"] == "clean":
+                noisy = jpeg_u8(clean, CLEAN_JPEG_Q)
+                ref_t = to_t(noisy)  # a clean photo must come back as it was given
+            else:
+                noisy = make_noisy(clean, cond, _seed(name, k, cond["name"], cond.get("iso"), cond.get("ev")))
             noisy_f = noisy.astype(np.float32) / 255.0
             if args.save_inputs:
                 tag = cond["name"].replace("σ=", "sigma").replace("camera: ", "").replace(" ", "_")
@@ -231,25 +297,24 @@ def main(argv: list[str] | None = None) -> int:
             gauss = cond["kind"] == "gaussian"
             rec = {"photo": name, "crop": k, "y": y, "x": x, "size": clean.shape[0], **cond}
             outs = {"noisy": noisy}
-            rec["noisy"] = score(noisy, clean_t)
+            rec["noisy"] = score(noisy, ref_t)
             for label, dn in ours.items():
                 out = timed(label, lambda: dn.denoise(noisy), mp, gauss)
                 outs[label] = out
-                rec[label] = score(out, clean_t)
+                rec[label] = score(out, ref_t)
+            for label, lv in level_methods.items():
+                out = ours[main_model].denoise(noisy, noise_level=lv)
+                outs[label] = out
+                rec[label] = score(out, ref_t)
             sig_for_cbm = cond.get("sigma")
-            if ffd is not None:
+            if ffd is not None and cond["kind"] != "clean":
                 if gauss:
                     out = to_u8(timed("FFDNet", lambda: ffd(noisy_f, cond["sigma"]), mp, True))
-                    rec["FFDNet"] = score(out, clean_t)
+                    rec["FFDNet"] = score(out, ref_t)
                 else:
-                    best = None
-                    for s in ORACLE_GRID:
-                        o = to_u8(ffd(noisy_f, s))
-                        p = psnr(to_t(o), clean_t)
-                        if best is None or p > best[0]:
-                            best = (p, s, o)
+                    best = oracle_search(lambda s: to_u8(ffd(noisy_f, s)), ref_t)
                     out = best[2]
-                    rec["FFDNet"] = score(out, clean_t)
+                    rec["FFDNet"] = score(out, ref_t)
                     rec["FFDNet_sigma"] = best[1]
                     oracle_sigmas[cond["name"]].append(best[1])
                     sig_for_cbm = best[1]
@@ -257,20 +322,24 @@ def main(argv: list[str] | None = None) -> int:
             if cbm is not None and sig_for_cbm is not None and (gauss or args.cbm3d_camera):
                 out = to_u8(timed("CBM3D", lambda: cbm(noisy_f, sig_for_cbm), mp, gauss))
                 outs["CBM3D"] = out
-                rec["CBM3D"] = score(out, clean_t)
-            for m in ["noisy", *ours, "FFDNet", "CBM3D"]:
+                rec["CBM3D"] = score(out, ref_t)
+            for m in ["noisy", *ours, *level_methods, "FFDNet", "CBM3D"]:
                 if m in rec:
                     res[m][cond["name"]].append(rec[m])
                     if cond["kind"] == "camera":
                         res[m]["camera"].append(rec[m])
+                    if cond["kind"] == "develop" and cond["name"] in HELD_OUT:
+                        res[m]["held-out"].append(rec[m])
             per_image.append(rec)
             # comparison crops: the first crop of the first photo at sigma 25/50 and the first camera
             fig_name = None
             if (name, k) == (items[0][0], items[0][1]):
                 if gauss and cond["sigma"] in (25.0, 50.0):
                     fig_name = f"sigma{cond['sigma']:g}"
-                elif not gauss and cond["camera"] == cameras[0]:
+                elif cond["kind"] == "camera" and cond["camera"] == cameras[0]:
                     fig_name = "camera"
+                elif cond["kind"] == "develop":
+                    fig_name = cond["name"].replace(" + ", "_").replace(" ", "_").lower()
             if fig_name:
                 if "CBM3D" not in outs and cbm is not None and sig_for_cbm is not None:
                     outs["CBM3D"] = to_u8(cbm(noisy_f, sig_for_cbm))  # for the picture only
@@ -279,11 +348,12 @@ def main(argv: list[str] | None = None) -> int:
             n_done += 1
             el = time.perf_counter() - t_start
             print(f"[{n_done}/{n_total}] {name}#{k} {cond['name']}: "
-                  + ", ".join(f"{m} {rec[m][0]:.2f}" for m in ["noisy", *ours, "FFDNet", "CBM3D"] if m in rec)
+                  + ", ".join(f"{m} {rec[m][0]:.2f}" for m in ["noisy", *ours, *level_methods, "FFDNet", "CBM3D"]
+                              if m in rec)
                   + f"  ({el:.0f} s, ~{el / n_done * (n_total - n_done):.0f} s left)", file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------------------- report
-    methods = [m for m in ["noisy", *ours, "FFDNet", "CBM3D"] if m in res]
+    methods = [m for m in ["noisy", *ours, *level_methods, "FFDNet", "CBM3D"] if m in res]
     cols = [c["name"] for c in conds] + (["camera"] if cameras else [])
 
     def mean(m, c, i=0):
@@ -322,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append("—" if p is None else f"{p:.2f} / {mean(m, c, 1):.3f}")
         sp = mps(m)
         label = {"FFDNet": "FFDNet (true σ; camera: oracle σ)", "CBM3D": "CBM3D (true σ)",
-                 "noisy": "noisy input"}.get(m, f"{m} (ours, blind)")
+                 "noisy": "noisy input"}.get(m, f"{m} (ours, {'told the level' if m in level_methods else 'blind'})")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {'—' if sp is None else f'{sp:.3g}'} |")
     if cameras:
         lines += ["", "Camera noise, mean PSNR per camera (FFDNet's mean oracle σ in brackets):", "",
@@ -335,6 +405,25 @@ def main(argv: list[str] | None = None) -> int:
                 if m == "FFDNet" and oracle_sigmas.get(f"camera: {cam}"):
                     extra = f" [{np.mean(oracle_sigmas[f'camera: {cam}']):.1f}]"
                 cells.append("—" if p is None else f"{p:.2f}{extra}")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+
+    dev_cols = [*developments, *(["held-out"] if any(d in HELD_OUT for d in developments) else []),
+                *([f"clean JPEG q{CLEAN_JPEG_Q}"] if args.clean_jpeg else [])]
+    if dev_cols:
+        lines += ["", "Camera developments (signal and noise demosaiced, toned, sharpened, encoded together; "
+                  "the reference is the noise-free development). 'training settings' is drawn as training "
+                  "draws it (in distribution, unseen photos); the held-out pipelines use settings training "
+                  "never saw (bench/pipelines.py); 'held-out' is their mean. The clean column is a noise-free "
+                  "crop saved as JPEG and scored against itself. Mean PSNR dB / SSIM:", "",
+                  "| method | " + " | ".join(dev_cols) + " |", "| --- | " + " | ".join("---:" for _ in dev_cols) + " |"]
+        for m in methods:
+            cells = []
+            for c in dev_cols:
+                p = mean(m, c)
+                extra = ""
+                if m == "FFDNet" and oracle_sigmas.get(c):
+                    extra = f" [σ {np.mean(oracle_sigmas[c]):.1f}]"
+                cells.append("—" if p is None else f"{p:.2f} / {mean(m, c, 1):.3f}{extra}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
 
     # targets
@@ -354,6 +443,16 @@ def main(argv: list[str] | None = None) -> int:
             o, f = mean(m, "camera"), mean("FFDNet", "camera")
             d = o - (f + 0.5)
             tl.append(f"| {m} | camera | ≥ FFDNet (oracle σ) + 0.5 dB | {o:.2f} vs {f + 0.5:.2f} | {d:+.2f} dB | {'met' if d >= 0 else 'missed'} |")
+        for c in [d for d in developments if d in HELD_OUT] + (["held-out"] if developments else []):
+            o, f = mean(m, c), mean("FFDNet", c)
+            if o is not None and f is not None:
+                d = o - (f + 0.5)
+                tl.append(f"| {m} | {c} | ≥ FFDNet (oracle σ) + 0.5 dB | {o:.2f} vs {f + 0.5:.2f} | {d:+.2f} dB | "
+                          f"{'met' if d >= 0 else 'missed'} |")
+        cj = mean(m, f"clean JPEG q{CLEAN_JPEG_Q}")
+        if cj is not None:
+            tl.append(f"| {m} | clean JPEG q{CLEAN_JPEG_Q} | ≥ 45 dB against the input | {cj:.2f} | {cj - 45:+.2f} dB | "
+                      f"{'met' if cj >= 45 else 'missed'} |")
         if mps(m) and mps("FFDNet"):
             r = mps(m) / mps("FFDNet")
             tl.append(f"| {m} | throughput ({speed_size + ' images' if speed_size else f'{args.size}-px crops'}) | ≥ 5× FFDNet | {mps(m):.3g} vs {mps('FFDNet'):.3g} MP/s | {r:.2f}× | {'met' if r >= 5 else 'missed'} ({r - 5:+.2f}×) |")
@@ -361,6 +460,13 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", "Targets (issue 4; margin = ours minus the target):", "",
                   "| model | condition | target | ours vs target | margin | result |",
                   "| --- | --- | --- | --- | ---: | --- |", *tl]
+    if level_methods:
+        lv_cols = [c for c in ("held-out", *developments, "camera", *[c["name"] for c in conds]) if mean(main_model, c)]
+        lines += ["", f"Noise-level control: {main_model} told a level (two passes) against blind, dB:", "",
+                  "| rows | " + " | ".join(lv_cols) + " |", "| --- | " + " | ".join("---:" for _ in lv_cols) + " |"]
+        for lm in level_methods:
+            lines.append(f"| {lm} minus blind | " + " | ".join(
+                f"{mean(lm, c) - mean(main_model, c):+.2f}" for c in lv_cols) + " |")
     missing = [n for n, o in (("FFDNet", ffd), ("CBM3D", cbm)) if o is None and not (n == "CBM3D" and args.no_cbm3d)]
     if missing:
         lines += ["", f"Not measured: {', '.join(missing)} (not installed: `{INSTALL_HINT}`)."]
@@ -371,8 +477,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.md").write_text(report + "\n")
-    summary = {m: {c: {"psnr": mean(m, c), "ssim": mean(m, c, 1), "n": len(res[m].get(c, []))} for c in cols}
-               for m in methods}
+    summary = {m: {c: {"psnr": mean(m, c), "ssim": mean(m, c, 1), "n": len(res[m].get(c, []))}
+                   for c in [*cols, *dev_cols]} for m in methods}
     blob = json.dumps(
         {"summary": summary, "mp_per_s": {m: mps(m) for m in methods}, "cameras": cameras,
          "precision": {m: d.precision for m, d in ours.items()},
@@ -493,8 +599,10 @@ def comparison(path: Path, cond: dict, outs: dict, clean: np.ndarray, rec: dict,
         if label in ("FFDNet", "CBM3D") and "FFDNet_sigma" in rec:
             txt += f" (oracle {sig}={rec['FFDNet_sigma']:g})"
         draw.text((x + 2, 2), txt, fill="black", font=font)
-    desc = (f"Gaussian noise {sig}={cond['sigma']:g}" if cond["kind"] == "gaussian"
-            else f"{cond['camera']} ISO {cond['iso']:g} +{cond['ev']:g} EV")
+    desc = {"gaussian": lambda: f"Gaussian noise {sig}={cond['sigma']:g}",
+            "camera": lambda: f"{cond['camera']} ISO {cond['iso']:g} +{cond['ev']:g} EV (the simulator's own noise)",
+            "develop": lambda: f"{cond['name']}: {cond['development']}",
+            "clean": lambda: cond["name"]}[cond["kind"]]()
     draw.text((2, top + side + 3), f"{rec['photo']} (crop {rec['crop']}, {v}x{v} px region shown {zoom}x): {desc}",
               fill="black", font=font)
     canvas.save(path, optimize=True)

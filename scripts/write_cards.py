@@ -13,8 +13,19 @@ from denoise_core.checkpoint import load_checkpoint
 _CAMERA = ("camera noise (a random darktable profile of 374 camera models at ISO 1600-25600, exposure "
            "pushed 0-2 EV, random white balance and colour matrix, through unprocessing: sRGB -> linear -> "
            "Bayer mosaic -> Poisson-Gaussian -> bilinear demosaic of the noise -> sRGB)")
-# the `mix` spec changed once; a card's `mix_version` says which one its weights saw (none: v1)
+_DEVELOP = ("camera developments (`denoise_core.pipeline`, TRAIN_SETTINGS: a darktable profile of a camera "
+            "whose maker is not held out, ISO 800-25600, pushed 0-2 EV; sRGB -> inverse tone curve (sRGB, "
+            "sRGB + S-curve or a camera base curve) -> inverse colour matrix and white balance -> RGGB mosaic -> "
+            "per-photosite Poisson-Gaussian noise -> white balance -> demosaic of signal and noise together "
+            "(bilinear, Malvar-He-Cutler, Hamilton-Adams or edge-weighted) -> colour matrix -> tone curve -> "
+            "unsharp mask (70%, radius 0.5-1.5, amount 0.2-1.2) -> chroma noise reduction (30%) -> "
+            "downscaling (20%) -> JPEG q60-98 4:2:0/4:4:4 (55%), 8-bit (35%) or 16-bit (10%); target: the "
+            "same development of the noise-free mosaic, without noise reduction or JPEG)")
+# the `mix` spec changed twice; a card's `mix_version` says which one its weights saw (none: v1)
 NOISE_TEXT = {
+    "mix-v3 mix-v3": f"per patch: 45% {_DEVELOP}, 10% {_CAMERA}, 28% Gaussian (half with sigma 0-55, half "
+                     f"5-30), 4% Poisson-Gaussian, 6% no noise, 7% a clean patch saved as JPEG q75-98 (target: "
+                     f"itself); patches cut 16 px inside a larger development",
     "mix v1": f"per patch: 45% {_CAMERA}, 40% Gaussian with sigma uniform in 0-55, 10% Poisson-Gaussian "
               f"in linear light, 5% no noise; all clipped and quantized to 8 bits",
     "mix v2": f"per patch: 40% {_CAMERA}, 45% Gaussian (half with sigma uniform in 0-55, half in 5-30), "
@@ -29,7 +40,8 @@ def card(name: str, path: Path, quality: dict | None) -> str:
     params = sum(p.numel() for p in net.parameters())
     c = ck.card
     noise = c.get("noise", "?")
-    noise_text = NOISE_TEXT.get(f"{noise} {c.get('mix_version', 'v1')}", noise)
+    version = c.get("mix_version", "v1")
+    noise_text = NOISE_TEXT.get(f"{noise} {version}", NOISE_TEXT.get(f"{noise} {version.replace('mix-', '')}", noise))
     lines = [
         f"# `{name}` weights",
         "",
@@ -46,15 +58,22 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         + (f"; fine-tuned from `{c['init']}` (earlier weights; the history is in training/README.md)"
            if c.get("init") else "")
         + (f"; grown {c['grown']}" if c.get("grown") else ""),
+        *([f"- noise-level input: a map of the local noise (in units of 25/255) and a given-flag; half the "
+           f"training patches were told their true map, half nothing (blind, the default at inference); "
+           f"`noise_level` / `--noise-level` sets it (`denoise_core/levels.py`)"]
+          if ck.arch_args.get("level_input") else []),
         f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
-        f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each held-out photo)"
+        f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each validation photo)"
         + (f"; weights of the {c['selection']}" if c.get("selection") else ""),
     ]
     summary = (quality or {}).get("summary", {})
     if name in summary:
         noisy = summary.get("noisy", {})
         prec = (quality or {}).get("precision", {}).get(name, "fp32")
-        lines += ["", f"## Measured on held-out photos (`bench/quality.py`, 8-bit inputs, run in {prec})", "",
+        lines += ["", f"## Measured on the benchmark photos (`bench/quality.py`, never trained or selected on; "
+                      f"8-bit inputs, run in {prec})", "",
+                  "`camera` is the v2 simulator's own noise (in every training mix); `held-out` is the mean of "
+                  "the camera developments whose settings training never saw (bench/pipelines.py).", "",
                   "| noise | noisy PSNR | PSNR | SSIM |", "| --- | ---: | ---: | ---: |"]
         for cond, r in summary[name].items():
             if r.get("psnr") is None:
