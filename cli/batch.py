@@ -1,18 +1,23 @@
 """`denoise-batch`: denoise files, folders and globs into an output folder.
 
 Reporting follows black's Report: one line per failed or skipped item on stderr, a summary at the
-end, exit 0 when every item succeeded (skips included), 1 when any failed, 2 for bad usage. With
---json, stdout carries one JSON object per line (start, progress, result, summary): the machine
+end, exit 0 when every item succeeded (skips included), 1 when any failed, 2 for bad usage, 130 on
+Ctrl-C and 143/129 on SIGTERM/SIGHUP (which take Ctrl-C's path, so no temp file is left). Control
+characters in a report (a newline in a file name) are escaped, so each report is one line. With
+--json, stdout carries one JSON object per line (start, progress, warning, result, summary): the machine
 interface for scripts and host plugins. Inputs are never modified and every output is written
 atomically, so an interrupted or failed item leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +26,7 @@ import click
 from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, Denoiser, ModelNotFoundError
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS
-from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWriteError, Photo,
+from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
                                   read_image, write_image)
 
 from denoise_core.raw import RAW_EXTENSIONS, is_raw
@@ -48,14 +53,18 @@ class Report:
 
     def skip(self, src: str, reason: str) -> None:
         self.skipped += 1
-        click.echo(f"skipped {src}: {reason}", err=True)
+        click.echo(one_line(f"skipped {src}: {reason}"), err=True)
         self.emit(event="result", file=src, status="skipped", message=reason)
 
     def fail(self, src: str, reason: str) -> None:
         self.failed += 1
         self.failures.append(src)
-        click.echo(f"error: {src}: {reason}", err=True)
+        click.echo(one_line(f"error: {src}: {reason}"), err=True)
         self.emit(event="result", file=src, status="error", message=reason)
+
+    def warn(self, src: str, reason: str) -> None:
+        click.echo(one_line(f"warning: {src}: {reason}"), err=True)
+        self.emit(event="warning", file=src, message=reason)
 
     @property
     def return_code(self) -> int:
@@ -68,6 +77,38 @@ class Report:
         if self.failed:
             parts.append(f"{self.failed} failed")
         return ", ".join(parts) + "."
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters (a newline in a file name, a terminal escape) and undecodable
+    bytes of a file name written as Python escapes, so one report is one line and prints anywhere."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C would be so the same cleanup runs (temp files go)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts():
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):   # not the main thread (an embedding host): leave it be
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def expand_inputs(inputs: tuple[str, ...], report: Report) -> list[Path]:
@@ -144,16 +185,16 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        click.echo(f"error: cannot create output folder {outdir}: {e.strerror or e}", err=True)
+        click.echo(one_line(f"error: cannot create output folder {outdir}: {e.strerror or e}"), err=True)
         sys.exit(1)
     if not os.access(outdir, os.W_OK | os.X_OK):
-        click.echo(f"error: output folder {outdir} is not writable", err=True)
+        click.echo(one_line(f"error: output folder {outdir} is not writable"), err=True)
         sys.exit(1)
     try:
         dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision)
         dn.check_noise_level(noise_level)
     except (ModelNotFoundError, CheckpointError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(one_line(f"error: {e}"), err=True)
         sys.exit(2)
     report.emit(event="start", total=len(files), model=str(dn.path), arch=dn.arch, device=str(dn.device),
                 precision=dn.precision)
@@ -164,24 +205,25 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
     claimed: dict[str, str] = {}
     inputs_real = {os.path.realpath(f) for f in files}
     try:
-        for src in files:
-            name = src.name if out_format is None else src.stem + _FORMAT_EXT[out_format]
-            if is_raw(src):  # a DNG gives a DNG, other raw files a developed TIFF (or --format)
-                from denoise_core.raw_denoise import output_name
-                name = output_name(src, out_format)
-            dst = outdir / name
-            if bar:
-                bar.set_postfix_str(src.name)
-            _process(dn, src, dst, report, claimed, inputs_real, strength=strength,
-                     noise_level=noise_level, out_format=out_format,
-                     quality=quality, overwrite=overwrite)
-            if bar:
-                bar.update(1)
-    except KeyboardInterrupt:
+        with signals_as_interrupts():
+            for src in files:
+                name = src.name if out_format is None else src.stem + _FORMAT_EXT[out_format]
+                if is_raw(src):  # a DNG gives a DNG, other raw files a developed TIFF (or --format)
+                    from denoise_core.raw_denoise import output_name
+                    name = output_name(src, out_format)
+                dst = outdir / name
+                if bar:
+                    bar.set_postfix_str(one_line(src.name))
+                _process(dn, src, dst, report, claimed, inputs_real, strength=strength,
+                         noise_level=noise_level, out_format=out_format,
+                         quality=quality, overwrite=overwrite)
+                if bar:
+                    bar.update(1)
+    except KeyboardInterrupt as e:
         if bar:
             bar.close()
-        click.echo(f"interrupted: {report}", err=True)
-        sys.exit(130)
+        click.echo(f"interrupted{f' ({e.args[0]})' if isinstance(e, Terminated) else ''}: {report}", err=True)
+        sys.exit(128 + e.signum if isinstance(e, Terminated) else 130)
     if bar:
         bar.close()
     report.emit(event="summary", ok=report.ok, skipped=report.skipped, failed=report.failed)
@@ -210,7 +252,14 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         return
     t0 = time.perf_counter()
     try:
-        photo = read_image(src)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always", ImageWarning)
+            photo = read_image(src)
+        for w in said:
+            if isinstance(w.message, ImageWarning):
+                report.warn(s, w.message.reason)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level,
                             progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
         result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
@@ -222,6 +271,8 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         report.fail(s, f"cannot write {e.path}: {e.reason}")
     except (ValueError, MemoryError, RuntimeError) as e:
         report.fail(s, str(e) or type(e).__name__)
+    except Exception as e:      # a bug must cost this file, not the rest of the batch
+        report.fail(s, f"unexpected {type(e).__name__}: {e}")
     else:
         report.done(s, dst, time.perf_counter() - t0)
 

@@ -48,6 +48,22 @@ class InputError(click.ClickException):
             click.echo(f"denoise-train: error: {self.format_message()}", err=True)
 
 
+def _saved_step(sp: Path) -> int:
+    """The step a training state reached; an empty, damaged or foreign state file is an InputError
+    naming it (torch.load's EOFError used to reach click, which prints only "Aborted!")."""
+    if not sp.is_file():
+        raise InputError(f"--resume: {sp} is not a regular file")
+    if sp.stat().st_size == 0:
+        raise InputError(f"--resume: the training state {sp} is empty (a run killed while creating it?); "
+                         "delete it to start over")
+    try:
+        return int(torch.load(sp, map_location="cpu", weights_only=True)["step"])
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise InputError(f"--resume: {sp} is not a readable training state ({type(e).__name__}: {reason}); "
+                         "delete it to start over") from None
+
+
 class TrainingFailed(InputError):
     exit_code = 1
 
@@ -145,7 +161,7 @@ def main(noisy, clean, noise_spec, arch, arch_args, init, out, steps, patch, bat
     if not resume and sp.exists():
         raise InputError(f"{sp} holds the state of an earlier run: add --resume to continue it (a larger "
                          f"--steps trains it further), or delete it to start over")
-    if resume and (done := int(torch.load(sp, map_location="cpu", weights_only=True)["step"])) >= steps:
+    if resume and (done := _saved_step(sp)) >= steps:
         raise InputError(f"the run in {sp} already finished {done} steps; pass a larger --steps to train it further")
     if not out.parent.is_dir():
         raise InputError(f"--out: folder {out.parent} does not exist")

@@ -57,8 +57,6 @@ import os
 import stat
 import struct
 import sys
-import tempfile
-import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -251,26 +249,6 @@ def _png_chunks(data: memoryview, path) -> list[tuple[bytes, memoryview, memoryv
         pos = end
 
 
-_C_STDERR_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _c_stderr() -> Iterator[list[str]]:
-    """Collect what C code (libpng) writes to file descriptor 2 meanwhile, so a warning can name its file."""
-    lines: list[str] = []
-    with _C_STDERR_LOCK, tempfile.TemporaryFile() as sink:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            lines += [ln.strip() for ln in sink.read(1 << 16).decode("utf-8", "replace").splitlines() if ln.strip()]
-
-
 def _read_png(p: Path, path) -> Photo:
     data = memoryview(p.read_bytes())
     chunks = _png_chunks(data, path)
@@ -290,13 +268,13 @@ def _read_png(p: Path, path) -> Photo:
     # iCCP is never inflated by libpng, and its metadata warnings cannot occur
     pixel_stream = b"".join([_PNG_SIGNATURE, *(raw for t, _, raw in chunks if t in (b"IHDR", b"IDAT", b"IEND"))])
     try:
-        with _c_stderr() as libpng_said:
+        with _collect_log("imagecodecs") as libpng_said:
             arr = imagecodecs.png_decode(pixel_stream)
     except Exception as e:
         raise ImageReadError(path, f"corrupt PNG image data ({e})") from None
     del pixel_stream
     for line in libpng_said:
-        warnings.warn(ImageWarning(path, f"libpng: {line}"), stacklevel=3)
+        warnings.warn(ImageWarning(path, "libpng warning: " + line.removeprefix("PNG warning: ")), stacklevel=3)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     channels = _PNG_CHANNELS[ctype]
@@ -323,7 +301,7 @@ class _Budget:
         self.left -= n
         if self.left < 0:
             raise ImageReadError(self.path, f"{what} makes the metadata larger than "
-                                            f"{MAX_METADATA_BYTES >> 20} MiB (corrupt file or decompression bomb)")
+                                            f"{_size(MAX_METADATA_BYTES)} (corrupt file or decompression bomb)")
 
     def inflate(self, data: bytes, what: str) -> bytes:
         d = zlib.decompressobj()
@@ -380,6 +358,10 @@ def _png_metadata(chunks, ctype: int, budget: _Budget) -> tuple[bytes | None, by
     return icc, exif, info
 
 
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
 def _plausible_dpi(x: float, y: float) -> bool:
     """A resolution every writer can store; others (4294967295 px/cm, 0, NaN) are dropped as absent."""
     return all(math.isfinite(v) and _MIN_DPI <= v <= _MAX_DPI for v in (x, y))
@@ -397,10 +379,10 @@ class _Collect(logging.Handler):
 
 
 @contextlib.contextmanager
-def _tifffile_warnings() -> Iterator[list[str]]:
-    """tifffile logs damage it works around (a tag with a bad offset is dropped, the ICC profile say);
-    collect those messages instead of letting them reach stderr."""
-    logger, handler = logging.getLogger("tifffile"), _Collect()
+def _collect_log(name: str) -> Iterator[list[str]]:
+    """Warnings a library logs meanwhile (tifffile: damage it works around, a tag with a bad offset
+    dropped, say; imagecodecs: libpng's warnings), collected instead of reaching stderr unnamed."""
+    logger, handler = logging.getLogger(name), _Collect()
     propagate, logger.propagate = logger.propagate, False
     logger.addHandler(handler)
     try:
@@ -411,7 +393,7 @@ def _tifffile_warnings() -> Iterator[list[str]]:
 
 
 def _read_tiff(p: Path, path) -> Photo:
-    with _tifffile_warnings() as damage:
+    with _collect_log("tifffile") as damage:
         try:
             tif = tifffile.TiffFile(p)
         except Exception as e:
@@ -693,7 +675,7 @@ def _read_ifd(buf, offset: int, bo: str, keep: frozenset | None = None, *, kind:
                 continue
             left[0] -= total + 12
             if left[0] < 0:
-                raise _ExifTooLarge(f"EXIF tags copy more than {MAX_METADATA_BYTES >> 20} MiB "
+                raise _ExifTooLarge(f"EXIF tags copy more than {_size(MAX_METADATA_BYTES)} "
                                     "(corrupt or hostile EXIF)")
             value = bytes(buf[off:off + total])
         tags.add(tag)

@@ -1,0 +1,368 @@
+"""Small valid photo and checkpoint files, the hostile variants issue 16 found, and the mutators the
+fuzz test applies to them. Everything is built in memory from a seed; nothing is downloaded."""
+from __future__ import annotations
+
+import io
+import json
+import random
+import struct
+import zlib
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+
+RGB = np.random.default_rng(16).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+
+
+def png_chunk(ctype: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+
+def exif_blob() -> bytes:
+    exif = Image.Exif()
+    exif[271] = "Canon"
+    exif[272] = "EOS R5"
+    exif.get_ifd(0x8769)[36867] = "2024:05:06 07:08:09"
+    exif.get_ifd(0x8825)[1] = "N"
+    return exif.tobytes()
+
+
+def icc_blob() -> bytes:
+    from PIL import ImageCms
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+
+
+def insert_after_ihdr(png: bytes, *chunks: bytes) -> bytes:
+    return png[:33] + b"".join(chunks) + png[33:]
+
+
+def valid_png() -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(RGB).save(b, "PNG", icc_profile=icc_blob(), exif=exif_blob())
+    png = b.getvalue()
+    return insert_after_ihdr(png, png_chunk(b"tEXt", b"Title\0denoise"),
+                             png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a long comment " * 20)),
+                             png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + XMP))
+
+
+def valid_png16() -> bytes:
+    import imagecodecs
+    return imagecodecs.png_encode((RGB[:, :, 0].astype(np.uint16) * 257 + 3))
+
+
+def valid_jpeg() -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(RGB).save(b, "JPEG", quality=90, icc_profile=icc_blob(), exif=exif_blob(), xmp=XMP)
+    return b.getvalue()
+
+
+def valid_tiff() -> bytes:
+    b = io.BytesIO()
+    tifffile.imwrite(b, RGB, photometric="rgb", compression="lzw", iccprofile=icc_blob(), metadata=None,
+                     resolution=(300.0, 300.0), resolutionunit="INCH", extratags=[(700, 1, len(XMP), XMP, True)])
+    return _add_exif_ifd(b.getvalue())
+
+
+def _add_exif_ifd(tif: bytes) -> bytes:
+    """The TIFF with an Exif sub-IFD (DateTimeOriginal) hung off IFD0, as cameras write it."""
+    import tempfile
+    from pathlib import Path
+
+    from denoise_core import imageio
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "x.tif"
+        p.write_bytes(tif)
+        _, entries = imageio._exif_ifd0(exif_blob())
+        imageio._add_exif_to_tiff(p, "<", entries)
+        return p.read_bytes()
+
+
+def valid_webp() -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(RGB).save(b, "WEBP", lossless=True, icc_profile=icc_blob(), exif=exif_blob(), xmp=XMP)
+    return b.getvalue()
+
+
+def valid_safetensors() -> bytes:
+    from safetensors.torch import save
+
+    from denoise_core.models import create_model
+    torch.manual_seed(0)
+    m = create_model("seed", width=4)
+    meta = {"format": "denoise-cnn", "format_version": "1", "arch": "seed", "arch_args": json.dumps({"width": 4})}
+    return save({k: v.contiguous() for k, v in m.state_dict().items()}, metadata=meta)
+
+
+# ------------------------------------------------------------------------------- issue 16's cases
+
+def jpeg_qtables_1_2() -> bytes:
+    """A valid JPEG whose quantisation tables are numbered 1 and 2 instead of 0 and 1."""
+    j = bytearray(valid_jpeg())
+    i = 2
+    while i < len(j):
+        marker, length = j[i + 1], struct.unpack(">H", j[i + 2:i + 4])[0]
+        if marker == 0xDB:
+            k = i + 4
+            while k < i + 2 + length:
+                pq = j[k] >> 4
+                j[k] += 1
+                k += 1 + 64 * (1 + pq)
+        elif marker == 0xC0:
+            for c in range(j[i + 9]):
+                j[i + 12 + 3 * c] += 1
+        elif marker == 0xDA:
+            break
+        i += 2 + length
+    return bytes(j)
+
+
+def tiff_resolution_per_cm(value: int = 4294967295) -> bytes:
+    b = io.BytesIO()
+    tifffile.imwrite(b, RGB, photometric="rgb", resolution=((value, 1), (value, 1)),
+                     resolutionunit="CENTIMETER", metadata=None)
+    return b.getvalue()
+
+
+def exif_pointer_loop(links: int, bo: str = "<") -> bytes:
+    """EXIF whose IFD0 holds `links` Exif-IFD pointers, all back to IFD0 (cost N^4 when each is followed)."""
+    head = b"II*\0" if bo == "<" else b"MM\0*"
+    ifd = (struct.pack(bo + "H", links) + b"".join(struct.pack(bo + "HHII", 34665, 4, 1, 8) for _ in range(links))
+           + b"\0\0\0\0")
+    return b"Exif\0\0" + head + struct.pack(bo + "I", 8) + ifd
+
+
+def jpeg_with_exif(exif: bytes) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(RGB).save(b, "JPEG", exif=exif)
+    return b.getvalue()
+
+
+def tiff_with_ifd_loop(links: int = 60) -> bytes:
+    """A TIFF whose IFD0 Exif pointer leads to an IFD of `links` Interop pointers back to itself and IFD0."""
+    tif = bytearray(valid_tiff())
+    sub_at = len(tif) + (len(tif) & 1)
+    tif += b"\0" * (sub_at - len(tif))
+    tif += struct.pack("<H", links) + b"".join(struct.pack("<HHII", 40965, 4, 1, sub_at if i % 2 else 8)
+                                              for i in range(links)) + b"\0\0\0\0"
+    return _point_exif_ifd(bytes(tif), sub_at)
+
+
+def _point_exif_ifd(tif: bytes, at: int) -> bytes:
+    buf = bytearray(tif)
+    ifd0 = struct.unpack_from("<I", buf, 4)[0]
+    (n,) = struct.unpack_from("<H", buf, ifd0)
+    for pos in range(ifd0 + 2, ifd0 + 2 + 12 * n, 12):
+        if struct.unpack_from("<H", buf, pos)[0] == 34665:
+            struct.pack_into("<I", buf, pos + 8, at)
+            return bytes(buf)
+    raise AssertionError("no Exif pointer in IFD0")
+
+
+def png_bomb(ctype: bytes, size: int = 200 << 20) -> bytes:
+    bomb = zlib.compress(b"\0" * size, 9)
+    body = {b"iCCP": b"sRGB\0\0" + bomb, b"zTXt": b"Comment\0\0" + bomb,
+            b"iTXt": b"Comment\0\x01\0\0\0" + bomb}[ctype]
+    b = io.BytesIO()
+    Image.fromarray(RGB).save(b, "PNG")
+    return insert_after_ihdr(b.getvalue(), png_chunk(ctype, body))
+
+
+def tiff_blob_tag_as_number(tag: int, value: int = 400_000_000) -> bytes:
+    b = io.BytesIO()
+    tifffile.imwrite(b, RGB, photometric="rgb", extratags=[(tag, 4, 1, value, True)], metadata=None)
+    return b.getvalue()
+
+
+def tiff_pages(n: int = 3, reduced: bool = False) -> bytes:
+    b = io.BytesIO()
+    with tifffile.TiffWriter(b) as t:
+        t.write(RGB, photometric="rgb", metadata=None)
+        for _ in range(n - 1):
+            t.write(RGB[::2, ::2] if reduced else RGB, photometric="rgb", metadata=None,
+                    subfiletype=1 if reduced else 0)
+    return b.getvalue()
+
+
+def jpeg_with_mpf_preview(mp_type: int | None = None) -> bytes:
+    """A camera-style JPEG: the photo plus an MPF-indexed preview; with `mp_type`, the second
+    image's MP type code rewritten (0x020002: a stereo disparity frame)."""
+    b = io.BytesIO()
+    Image.fromarray(RGB).save(b, "MPO", save_all=True, append_images=[Image.fromarray(RGB[::2, ::2])],
+                              exif=exif_blob())
+    data = bytearray(b.getvalue())
+    if mp_type is not None:
+        mpf = data.index(b"MPF\0") + 4
+        bo = "<" if data[mpf:mpf + 2] == b"II" else ">"
+        ifd = mpf + struct.unpack_from(bo + "I", data, mpf + 4)[0]
+        (n,) = struct.unpack_from(bo + "H", data, ifd)
+        for pos in range(ifd + 2, ifd + 2 + 12 * n, 12):
+            if struct.unpack_from(bo + "H", data, pos)[0] == 0xB002:
+                entries = mpf + struct.unpack_from(bo + "I", data, pos + 8)[0]
+                attr = struct.unpack_from(bo + "I", data, entries + 16)[0]
+                struct.pack_into(bo + "I", data, entries + 16, (attr & 0xFF000000) | mp_type)
+    return bytes(data)
+
+
+def png_with_extra_image_data() -> bytes:
+    """Valid pixels followed by more compressed rows than the header holds: libpng warns."""
+    raw = b"".join(b"\0" + RGB[y].tobytes() for y in range(RGB.shape[0])) + b"\0" * 600
+    b = io.BytesIO()
+    Image.fromarray(RGB).save(b, "PNG")
+    png = b.getvalue()
+    return png[:33] + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
+
+
+def safetensors_raw(header: bytes, data: bytes = b"") -> bytes:
+    return struct.pack("<Q", len(header)) + header + data
+
+
+def safetensors_with_args(arch_args: dict, arch: str = "seed") -> bytes:
+    from safetensors.torch import save
+
+    from denoise_core.models import create_model
+    meta = {"format": "denoise-cnn", "format_version": "1", "arch": arch, "arch_args": json.dumps(arch_args)}
+    return save({k: v.contiguous() for k, v in create_model(arch).state_dict().items()}, metadata=meta)
+
+
+# -------------------------------------------------------------------------------------- mutators
+
+def _flip(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        i = rng.randrange(len(b))
+        b[i] ^= 1 << rng.randrange(8)
+    return bytes(b)
+
+
+def _truncate(rng: random.Random, data: bytes) -> bytes:
+    return data[:rng.randrange(1, len(data))]
+
+
+def _overwrite(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    i = rng.randrange(len(b))
+    fill = rng.choice([b"\xff", b"\0", bytes([rng.randrange(256)])])
+    b[i:i + rng.randint(1, 16)] = fill * rng.randint(1, 16)
+    return bytes(b)
+
+
+_BIG = (0, 1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000, 8)
+
+
+def _png_chunk_rewrite(rng: random.Random, data: bytes) -> bytes:
+    """Rewrite one chunk's length, or its body with a valid CRC (so the damage reaches the parsers)."""
+    spans, pos = [], 8
+    while pos + 12 <= len(data):
+        (n,) = struct.unpack_from(">I", data, pos)
+        spans.append((pos, n))
+        pos += 12 + n
+    pos, n = rng.choice(spans)
+    b = bytearray(data)
+    if rng.random() < 0.4:
+        struct.pack_into(">I", b, pos, rng.choice(_BIG))
+        return bytes(b)
+    ctype = bytes(b[pos + 4:pos + 8])
+    body = bytearray(b[pos + 8:pos + 8 + n])
+    if body:
+        for _ in range(rng.randint(1, 4)):
+            body[rng.randrange(len(body))] = rng.randrange(256)
+    return bytes(b[:pos]) + png_chunk(ctype, bytes(body)) + bytes(b[pos + 12 + n:])
+
+
+def _tiff_tag_rewrite(rng: random.Random, data: bytes) -> bytes:
+    """Rewrite one IFD entry's type, count or value/offset, or point an IFD link back at IFD0."""
+    b = bytearray(data)
+    bo = "<" if b[:2] == b"II" else ">"
+    ifds, todo = [], [struct.unpack_from(bo + "I", b, 4)[0]]
+    while todo and len(ifds) < 8:
+        at = todo.pop()
+        if at in ifds or at + 2 > len(b):
+            continue
+        ifds.append(at)
+        (n,) = struct.unpack_from(bo + "H", b, at)
+        for pos in range(at + 2, min(at + 2 + 12 * n, len(b) - 12), 12):
+            if struct.unpack_from(bo + "H", b, pos)[0] in (34665, 34853, 40965):
+                todo.append(struct.unpack_from(bo + "I", b, pos + 8)[0])
+    at = rng.choice(ifds)
+    (n,) = struct.unpack_from(bo + "H", b, at)
+    if n == 0 or at + 2 + 12 * n + 4 > len(b):
+        return _flip(rng, data)
+    what = rng.randrange(4)
+    if what == 3:                                   # next-IFD link (or a sub-IFD pointer) loops back
+        struct.pack_into(bo + "I", b, at + 2 + 12 * n, rng.choice(ifds))
+        return bytes(b)
+    pos = at + 2 + 12 * rng.randrange(n)
+    if what == 0:
+        struct.pack_into(bo + "H", b, pos + 2, rng.choice((1, 2, 3, 4, 5, 7, 11, 12, 13, 16, 0, 99)))
+    elif what == 1:
+        struct.pack_into(bo + "I", b, pos + 4, rng.choice(_BIG))
+    else:
+        struct.pack_into(bo + "I", b, pos + 8, rng.choice(_BIG + tuple(ifds)))
+    return bytes(b)
+
+
+def _jpeg_segment_rewrite(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    segs, i = [], 2
+    while i + 4 <= len(b) and b[i] == 0xFF and b[i + 1] != 0xDA:
+        segs.append(i)
+        i += 2 + struct.unpack_from(">H", b, i + 2)[0]
+    if not segs:
+        return _flip(rng, data)
+    at = rng.choice(segs)
+    if rng.random() < 0.5:
+        struct.pack_into(">H", b, at + 2, rng.choice((0, 1, 2, 3, 0x7FFF, 0xFFFF)))
+    else:   # damage inside the segment (EXIF/MPF/ICC bodies: their own offsets and counts)
+        length = struct.unpack_from(">H", b, at + 2)[0]
+        for _ in range(rng.randint(1, 4)):
+            k = at + 4 + rng.randrange(max(1, length - 2))
+            if k + 4 <= len(b):
+                struct.pack_into(">I", b, k, rng.choice(_BIG))
+    return bytes(b)
+
+
+def _riff_chunk_rewrite(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    spans, pos = [4], 12
+    while pos + 8 <= len(b):
+        spans.append(pos + 4)
+        pos += 8 + struct.unpack_from("<I", b, pos + 4)[0] + (struct.unpack_from("<I", b, pos + 4)[0] & 1)
+    struct.pack_into("<I", b, rng.choice(spans), rng.choice(_BIG))
+    return bytes(b)
+
+
+def _safetensors_header_rewrite(rng: random.Random, data: bytes) -> bytes:
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8:8 + n])
+    name = rng.choice(sorted(header))
+    entry = header[name]
+    if name == "__metadata__":
+        key = rng.choice(sorted(entry))
+        entry[key] = rng.choice(['{"width": 100000}', '{"width": -1}', "[]", "null", '{"in_channels": 1}',
+                                 '{"width": 4, "x": 1}', "seed", "unet", "2", "{", '{"width": 4.5}'])
+    else:
+        field = rng.choice(("dtype", "shape", "data_offsets"))
+        entry[field] = rng.choice({"dtype": ["I64", "F64", "BOOL", 3, None],
+                                   "shape": [[], [1 << 40], [-1], [4, 4, 3, 3], "x"],
+                                   "data_offsets": [[0, 1 << 40], [8, 0], [-8, 8], [0], None]}[field])
+    raw = json.dumps(header).encode()
+    if rng.random() < 0.3:
+        return struct.pack("<Q", rng.choice((0, 1, len(raw) + 7, 1 << 62))) + raw + data[8 + n:]
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+
+
+GENERIC = (_flip, _truncate, _overwrite)
+STRUCTURED = {"png": _png_chunk_rewrite, "tif": _tiff_tag_rewrite, "jpg": _jpeg_segment_rewrite,
+              "webp": _riff_chunk_rewrite, "safetensors": _safetensors_header_rewrite}
+
+
+def mutate(rng: random.Random, kind: str, data: bytes) -> bytes:
+    for _ in range(rng.choice((1, 1, 1, 2))):
+        op = STRUCTURED[kind] if rng.random() < 0.5 else rng.choice(GENERIC)
+        data = op(rng, data)
+    return data
