@@ -59,8 +59,17 @@ def _quiet_stderr():
             os.dup2(null.fileno(), 2)
             yield
     finally:
+        _flush_c_stdio()  # LibRaw's stdio buffer would otherwise reach the terminal at exit
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+        ctypes.CDLL(None).fflush(None)
+    except Exception:
+        pass
 
 
 def is_raw(path) -> bool:
@@ -343,8 +352,19 @@ def open_raw(path):
     if p.is_dir():
         raise RawReadError(path, "is a directory, not a raw file")
     try:
+        if p.stat().st_size == 0:
+            raise RawReadError(path, "empty file, not a raw file")
+    except OSError as e:
+        raise RawReadError(path, e.strerror or str(e)) from None
+    try:
         with _quiet_stderr():
-            return rawpy.imread(str(p))  # opens and unpacks: a truncated file fails here
+            raw = rawpy.imread(str(p))  # opens only; LibRaw unpacks lazily
+            try:
+                raw.unpack()  # now, quietly: a truncated file fails here
+            except BaseException:
+                raw.close()
+                raise
+            return raw
     except rawpy.LibRawFileUnsupportedError:
         raise RawReadError(path, "not a raw file LibRaw can read (unsupported or damaged)") from None
     except (rawpy.LibRawIOError, rawpy.LibRawDataError) as e:

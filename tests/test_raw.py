@@ -1,0 +1,300 @@
+"""Camera raw files: DNGs written here with tifffile, read back through rawpy (LibRaw).
+
+No package reachable here ships real camera raw files (rawpy's wheel and sdist hold none), so every
+file is synthesized: a uint16 mosaic with the DNG tags LibRaw needs.
+"""
+import struct
+
+import imagecodecs
+import numpy as np
+import pytest
+import rawpy
+import tifffile
+import torch
+from click.testing import CliRunner
+
+from cli.batch import main
+from denoise_core import raw as R
+from denoise_core.checkpoint import save_checkpoint
+from denoise_core.models import create_model
+from denoise_core.noise import find_camera
+from denoise_core.raw_denoise import RawDenoiser, process_raw, srgb_icc, write_dng
+from denoise_core.raw_train import pack_t, unpack_t
+
+BLACK, WHITE = 256, 16383
+CFAS = {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}
+
+
+def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth linear-light scene (0.02-0.5) with a few edges: texture a denoiser must keep."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    x = 0.05 + 0.3 * (0.5 + 0.5 * np.sin(6 * xx + 3 * yy)) + 0.15 * (xx > 0.6)
+    return np.clip(x, 0.02, 0.5)
+
+
+def site_colours(cfa: str, h: int, w: int) -> np.ndarray:
+    tile = np.array([["RGB".index(cfa[0]), "RGB".index(cfa[1])], ["RGB".index(cfa[2]), "RGB".index(cfa[3])]])
+    return np.tile(tile, (h // 2 + 1, w // 2 + 1))[:h, :w]
+
+
+def noisy_mosaic(cfa: str, h: int, w: int, A3, B3, seed: int = 0) -> np.ndarray:
+    """uint16 raw values: scene + per-site Poisson-Gaussian noise of variance A*x + B."""
+    rng = np.random.default_rng(seed)
+    x = scene(h, w)
+    c = site_colours(cfa, h, w)
+    var = np.asarray(A3)[c] * x + np.asarray(B3)[c]
+    v = (x + np.sqrt(var) * rng.standard_normal((h, w))) * (WHITE - BLACK) + BLACK
+    return np.clip(np.rint(v), 0, 65535).astype(np.uint16)
+
+
+def profile_ab3(name: str, iso: float):
+    p = find_camera(name, iso)
+    return 4 * np.clip(p.a, 0, None), 4 * np.clip(p.b, 0, None)
+
+
+def write(path, mosaic, cfa="RGGB", make="NIKON CORPORATION", model="NIKON D750", iso=6400):
+    R.write_bayer_dng(path, mosaic, make=make, model=model, iso=iso, black=BLACK, white=WHITE, cfa=cfa,
+                      as_shot_neutral=(0.5, 1.0, 0.6))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A small `raw` net with random (non-zero) weights: the plumbing, not the quality, is tested."""
+    torch.manual_seed(0)
+    m = create_model("raw", widths=(8, 16, 16), mid_blocks=1)
+    for p in m.parameters():
+        p.data.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("model") / "tiny_raw.safetensors"
+    save_checkpoint(path, m, {"test": True})
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------- reading
+@pytest.mark.parametrize("cfa", list(CFAS))
+def test_round_trip_every_cfa_phase(tmp_path, cfa):
+    h, w = 62, 90
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    m = noisy_mosaic(cfa, h, w, A3, B3)
+    write(tmp_path / "a.dng", m, cfa)
+    img = R.read_raw(tmp_path / "a.dng")
+    assert img.phase == CFAS[cfa]
+    np.testing.assert_array_equal(img.mosaic, (m.astype(np.float32) - BLACK) / np.float32(WHITE - BLACK))
+    np.testing.assert_array_equal(img.to_raw_values(img.mosaic), m)  # exact back to raw numbers
+    planes = img.planes()
+    np.testing.assert_array_equal(R.unpack(planes, h, w, *img.phase), img.mosaic)
+    # the packed planes are R, G, G, B sites whatever the phase, padding included: pack the colour
+    # map the same way and every plane is one colour
+    cp = R.pack(site_colours(cfa, h, w), *img.phase)
+    assert [np.unique(cp[k]).tolist() for k in range(4)] == [[0], [1], [1], [2]]
+    assert img.meta == R.RawMeta("NIKON CORPORATION", "NIKON D750", 6400.0)
+
+
+def test_pack_torch_matches_numpy():
+    m = np.random.default_rng(1).random((8, 12)).astype(np.float32)
+    t = pack_t(torch.from_numpy(m)[None, None])[0].numpy()
+    np.testing.assert_array_equal(t, R.pack(m))
+    np.testing.assert_array_equal(unpack_t(torch.from_numpy(R.pack(m))[None])[0, 0].numpy(), m)
+
+
+def test_profile_lookup_from_exif(tmp_path):
+    A3, B3 = profile_ab3("Nikon D750", 5000)
+    write(tmp_path / "a.dng", noisy_mosaic("RGGB", 32, 32, A3, B3), iso=5000)
+    img = R.read_raw(tmp_path / "a.dng")
+    prof = find_camera("Nikon D750", 5000)  # 5000 lies between measured ISOs: interpolated
+    assert img.profile == prof and img.noise_source == f"darktable profile {prof.name}"
+    np.testing.assert_allclose(img.A, 4 * np.array(prof.a)[[0, 1, 1, 2]].clip(0))
+    np.testing.assert_allclose(img.B, 4 * np.array(prof.b)[[0, 1, 1, 2]].clip(0))
+
+
+@pytest.mark.parametrize("make,model,expect", [
+    ("SONY", "ILCE-7M3", "Sony ILCE-7M3"), ("Canon", "Canon EOS 5D Mark III", "Canon EOS 5D Mark III"),
+    ("OLYMPUS IMAGING CORP.", "E-M1", "Olympus E-M1"), ("PENTAX", "PENTAX K-1", "Pentax K-1"),
+    ("RICOH IMAGING COMPANY, LTD.", "PENTAX K-3 Mark III", "Pentax K-3 Mark III"),
+    ("NIKON CORPORATION", "NIKON D750", "Nikon D750")])
+def test_exif_names_map_to_darktable_cameras(make, model, expect):
+    prof, why = R.lookup_profile(R.RawMeta(make, model, 3200))
+    assert why == "" and f"{prof.maker} {prof.model}" == expect
+
+
+def test_unknown_camera_falls_back_to_an_estimate_and_says_so(tmp_path):
+    A3, B3 = profile_ab3("Nikon D750", 12800)
+    write(tmp_path / "a.dng", noisy_mosaic("RGGB", 256, 384, A3, B3), make="Acme", model="X1", iso=12800)
+    img = R.read_raw(tmp_path / "a.dng")
+    assert img.profile is None
+    assert img.noise_source == "estimated from the image (darktable has no noise profile for Acme X1)"
+    true_A, true_B = np.asarray(A3)[[0, 1, 1, 2]], np.asarray(B3)[[0, 1, 1, 2]]
+    for x in (0.1, 0.3):  # the noise std at mid-tones within 20 %
+        ratio = np.sqrt((img.A * x + img.B) / (true_A * x + true_B))
+        assert np.all(np.abs(ratio - 1) < 0.2), ratio
+
+
+def test_out_of_range_iso_and_missing_iso_fall_back(tmp_path):
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(tmp_path / "a.dng", noisy_mosaic("RGGB", 64, 64, A3, B3), iso=None)
+    assert R.read_raw(tmp_path / "a.dng").noise_source.startswith("estimated from the image (the file gives no ISO")
+    write(tmp_path / "b.dng", noisy_mosaic("RGGB", 64, 64, A3, B3), iso=20)
+    assert "noise profiles for ISO" in R.read_raw(tmp_path / "b.dng").noise_source
+
+
+def _base_tags():
+    return [(271, "s", 0, "Nikon", True), (272, "s", 0, "D750", True), (50706, "B", 4, (1, 4, 0, 0), True),
+            (50714, "H", 1, (BLACK,), True), (50717, "I", 1, (WHITE,), True),
+            (50721, 10, 9, R._rationals(np.eye(3).ravel()), True), (50778, "H", 1, (21,), True),
+            (34855, "H", 1, (3200,), True)]
+
+
+def test_linear_and_xtrans_dngs_are_refused_clearly(tmp_path):
+    rgb = (np.random.default_rng(0).random((32, 48, 3)) * 60000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "linear.dng", rgb, photometric=34892, extratags=_base_tags())
+    with pytest.raises(R.RawReadError, match="linear .already demosaiced. raw file, not a Bayer mosaic"):
+        R.read_raw(tmp_path / "linear.dng")
+    xt = (1, 1, 0, 1, 1, 2, 1, 1, 2, 1, 1, 0, 2, 0, 1, 0, 2, 1, 1, 1, 2, 1, 1, 0, 1, 1, 0, 1, 1, 2, 0, 2, 1, 2, 0, 1)
+    m = (np.random.default_rng(0).random((48, 48)) * 3000 + 512).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "xtrans.dng", m, photometric=32803, extratags=sorted(
+        _base_tags() + [(33421, "H", 2, (6, 6), True), (33422, "B", 36, xt, True)]))
+    with pytest.raises(R.RawReadError, match="X-Trans"):
+        R.read_raw(tmp_path / "xtrans.dng")
+
+
+def test_bad_files_give_one_line_errors(tmp_path):
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(tmp_path / "good.dng", noisy_mosaic("RGGB", 64, 64, A3, B3))
+    data = (tmp_path / "good.dng").read_bytes()
+    (tmp_path / "cut.dng").write_bytes(data[:len(data) // 2])
+    (tmp_path / "junk.nef").write_bytes(b"not a raw file " * 50)
+    (tmp_path / "empty.cr2").write_bytes(b"")
+    for name, words in [("cut.dng", "truncated"), ("junk.nef", "not a raw file"), ("empty.cr2", "empty file"),
+                        ("missing.arw", "file not found")]:
+        with pytest.raises(R.RawReadError) as e:
+            R.read_raw(tmp_path / name)
+        assert words in e.value.reason and "\n" not in str(e.value) and name in str(e.value)
+
+
+# ----------------------------------------------------------------------------------- model
+def test_raw_model_is_residual_and_states_its_geometry():
+    m = create_model("raw").eval()
+    x, s = torch.rand(1, 4, 32, 48), torch.rand(1, 4, 32, 48) * 0.01
+    with torch.no_grad():
+        assert torch.equal(m(x, s), x)  # zero head: an untrained net passes the mosaic through
+    for p in m.parameters():
+        p.data.normal_(0, 0.05)
+    m.eval()
+    x = torch.zeros(1, 4, 128, 128, requires_grad=True)
+    m(x, torch.zeros_like(x))[0, :, 64, 64].sum().backward()
+    reach = (x.grad[0].abs().sum(0) > 0).nonzero()
+    assert int((reach - 64).abs().max()) <= m.receptive_radius
+    assert m.size_multiple == 4
+
+
+def test_tiled_equals_whole(tmp_path, tiny_model):
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(tmp_path / "a.dng", noisy_mosaic("GRBG", 300, 420, A3, B3))
+    img = R.read_raw(tmp_path / "a.dng")
+    whole = RawDenoiser(tiny_model, precision="fp32", tile=4096).denoise(img)
+    tiled = RawDenoiser(tiny_model, precision="fp32", tile=48).denoise(img)
+    np.testing.assert_allclose(tiled, whole, atol=2e-6)
+    assert not np.allclose(whole, img.mosaic, atol=1e-4)  # the (random) net did change the mosaic
+
+
+def test_strength_and_noise_level(tmp_path, tiny_model):
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(tmp_path / "a.dng", noisy_mosaic("RGGB", 64, 96, A3, B3))
+    img = R.read_raw(tmp_path / "a.dng")
+    rd = RawDenoiser(tiny_model, precision="fp32")
+    full = rd.denoise(img)
+    np.testing.assert_array_equal(rd.denoise(img, strength=0.0), img.mosaic)
+    np.testing.assert_allclose(rd.denoise(img, strength=0.5), img.mosaic + 0.5 * (full - img.mosaic), atol=1e-6)
+    assert not np.allclose(rd.denoise(img, noise_level=2.0), full, atol=1e-5)  # the level reaches the net
+    np.testing.assert_allclose(rd.denoise(img, noise_level=1.0), full, atol=0)
+    with pytest.raises(ValueError):
+        rd.denoise(img, noise_level=9)
+
+
+# ----------------------------------------------------------------------------------- outputs
+def _tags(path):
+    with tifffile.TiffFile(path) as t:
+        return {k: v.value for k, v in t.pages[0].tags.items()
+                if k not in (273, 279, 259, 258, 317)}
+
+
+def test_dng_out_keeps_tags_with_new_data(tmp_path, tiny_model):
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    m = noisy_mosaic("BGGR", 64, 96, A3, B3)
+    write(tmp_path / "in.dng", m, "BGGR")
+    before = (tmp_path / "in.dng").read_bytes()
+    info = process_raw(RawDenoiser(tiny_model, precision="fp32"), tmp_path / "in.dng", tmp_path / "out.dng")
+    assert (tmp_path / "in.dng").read_bytes() == before  # the input is never touched
+    assert info["noise"].startswith("darktable profile Nikon D750")
+    assert _tags(tmp_path / "out.dng") == _tags(tmp_path / "in.dng")
+    img = R.read_raw(tmp_path / "in.dng")
+    expect = img.to_raw_values(RawDenoiser(tiny_model, precision="fp32").denoise(img))
+    with rawpy.imread(str(tmp_path / "out.dng")) as r:
+        np.testing.assert_array_equal(r.raw_image_visible, expect)
+        assert (r.raw_pattern == rawpy.imread(str(tmp_path / "in.dng")).raw_pattern).all()
+    assert not np.array_equal(expect, m)
+    assert len((tmp_path / "out.dng").read_bytes()) == len(before)  # uncompressed: rewritten in place
+
+
+def test_compressed_dng_out_is_rewritten_uncompressed_at_the_end(tmp_path):
+    """A lossless-JPEG DNG (as cameras and converters write): the new data goes uncompressed after
+    the old, the raw IFD points at it, every other tag stays."""
+    m = (np.random.default_rng(0).random((48, 64)) * 3000 + 512).astype(np.uint16)
+    enc = imagecodecs.ljpeg_encode(m, bitspersample=16)
+    tags = sorted(_base_tags() + [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True)])
+    tifffile.imwrite(tmp_path / "lj.dng", iter([enc]), shape=m.shape, dtype="uint16", photometric=32803,
+                     compression=7, extratags=tags)
+    img = R.read_raw(tmp_path / "lj.dng")
+    new = np.clip(img.mosaic * 0.5, 0, 1)
+    write_dng(tmp_path / "lj.dng", tmp_path / "out.dng", new, img)
+    with tifffile.TiffFile(tmp_path / "out.dng") as t:
+        assert t.pages[0].compression == 1 and t.pages[0].bitspersample == 16
+    assert _tags(tmp_path / "out.dng") == _tags(tmp_path / "lj.dng")
+    with rawpy.imread(str(tmp_path / "out.dng")) as r:
+        np.testing.assert_array_equal(r.raw_image_visible, img.to_raw_values(new))
+
+
+def test_tiff_out_is_16_bit_srgb_with_icc_and_exif(tmp_path, tiny_model):
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(tmp_path / "in.nef", noisy_mosaic("RGGB", 64, 96, A3, B3))  # a DNG named .nef reads the same
+    process_raw(RawDenoiser(tiny_model, precision="fp32"), tmp_path / "in.nef", tmp_path / "out.tif",
+                out_format="tiff")
+    with tifffile.TiffFile(tmp_path / "out.tif") as t:
+        p = t.pages[0]
+        assert p.dtype == np.uint16 and p.shape == (64, 96, 3)
+        assert p.tags[34675].value == srgb_icc()
+        assert p.tags[271].value == "NIKON CORPORATION" and p.tags[272].value == "NIKON D750"
+        assert 274 not in p.tags  # LibRaw has rotated already
+        out = p.asarray()
+    assert out.max() > 1000  # a development, not an empty image
+
+
+def test_batch_continues_past_bad_raw_files(tmp_path, tiny_model):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(src / "a.dng", noisy_mosaic("RGGB", 64, 64, A3, B3))
+    write(src / "b.nef", noisy_mosaic("GRBG", 64, 64, A3, B3))
+    write(src / "c.dng", noisy_mosaic("RGGB", 128, 128, A3, B3), make="Acme", model="X1")
+    data = (src / "a.dng").read_bytes()
+    (src / "cut.dng").write_bytes(data[:len(data) // 3])
+    (src / "junk.cr2").write_bytes(b"\0" * 4000)
+    rgb = (np.random.default_rng(0).random((32, 48, 3)) * 60000).astype(np.uint16)
+    tifffile.imwrite(src / "linear.dng", rgb, photometric=34892, extratags=_base_tags())
+    r = CliRunner().invoke(main, [str(src), "-o", str(out), "--model", tiny_model], catch_exceptions=False)
+    assert r.exit_code == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert sorted(e.split(":")[1].strip().rsplit("/", 1)[-1] for e in errors) == ["cut.dng", "junk.cr2", "linear.dng"]
+    assert "note:" in r.stderr and "c.dng: noise level estimated from the image" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.dng", "b.tif", "c.dng"]  # no temp files left behind
+
+
+def test_exif_block_of_a_tiff_based_raw_drops_orientation(tmp_path):
+    from denoise_core.raw_denoise import raw_exif
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    R.write_bayer_dng(tmp_path / "a.dng", noisy_mosaic("RGGB", 32, 32, A3, B3), make="Nikon", model="D750",
+                      iso=6400, black=BLACK, white=WHITE, orientation=6)
+    exif = raw_exif(tmp_path / "a.dng")
+    assert exif.startswith(b"Exif\0\0II*\0")
+    n = struct.unpack_from("<H", exif, 6 + 8)[0]
+    tags = [struct.unpack_from("<H", exif, 6 + 10 + 12 * i)[0] for i in range(n)]
+    assert 271 in tags and 272 in tags and 274 not in tags
