@@ -1,4 +1,5 @@
-"""The worker the host plugins start: `python -m denoise_core.worker JOB.json`.
+"""The worker the host plugins start: `python -m denoise_core.worker --serve` (persistent) or
+`python -m denoise_core.worker JOB.json` (one job).
 
 Protocol (the plugins' side is plugins/common/denoise_client.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
@@ -15,6 +16,20 @@ Cancelling is the client's business: it terminates the process, which leaves no 
 With "parent_pipe" the client holds the worker's stdin open and never writes to it; end-of-file
 there means the client died (GIMP kills a plug-in whose progress bar is cancelled), and the worker
 exits at once, removing the job folder when it is the client's private `denoise-cnn-*` temp dir.
+
+Persistent mode, `--serve [--idle SECONDS]`: requests are JSON lines on stdin, events JSON lines on
+stdout, each answering the request's "id"; loaded models stay in memory (per model file, device,
+precision, tile), so later requests skip torch's import and the model load.
+  {"cmd": "info", "id": N, "model", "device", "precision", "noise_level"}
+        -> {"event": "info", "id": N, "context": px, "multiple": m, "has_levels": bool, "pid": ...}
+           context: pixels of input each output pixel depends on (Denoiser.context(noise_level));
+           a region read with that much context around it, its origin on the model's `multiple`
+           grid relative to the layer, gives exactly what denoising the whole layer gives there.
+  {"cmd": "job", "id": N, "job": "/path/JOB.json"}  -> start, progress..., done | error (as above)
+  {"cmd": "quit"}
+It starts with {"event": "ready", "pid": ...}. End-of-file on stdin (the client exited or died)
+ends it at once, deleting a running job's `denoise-cnn-*` folder; so does a quiet stdin for
+--idle seconds (default IDLE_S) with {"event": "bye"}. Cancel is the client's: it ends the process.
 """
 from __future__ import annotations
 
@@ -28,6 +43,8 @@ from pathlib import Path
 import numpy as np
 
 PROTOCOL_VERSION = 1
+IDLE_S = 600  # a persistent worker with no request for this long exits (and frees its memory)
+MAX_CACHED = 2  # loaded models kept by a persistent worker
 
 
 def _emit(**event) -> None:
@@ -57,10 +74,13 @@ def _exit_when_parent_dies(job_dir: Path) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def run_job(job_path: Path) -> None:
-    from .api import DEFAULT_TILE, Denoiser
+def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None) -> None:
+    """One job file. `cache` keeps loaded models between jobs (persistent mode); `reply` is added
+    to every event (the request id)."""
+    from .api import DEFAULT_TILE
     from .atomic import atomic_write_bytes
 
+    reply = reply or {}
     job = json.loads(job_path.read_text())
     if job.get("version") != PROTOCOL_VERSION:
         raise ValueError(f"job protocol version {job.get('version')!r} is not {PROTOCOL_VERSION}; "
@@ -80,26 +100,119 @@ def run_job(job_path: Path) -> None:
     linear = job.get("transfer", "srgb") == "linear"
     if linear:
         colour = _srgb_encode(colour)
-    dn = Denoiser(job.get("model", "default"), device=job.get("device", "auto"),
-                  tile=int(job.get("tile", DEFAULT_TILE)), precision=job.get("precision", "auto"))
-    _emit(event="start", model=str(dn.path), arch=dn.arch, device=str(dn.device), precision=dn.precision)
+    dn = _denoiser(cache, job.get("model", "default"), job.get("device", "auto"), job.get("precision", "auto"),
+                   int(job.get("tile", DEFAULT_TILE)))
+    _emit(event="start", model=str(dn.path), arch=dn.arch, device=str(dn.device), precision=dn.precision,
+          pid=os.getpid(), **reply)
     level = job.get("noise_level")
     out = dn.denoise(np.ascontiguousarray(colour, dtype=np.float32), strength=float(job.get("strength", 1.0)),
                      noise_level=None if level is None else float(level),
-                     progress=lambda done, total: _emit(event="progress", done=done, total=total))
+                     progress=lambda done, total: _emit(event="progress", done=done, total=total, **reply))
     if linear:
         out = _srgb_decode(out)
     result = pix.copy()
     # keep values the net did not change bit-identical (strength 0, or untouched pixels)
     result[..., :colour_c] = out
     atomic_write_bytes(base / job["output"], result.astype("<f4").tobytes())
-    _emit(event="done", output=job["output"])
+    _emit(event="done", output=job["output"], pid=os.getpid(), **reply)
+
+
+def _denoiser(cache: dict | None, model, device, precision, tile):
+    from .api import Denoiser, resolve_model
+
+    if cache is None:
+        return Denoiser(model, device=device, tile=tile, precision=precision)
+    path = resolve_model(model)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, str(device), str(precision), int(tile))
+    dn = cache.pop(key, None)  # re-inserted last: the dict's order is least recently used first
+    if dn is None:
+        dn = Denoiser(path, device=device, tile=tile, precision=precision)
+        while len(cache) >= MAX_CACHED:
+            cache.pop(next(iter(cache)))
+    cache[key] = dn
+    return dn
+
+
+def _info(req: dict, cache: dict) -> dict:
+    from .api import DEFAULT_TILE
+
+    dn = _denoiser(cache, req.get("model", "default"), req.get("device", "auto"), req.get("precision", "auto"),
+                   int(req.get("tile", DEFAULT_TILE)))
+    level = req.get("noise_level")
+    level = None if level is None else float(level)
+    dn.check_noise_level(level)
+    return {"context": int(dn.context(level)), "multiple": int(dn.multiple), "has_levels": dn.has_levels,
+            "model": str(dn.path), "arch": dn.arch, "device": str(dn.device), "precision": dn.precision}
+
+
+def serve(idle_s: float = IDLE_S) -> int:
+    """The persistent worker (see the module docstring)."""
+    import queue
+
+    requests: queue.Queue = queue.Queue()
+    current = {"dir": None}  # the running job's folder, removed if the client dies meanwhile
+
+    def read_stdin() -> None:
+        buf = b""
+        try:  # the raw fd, as in _exit_when_parent_dies
+            while True:
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        requests.put(line)
+        except OSError:
+            pass
+        d = current["dir"]
+        if d is not None and d.name.startswith("denoise-cnn-"):
+            shutil.rmtree(d, ignore_errors=True)
+        os._exit(3)
+
+    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+    cache: dict = {}
+    _emit(event="ready", pid=os.getpid(), version=PROTOCOL_VERSION)
+    while True:
+        try:
+            line = requests.get(timeout=idle_s)
+        except queue.Empty:
+            _emit(event="bye", reason=f"idle for {idle_s:g} s")
+            return 0
+        reply: dict = {}
+        try:
+            req = json.loads(line)
+            reply = {"id": req.get("id")}
+            cmd = req.get("cmd")
+            if cmd == "quit":
+                _emit(event="bye", reason="quit", **reply)
+                return 0
+            if cmd == "info":
+                _emit(event="info", pid=os.getpid(), **_info(req, cache), **reply)
+            elif cmd == "job":
+                path = Path(req["job"])
+                current["dir"] = path.parent
+                try:
+                    run_job(path, cache, reply)
+                finally:
+                    current["dir"] = None
+            else:
+                raise ValueError(f"unknown request {cmd!r}")
+        except Exception as e:  # reported; the worker stays up for the next request
+            _emit(event="error", message=str(e) or type(e).__name__, kind=type(e).__name__, **reply)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        _emit(event="error", message="usage: python -m denoise_core.worker JOB.json")
+    if args[:1] == ["--serve"]:
+        if len(args) == 3 and args[1] == "--idle":
+            return serve(float(args[2]))
+        if len(args) == 1:
+            return serve()
+    if len(args) != 1 or args[0].startswith("--"):
+        _emit(event="error", message="usage: python -m denoise_core.worker JOB.json | --serve [--idle SECONDS]")
         return 2
     try:
         run_job(Path(args[0]))

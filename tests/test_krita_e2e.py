@@ -36,7 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 LEVEL = 2.0  # the noise level the level case sets in the dialog
 KRITA_TIMEOUT = 900
 W, H = 256, 192
-SEL = (64, 48, 128, 96)  # x, y, w, h of the selection case
+# x, y, w, h of the selection case: off the model's grid (160 - 98 is not a multiple of 8) and far
+# enough from the top-left corner that the context read around it is less than the whole layer
+SEL = (160, 120, 64, 48)
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("krita") and shutil.which("xvfb-run")),
@@ -162,6 +164,7 @@ def run_case(app, win, job, case):
         if case.get("set_model"):
             dlg.set_model(case["set_model"])
         dlg.set_noise_level(case.get("noise_level"))
+        dlg.tile.setValue(case.get("tile", 1024))
         if case.get("dialog_shot"):
             dlg.show_advanced(True)
             dlg.update_preview()
@@ -310,7 +313,8 @@ def krita_run(tmp_path_factory, photo_rgb):
     py = str(Path(sys.executable).absolute())
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("XDG_", "PYTHON", "QT_", "KRITA")) and k not in ("DISPLAY",)}
-    env.update(HOME=str(home), LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    tmpdir = tmp_path_factory.mktemp("krita-tmp")  # where the client's job folders go
+    env.update(HOME=str(home), LANG="C.UTF-8", LC_ALL="C.UTF-8", TMPDIR=str(tmpdir))
     # the real install command (the `denoise-plugin` console script runs this same click group)
     r = subprocess.run([py, "-m", "cli.plugin", "install", "krita", "--python", py],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -335,11 +339,12 @@ def krita_run(tmp_path_factory, photo_rgb):
     from plugin_models import level_model
     levels = level_model(out)
     cases = [
-        {"name": "u8", "depth": "U8", "set_model": "seed", "undo": 2},
+        {"name": "u8", "depth": "U8", "set_model": "default", "undo": 2},
         {"name": "u16", "depth": "U16", "set_model": "seed"},
-        {"name": "u8sel", "depth": "U8", "set_model": "seed", "selection": list(SEL)},
+        {"name": "u8sel", "depth": "U8", "set_model": "default", "selection": list(SEL)},
         {"name": "missing", "depth": "U8", "set_model": missing},
-        {"name": "cancel", "depth": "U8", "set_model": "seed", "cancel": True},
+        # small tiles: the job runs for seconds, so Cancel lands while it works
+        {"name": "cancel", "depth": "U8", "set_model": "default", "tile": 64, "cancel": True},
         {"name": "f32", "depth": "F32", "set_model": "seed"},
         {"name": "gray16", "depth": "U16", "model": "GRAYA", "set_model": "seed"},
         {"name": "level", "depth": "U8", "set_model": levels, "noise_level": LEVEL},
@@ -391,6 +396,7 @@ def krita_run(tmp_path_factory, photo_rgb):
                 Path(shots, name), optimize=True)
     print(f"\nKrita run: {seconds:.1f}s; " + json.dumps(results))
     return {"out": out, "results": results, "clean": clean, "clean_gray": clean_gray, "cases": cases,
+            "tmp_left": sorted(p.name for p in tmpdir.glob("denoise-cnn-*")),
             "level_model": levels}
 
 
@@ -422,6 +428,16 @@ def test_denoise_raises_psnr_keeps_alpha(krita_run, name):
     np.testing.assert_array_equal(alpha_out, alpha_in)
 
 
+def test_whole_layer_is_the_cores_result(krita_run):
+    """With the default model, Krita's result is `Denoiser.denoise` on the same pixels (to 1 level):
+    a wrong channel order, transfer curve or scaling cannot pass."""
+    assert krita_run["results"]["u8"]["state"] == "done"
+    before, _ = _read(krita_run, "u8", "in")
+    after, _ = _read(krita_run, "u8")
+    want = Denoiser("default").denoise(np.rint(before * 255).astype(np.uint8)).astype(int)
+    assert np.abs(np.rint(after * 255).astype(int) - want).max() <= 1
+
+
 def test_result_replaces_layer_and_undo_restores(krita_run):
     res = krita_run["results"]["u8"]
     assert res["layers"] == ["Background"] and res["active"] == "Background", res
@@ -444,6 +460,9 @@ def test_selection_only(krita_run):
     np.testing.assert_array_equal(a1, a0)
     clean = krita_run["clean"]
     assert psnr(after[inside], clean[inside]) > psnr(before[inside], clean[inside]) + 3.0
+    # the model's full context around the selection, on its grid: exactly the whole layer's pixels
+    full, _ = _read(krita_run, "u8")
+    np.testing.assert_array_equal(after[inside], full[inside])
 
 
 def test_missing_model_shows_message_and_leaves_layer(krita_run):
@@ -458,6 +477,7 @@ def test_cancel_leaves_layer(krita_run):
     res = krita_run["results"]["cancel"]
     assert res.get("cancel_clicked") and res["state"] == "cancelled", res
     assert "cancelled" in res["box_text"]
+    assert krita_run["tmp_left"] == []  # no job folder (pixels) left behind, after any case
     assert (krita_run["out"] / "cancel.out").read_bytes() == (krita_run["out"] / "cancel.in").read_bytes()
 
 

@@ -55,10 +55,79 @@ def test_missing_interpreter_and_config(tmp_path):
         dc.load_config(str(tmp_path))
 
 
-def test_cancel_terminates_the_worker():
-    img = np.zeros((64, 64, 3), np.float32)
+def test_cancel_terminates_the_worker(tmp_path, monkeypatch):
+    """Cancel kills the worker at once (mid-job) and leaves no temp folder; the next call starts
+    another transparently."""
+    import tempfile
+    import time
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    w = dc.Worker(sys.executable, str(ROOT))
+    img = np.random.default_rng(0).random((256, 256, 3), dtype=np.float32)
+    seen = []
+    t0 = []
+
+    def cancel():  # once the job is running (first progress event)
+        if seen and not t0:
+            t0.append(time.monotonic())
+        return bool(seen)
     with pytest.raises(dc.Cancelled):
-        call(img, model="seed", is_cancelled=lambda: True)
+        dc.run_denoise(img.tobytes(), 256, 256, 3, python=sys.executable, model="seed", tile=64,
+                       on_progress=seen.append, is_cancelled=cancel, worker=w)
+    assert time.monotonic() - t0[0] < 2.0 and not w.alive()
+    assert list(tmp_path.iterdir()) == []
+    small = img[:32, :32]
+    out = dc.run_denoise(small.tobytes(), 32, 32, 3, python=sys.executable, model="seed", worker=w)
+    assert len(out) == small.nbytes and w.starts == 2
+    w.close()
+
+
+def test_persistent_worker_serves_requests_restarts_and_idles(tmp_path):
+    """One process answers info and several jobs (the model stays loaded); a worker that died is
+    replaced on the next request; an idle one exits by itself, and the next request starts another."""
+    import time
+    w = dc.Worker(sys.executable, str(ROOT), idle_s=3)
+    info = w.info({"model": "seed"})
+    assert info["pid"] == w.pid and info["context"] >= 1 and info["multiple"] >= 1
+    img = np.random.default_rng(1).random((40, 48, 4), dtype=np.float32)
+    outs = [dc.run_denoise(img.tobytes(), 48, 40, 4, python=sys.executable, model="seed", worker=w)
+            for _ in range(2)]
+    assert outs[0] == outs[1] and w.starts == 1 and w.pid == info["pid"]
+    w.proc.kill()  # dies between requests (crash, OOM killer)
+    w.proc.wait()
+    assert w.info({"model": "seed"})["pid"] != info["pid"] and w.starts == 2
+    pid = w.pid
+    deadline = time.monotonic() + 30
+    while w.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not w.alive(), "the idle worker did not exit"
+    assert dc.run_denoise(img.tobytes(), 48, 40, 4, python=sys.executable, model="seed", worker=w) == outs[0]
+    assert w.starts == 3 and w.pid != pid
+    w.close()
+    assert not w.alive()
+
+
+def test_context_region_and_settings():
+    # grown by the context, origin on the model's grid, clipped to the layer
+    assert dc.context_region(100, 50, 20, 10, 400, 300, 64, 1) == (36, 0, 148, 124)
+    assert dc.context_region(100, 50, 20, 10, 400, 300, 64, 8) == (32, 0, 152, 124)
+    assert dc.context_region(0, 0, 400, 300, 400, 300, 98, 8) == (0, 0, 400, 300)
+    assert dc.context_region(390, 290, 10, 10, 400, 300, 8, 1) == (382, 282, 18, 18)
+    with pytest.raises(ValueError):
+        dc.context_region(0, 0, 0, 5, 10, 10, 4)
+    for channels in (1, 2, 3, 4):
+        a = np.arange(7 * 9 * channels, dtype="<f4").reshape(7, 9, channels)
+        for x, y, w, h in [(2, 1, 4, 5), (0, 3, 9, 2), (8, 6, 1, 1), (0, 0, 9, 7)]:
+            assert dc.crop_rows(a.tobytes(), 9, 7, channels, x, y, w, h) == np.ascontiguousarray(
+                a[y:y + h, x:x + w]).tobytes()
+    with pytest.raises(ValueError):
+        dc.crop_rows(bytes(9 * 7 * 4), 9, 7, 1, 5, 0, 5, 1)
+    s = dc.job_settings({"model": " seed ", "strength": 0.5, "noise_level": 2})
+    assert s == {"model": "seed", "strength": 0.5, "noise_level": 2.0, "device": "auto", "tile": 1024,
+                 "precision": "auto"}
+    assert dc.job_settings({"model": ""})["model"] == "default" and dc.job_settings()["noise_level"] is None
+    for bad in ({"strength": 1.5}, {"noise_level": 4.5}, {"noise_level": -1}):
+        with pytest.raises(dc.WorkerError):
+            dc.job_settings(bad)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
@@ -83,8 +152,8 @@ def test_worker_stops_and_cleans_up_when_the_plugin_dies(tmp_path):
     try:
         assert plugin.stdout.readline().strip() == "progress"
         (job_dir,) = tmp.iterdir()
-        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and str(job_dir).encode()
-                   in _cmdline(p)]
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == plugin.pid
+                   and b"denoise_core.worker" in _cmdline(p)]
         assert len(workers) == 1
         os.kill(plugin.pid, signal.SIGKILL)
         plugin.wait()
@@ -102,6 +171,13 @@ def _cmdline(p: Path) -> bytes:
         return (p / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _ppid(p: Path) -> int:
+    try:
+        return int((p / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def _stat_state(pid: int) -> bytes:

@@ -1,21 +1,31 @@
 """Host-side client of the denoise worker, shared by the Krita and GIMP plugins (stdlib only).
 
-The host's Python has no torch, so the plugins start the core in the user's own Python (recorded
-at install time in denoise_worker.json beside this file: {"python": ..., "pythonpath": ...}) as `python -m denoise_core.worker JOB`,
+The host's Python has no torch, so the plugins run the core in the user's own Python (recorded
+at install time in denoise_worker.json beside this file: {"python": ..., "pythonpath": ...}) as a
+persistent `python -m denoise_core.worker --serve` process (one per host process, see Worker),
 passing pixels through a private temporary folder. See denoise_core/worker.py for the protocol.
+
+Also the helpers both plugins use for the same pixels everywhere: `job_settings` (what a run
+asks for), `context_region` (the rectangle to read around a selection: the worker's context,
+on the model's grid) and `crop_rows` (the selection's part of the result).
 """
 from __future__ import annotations
 
+import atexit
+import collections
+import itertools
 import json
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
 import threading
-import time
 
 CONFIG_NAME = "denoise_worker.json"
 PROTOCOL_VERSION = 1
+MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL
+IDLE_S = 600  # the worker exits after this long without a request (denoise_core.worker.IDLE_S)
 
 
 class WorkerError(RuntimeError):
@@ -40,6 +50,230 @@ def load_config(plugin_dir: str) -> dict:
     return cfg
 
 
+def job_settings(settings: dict | None = None, **overrides) -> dict:
+    """What a run asks the worker for, checked and with defaults: model, strength (0..1), noise_level
+    (None = automatic, or 0..MAX_NOISE_LEVEL), device, tile, precision. Both plugins build their
+    jobs with it, so a setting means the same in both hosts."""
+    s = dict(settings or {}, **overrides)
+    model = str(s.get("model") or "").strip() or "default"
+    strength = float(s.get("strength", 1.0))
+    if not 0.0 <= strength <= 1.0:
+        raise WorkerError(f"strength must be within 0..1, got {strength:g}")
+    level = s.get("noise_level")
+    if level is not None:
+        level = float(level)
+        if not 0.0 <= level <= MAX_NOISE_LEVEL:
+            raise WorkerError(f"noise level must be within 0..{MAX_NOISE_LEVEL:g}, got {level:g}")
+    return {"model": model, "strength": strength, "noise_level": level,
+            "device": str(s.get("device") or "auto"), "tile": int(s.get("tile") or 1024),
+            "precision": str(s.get("precision") or "auto")}
+
+
+def context_region(x: int, y: int, w: int, h: int, width: int, height: int, context: int,
+                   multiple: int = 1) -> tuple:
+    """The rectangle (x, y, w, h) to send to the worker for region (x, y, w, h) of a width x height
+    layer: grown by `context` pixels on every side (the worker's "info" answer), its origin moved
+    down onto the model's `multiple` grid (a model that downsamples is not shift-invariant), clipped
+    to the layer. Denoising it gives, inside the region, exactly what denoising the whole layer gives."""
+    if w <= 0 or h <= 0:
+        raise ValueError("empty region")
+    m = max(1, int(multiple))
+    x0, y0 = max(0, x - context) // m * m, max(0, y - context) // m * m
+    x1, y1 = min(width, x + w + context), min(height, y + h + context)
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def crop_rows(data, width: int, height: int, channels: int, x: int, y: int, w: int, h: int,
+              sample_bytes: int = 4) -> bytes:
+    """Rectangle (x, y, w, h) out of an interleaved width x height x channels pixel buffer."""
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(f"crop {w}x{h}+{x}+{y} leaves the {width}x{height} buffer")
+    px = channels * sample_bytes
+    stride = width * px
+    if len(data) != stride * height:
+        raise ValueError(f"{len(data)} bytes is not {width}x{height}x{channels}")
+    if x == 0 and w == width:
+        return bytes(data[y * stride:(y + h) * stride])
+    view = memoryview(data)
+    return b"".join(view[(y + r) * stride + x * px:(y + r) * stride + (x + w) * px] for r in range(h))
+
+
+class Worker:
+    """One persistent denoiser process (`python -m denoise_core.worker --serve`), started on the
+    first request and again, transparently, on a request after it ended (idle timeout, crash,
+    cancel). It keeps loaded models between requests. It ends when this process ends (its stdin
+    closes), after `idle_s` without a request, on `close()`, and on cancel (`is_cancelled`), which
+    kills it at once; the client then deletes the job's temp folder. One request at a time."""
+
+    def __init__(self, python: str, pythonpath: str | None = None, env: dict | None = None,
+                 idle_s: float | None = None):
+        self.python, self.pythonpath, self.env, self.idle_s = python, pythonpath, env, idle_s
+        self.proc = None
+        self.starts = 0  # processes started so far (tests and the status line read it)
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._events: queue.Queue = queue.Queue()
+        self._stderr: collections.deque = collections.deque(maxlen=40)
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.alive() else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _start(self) -> None:
+        if not os.path.exists(self.python):
+            raise WorkerError(f"the denoiser's Python {self.python} no longer exists: reinstall with "
+                              f"`denoise-plugin install`")
+        run_env = dict(os.environ if self.env is None else self.env)
+        # a host program's own Python settings must not leak into the user's interpreter
+        for k in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE"):
+            run_env.pop(k, None)
+        if self.pythonpath:  # where the installing interpreter found denoise_core (a source checkout)
+            run_env["PYTHONPATH"] = self.pythonpath
+        run_env["PYTHONUNBUFFERED"] = "1"
+        cmd = [self.python, "-m", "denoise_core.worker", "--serve"]
+        if self.idle_s is not None:
+            cmd += ["--idle", str(self.idle_s)]
+        try:
+            # stdin carries requests; its end-of-file (this process exited or died: GIMP kills a
+            # plug-in whose progress bar is cancelled) makes the worker stop and clean up
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=run_env, bufsize=0)
+        except OSError as e:
+            raise WorkerError(f"cannot start the denoiser's Python {self.python}: {e}") from None
+        events: queue.Queue = queue.Queue()
+        self._stderr.clear()
+
+        def read_stdout():
+            for line in proc.stdout:
+                try:
+                    events.put(json.loads(line))
+                except ValueError:
+                    continue
+            events.put(None)  # the process has ended
+
+        def read_stderr():
+            for line in proc.stderr:
+                self._stderr.append(line.decode("utf-8", "replace").rstrip())
+
+        for fn in (read_stdout, read_stderr):
+            threading.Thread(target=fn, name="denoise-cnn-worker-io", daemon=True).start()
+        self.proc, self._events = proc, events
+        self.starts += 1
+
+    def _ended_error(self) -> WorkerError:
+        rc = self.proc.wait() if self.proc is not None else None
+        tail = list(self._stderr)[-5:]
+        if any("No module named denoise_core" in ln for ln in tail):
+            return WorkerError(f"{self.python} cannot import denoise_core: reinstall with `denoise-plugin "
+                               f"install` from the Python environment where the denoiser is installed")
+        return WorkerError(f"the denoiser exited with code {rc}: " + (" | ".join(tail) or "no message"))
+
+    def request(self, req: dict, on_event=None, is_cancelled=None, poll_s: float = 0.05) -> dict:
+        """Send one request; returns its final event ("info" or "done"); an "error" event raises
+        WorkerError with the worker's message. `on_event(ev)` sees the others (progress)."""
+        with self._lock:
+            for attempt in (0, 1):
+                if not self.alive():
+                    self._start()
+                rid = next(self._ids)
+                started = False
+                try:
+                    self.proc.stdin.write((json.dumps(dict(req, id=rid)) + "\n").encode())
+                    self.proc.stdin.flush()
+                except OSError:  # it ended before reading this (idle timeout): start another
+                    self.kill()
+                    if attempt == 0:
+                        continue
+                    raise self._ended_error() from None
+                while True:
+                    if is_cancelled is not None and is_cancelled():
+                        self.kill()
+                        raise Cancelled("denoising cancelled")
+                    try:
+                        ev = self._events.get(timeout=poll_s)
+                    except queue.Empty:
+                        continue
+                    if ev is None:
+                        if not started and attempt == 0:  # ended before taking it up: start another
+                            self.kill()
+                            break
+                        err = self._ended_error()
+                        self.kill()
+                        raise err
+                    if ev.get("id") != rid:
+                        continue  # ready, bye
+                    started = True
+                    kind = ev.get("event")
+                    if kind == "error":
+                        raise WorkerError(ev.get("message") or "the denoiser failed")
+                    if kind in ("info", "done"):
+                        return ev
+                    if on_event is not None:
+                        on_event(ev)
+            raise WorkerError("the denoiser stopped twice before answering")
+
+    def info(self, settings: dict, is_cancelled=None) -> dict:
+        """The worker's "info" for these settings: context (px), multiple, has_levels, model."""
+        s = job_settings(settings)
+        return self.request({"cmd": "info", "model": s["model"], "device": s["device"],
+                             "precision": s["precision"], "tile": s["tile"], "noise_level": s["noise_level"]},
+                            is_cancelled=is_cancelled)
+
+    def kill(self) -> None:
+        """End the process now (cancel): work stops at once."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        """Let the process end by itself (end-of-file on its stdin), then make sure it did."""
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+
+_WORKERS: dict = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def shared_worker(python: str, pythonpath: str | None = None, env: dict | None = None) -> Worker:
+    """The one Worker of this host process for this interpreter (created on first use)."""
+    key = (python, pythonpath, None if env is None else tuple(sorted(env.items())))
+    with _WORKERS_LOCK:
+        w = _WORKERS.get(key)
+        if w is None:
+            w = _WORKERS[key] = Worker(python, pythonpath, env)
+        return w
+
+
+@atexit.register
+def close_workers() -> None:
+    with _WORKERS_LOCK:
+        workers = list(_WORKERS.values())
+    for w in workers:
+        w.close()
+
+
 def run_denoise(
     pixels: bytes,
     width: int,
@@ -54,111 +288,52 @@ def run_denoise(
     noise_level: float | None = None,
     device: str = "auto",
     tile: int = 1024,
+    precision: str = "auto",
     on_progress=None,
     is_cancelled=None,
     env: dict | None = None,
     poll_s: float = 0.05,
+    worker: Worker | None = None,
 ) -> bytes:
     """Denoise float32 little-endian interleaved pixels; returns bytes of the same layout.
 
-    `on_progress(fraction)` is called from this thread; `is_cancelled()` is polled and, when true,
-    the worker is terminated and Cancelled raised. Errors raise WorkerError with a readable message.
-    `noise_level` None is automatic (one blind pass); a number 0..4 is passed on to the model (see
-    denoise_core/levels.py); a model without a noise-level input makes the worker say so.
+    Runs on `worker`, by default this process's shared one for `python`. `on_progress(fraction)`
+    is called from this thread; `is_cancelled()` is polled and, when true, the worker is killed
+    (the next call starts another) and Cancelled raised. Errors raise WorkerError with a readable
+    message. `noise_level` None is automatic (one blind pass); a number 0..4 is passed on to the
+    model (see denoise_core/levels.py); a model without a noise-level input makes the worker say so.
     """
     expected = width * height * channels * 4
     if len(pixels) != expected:
         raise WorkerError(f"internal error: {len(pixels)} bytes for {width}x{height}x{channels} float32")
-    if not os.path.exists(python):
-        raise WorkerError(f"the denoiser's Python {python} no longer exists: reinstall with "
-                          f"`denoise-plugin install`")
+    s = job_settings(model=model, strength=strength, noise_level=noise_level, device=device, tile=tile,
+                     precision=precision)
+    if worker is None:
+        if not os.path.exists(python):
+            raise WorkerError(f"the denoiser's Python {python} no longer exists: reinstall with "
+                              f"`denoise-plugin install`")
+        worker = shared_worker(python, pythonpath, env)
     tmp = tempfile.mkdtemp(prefix="denoise-cnn-")  # mode 0700: private to the user
     try:
         with open(os.path.join(tmp, "in.raw"), "wb") as f:
             f.write(pixels)
         job = {"version": PROTOCOL_VERSION, "width": width, "height": height, "channels": channels,
-               "input": "in.raw", "output": "out.raw", "transfer": transfer, "model": model,
-               "strength": float(strength), "noise_level": None if noise_level is None else float(noise_level),
-               "device": device, "tile": int(tile), "parent_pipe": True}
+               "input": "in.raw", "output": "out.raw", "transfer": transfer, **s}
         job_path = os.path.join(tmp, "job.json")
         with open(job_path, "w", encoding="utf-8") as f:
             json.dump(job, f)
-        events = _run_worker(python, pythonpath, job_path, on_progress, is_cancelled, env, poll_s)
-        done = [e for e in events if e.get("event") == "done"]
-        if not done:
-            errors = [e.get("message", "") for e in events if e.get("event") == "error"]
-            raise WorkerError(errors[-1] if errors else "the denoiser stopped without a result")
+
+        def on_event(ev):
+            if ev.get("event") == "progress" and on_progress and ev.get("total"):
+                on_progress(ev["done"] / ev["total"])
+
+        worker.request({"cmd": "job", "job": job_path}, on_event, is_cancelled, poll_s)
         with open(os.path.join(tmp, "out.raw"), "rb") as f:
             out = f.read()
         if len(out) != expected:
             raise WorkerError("the denoiser returned an image of the wrong size")
+        if on_progress:
+            on_progress(1.0)
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _run_worker(python, pythonpath, job_path, on_progress, is_cancelled, env, poll_s) -> list:
-    run_env = dict(os.environ if env is None else env)
-    # a host program's own Python settings must not leak into the user's interpreter
-    for k in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE"):
-        run_env.pop(k, None)
-    if pythonpath:  # where the installing interpreter found denoise_core (a source checkout, say)
-        run_env["PYTHONPATH"] = pythonpath
-    run_env["PYTHONUNBUFFERED"] = "1"
-    try:
-        proc = subprocess.Popen([python, "-m", "denoise_core.worker", job_path], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.PIPE, env=run_env)
-        # nothing is ever written to stdin: it reaches end-of-file when this process dies (GIMP kills a
-        # plug-in whose progress bar is cancelled), which tells the worker to stop and clean up
-    except OSError as e:
-        raise WorkerError(f"cannot start the denoiser's Python {python}: {e}") from None
-    events: list = []
-    stderr_chunks: list = []
-    lock = threading.Lock()
-
-    def read_stdout():
-        for line in proc.stdout:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            with lock:
-                events.append(ev)
-
-    def read_stderr():
-        stderr_chunks.append(proc.stderr.read())
-
-    readers = [threading.Thread(target=read_stdout, daemon=True), threading.Thread(target=read_stderr, daemon=True)]
-    for t in readers:
-        t.start()
-    seen = 0
-    try:
-        while True:
-            rc = proc.poll()
-            with lock:
-                new, seen = events[seen:], len(events)
-            for ev in new:
-                if ev.get("event") == "progress" and on_progress and ev.get("total"):
-                    on_progress(ev["done"] / ev["total"])
-            if rc is not None:
-                break
-            if is_cancelled and is_cancelled():
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                raise Cancelled("denoising cancelled")
-            time.sleep(poll_s)
-    finally:
-        proc.stdin.close()
-    for t in readers:
-        t.join(5)
-    if rc != 0 and not any(e.get("event") == "error" for e in events):
-        tail = b"".join(c or b"" for c in stderr_chunks).decode("utf-8", "replace").strip().splitlines()[-5:]
-        if any("No module named denoise_core" in ln for ln in tail):
-            raise WorkerError(f"{python} cannot import denoise_core: reinstall with `denoise-plugin install` "
-                              f"from the Python environment where the denoiser is installed")
-        raise WorkerError(f"the denoiser exited with code {rc}: " + (" | ".join(tail) or "no message"))
-    return events

@@ -7,8 +7,10 @@ denoise_client.py, also copied here by `denoise-plugin install gimp`.
 
 Pixels are read and written as sRGB-encoded float ("R'G'B'A float" / "Y'A float"), which babl
 converts from and to every precision (u8, u16, half, float, linear or perceptual). Only the part of
-the drawable inside the selection is changed (the model reads some context around it); alpha is
-passed through unchanged by the worker. An error changes nothing.
+the drawable inside the selection is changed; the model reads the context the worker reports around
+it, on the model's grid (denoise_client.context_region), so a selection gets exactly the pixels that
+denoising the whole layer gives there. Alpha is passed through unchanged by the worker. An error
+changes nothing. The worker process serves every drawable of the run with the model loaded once.
 
 The helpers above `main()` use only the standard library, so they can be tested without GIMP.
 """
@@ -20,7 +22,6 @@ PROC_NAME = "plug-in-denoise-cnn"
 PLUGIN_DIR = os.path.dirname(os.path.realpath(__file__))
 CONFIG_NAME = "denoise_worker.json"
 MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL (no torch here, so not imported)
-CONTEXT = 64  # pixels of context read around the selection, so its edges get the model's full view
 
 
 def read_settings(plugin_dir=PLUGIN_DIR):
@@ -41,30 +42,6 @@ def model_blurb(models, default_model="default"):
     return f"Shipped model: {shipped}; or the path of a .safetensors checkpoint"
 
 
-def context_region(x, y, w, h, width, height, margin=CONTEXT):
-    """The rectangle to read for denoising (x, y, w, h) of a drawable width x height: the region
-    grown by `margin` on every side, clipped to the drawable."""
-    if w <= 0 or h <= 0:
-        raise ValueError("empty region")
-    x0, y0 = max(0, x - margin), max(0, y - margin)
-    x1, y1 = min(width, x + w + margin), min(height, y + h + margin)
-    return x0, y0, x1 - x0, y1 - y0
-
-
-def crop_rows(data, width, height, channels, x, y, w, h, sample_bytes=4):
-    """Rectangle (x, y, w, h) out of an interleaved width x height x channels pixel buffer."""
-    if x < 0 or y < 0 or x + w > width or y + h > height:
-        raise ValueError(f"crop {w}x{h}+{x}+{y} leaves the {width}x{height} buffer")
-    px = channels * sample_bytes
-    stride = width * px
-    if len(data) != stride * height:
-        raise ValueError(f"{len(data)} bytes is not {width}x{height}x{channels}")
-    if x == 0 and w == width:
-        return bytes(data[y * stride:(y + h) * stride])
-    view = memoryview(data)
-    return b"".join(view[(y + r) * stride + x * px:(y + r) * stride + (x + w) * px] for r in range(h))
-
-
 def pixel_format(is_gray, has_alpha):
     """(babl format, channels) sent to the worker: sRGB-encoded float, alpha kept when present."""
     if is_gray:
@@ -75,11 +52,6 @@ def pixel_format(is_gray, has_alpha):
 def noise_level(set_level, level):
     """The worker's noise_level: None (automatic) unless "Set noise level" is on."""
     return float(level) if set_level else None
-
-
-def clean_model(model):
-    """The model argument as the worker takes it: blank means the default model."""
-    return (model or "").strip() or "default"
 
 
 def main():
@@ -112,15 +84,17 @@ def main():
             if not ok:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
-        strength = float(config.get_property("strength"))
-        level = noise_level(config.get_property("set-noise-level"), config.get_property("noise-level"))
-        model = clean_model(config.get_property("model"))
         if not drawables:
             return failure(procedure, _("Denoise (CNN) needs a layer or channel to work on."))
         try:
-            worker = denoise_client.load_config(PLUGIN_DIR)
+            cfg = denoise_client.load_config(PLUGIN_DIR)
+            settings = denoise_client.job_settings(
+                model=config.get_property("model"), strength=config.get_property("strength"),
+                noise_level=noise_level(config.get_property("set-noise-level"), config.get_property("noise-level")),
+                device=cfg.get("device", "auto"), tile=cfg.get("tile", 1024))
         except denoise_client.WorkerError as e:
             return failure(procedure, str(e))
+        worker = denoise_client.shared_worker(cfg["python"], cfg.get("pythonpath"))
 
         # Read and denoise every drawable first, write only when all succeeded: an error
         # (missing model, worker crash) leaves the image exactly as it was.
@@ -141,20 +115,20 @@ def main():
         Gimp.progress_init(_("Denoising (CNN)"))
         results = []
         try:
+            info = worker.info(settings)  # loads the model; says how much context it reads
             for i, (drawable, (x, y, w, h)) in enumerate(jobs):
                 fmt, channels = pixel_format(drawable.is_gray(), drawable.has_alpha())
-                rx, ry, rw, rh = context_region(x, y, w, h, drawable.get_width(), drawable.get_height())
+                rx, ry, rw, rh = denoise_client.context_region(x, y, w, h, drawable.get_width(),
+                                                               drawable.get_height(), info["context"],
+                                                               info["multiple"])
                 buf = drawable.get_buffer()
                 pixels = buf.get(Gegl.Rectangle.new(rx, ry, rw, rh), 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
                 del buf
                 out = denoise_client.run_denoise(
-                    bytes(pixels), rw, rh, channels,
-                    python=worker["python"], pythonpath=worker.get("pythonpath"), transfer="srgb",
-                    model=model, strength=strength, noise_level=level, device=worker.get("device", "auto"),
-                    tile=int(worker.get("tile", 1024)),
-                    on_progress=lambda f, i=i: Gimp.progress_update((i + min(f, 1.0)) / len(jobs)))
+                    bytes(pixels), rw, rh, channels, python=cfg["python"], worker=worker, transfer="srgb",
+                    **settings, on_progress=lambda f, i=i: Gimp.progress_update((i + min(f, 1.0)) / len(jobs)))
                 results.append((drawable, (x, y, w, h), fmt,
-                                crop_rows(out, rw, rh, channels, x - rx, y - ry, w, h)))
+                                denoise_client.crop_rows(out, rw, rh, channels, x - rx, y - ry, w, h)))
         except denoise_client.WorkerError as e:
             return failure(procedure, _("Denoise (CNN) failed: ") + str(e))
         finally:

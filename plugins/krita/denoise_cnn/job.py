@@ -3,9 +3,13 @@ progress and Cancel, write the result back (inside the selection only) so that U
 (see DenoiseJob.apply: Krita 5.1 gives no single undoable pixel write to Python).
 
 Krita's Python has no torch: the denoiser runs in the user's Python (recorded at install in
-denoise_worker.json) through the shared client `denoise_client.py` (copied here by the installer).
-The worker runs in a Python thread that touches no Qt object; a QTimer on the UI thread polls it,
-so Krita stays responsive and every Krita/Qt call happens on the UI thread.
+denoise_worker.json) through the shared client `denoise_client.py` (copied here by the installer),
+as one persistent worker process for this Krita (denoise_client.shared_worker), which keeps the
+model loaded between previews and jobs. A job first asks it how much context the model reads
+(its "info"), then sends the selection grown by that context (denoise_client.context_region), so a
+selection gets exactly the pixels that denoising the whole layer gives there.
+Worker calls run in a Python thread that touches no Qt object (Task); a QTimer on the UI thread
+polls it, so Krita stays responsive and every Krita/Qt call happens on the UI thread.
 """
 from __future__ import annotations
 
@@ -28,7 +32,13 @@ class JobError(Exception):
     """Why the plugin cannot run on this layer or document; shown to the user as is."""
 
 
+_CLIENT = []
+
+
 def client():
+    """The shared client module (loaded once: it holds this Krita's persistent worker)."""
+    if _CLIENT:
+        return _CLIENT[0]
     try:
         from . import denoise_client
     except ImportError:  # a source checkout: the installer normally copies it next to this file
@@ -37,7 +47,13 @@ def client():
         spec = importlib.util.spec_from_file_location("denoise_cnn_client", os.path.abspath(path))
         denoise_client = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(denoise_client)
+    _CLIENT.append(denoise_client)
     return denoise_client
+
+
+def worker(cfg: dict):
+    """This Krita's persistent worker for the recorded interpreter."""
+    return client().shared_worker(cfg["python"], cfg.get("pythonpath"))
 
 
 def load_config() -> dict:
@@ -51,11 +67,13 @@ def load_config() -> dict:
 
 class Target:
     """The pixels one run works on: a rectangle of `node` (the selection's bounds when there is a
-    selection, else the layer's content within the canvas) with its selection mask."""
+    selection, else the whole frame) with its selection mask. The frame is the layer's content
+    within the canvas: what "the whole layer" means, and how far context may be read."""
 
-    def __init__(self, doc, node, x, y, w, h, mask, original):
+    def __init__(self, doc, node, x, y, w, h, mask, original, frame=None):
         self.doc, self.node = doc, node
         self.x, self.y, self.w, self.h = x, y, w, h
+        self.frame = frame or (x, y, w, h)
         self.mask = mask  # bytes, one per pixel (0..255), or None: everything
         self.original = original  # Krita's native pixel bytes of the rectangle
         self.color_model = node.colorModel()
@@ -71,6 +89,22 @@ class Target:
 
     def floats(self) -> bytes:
         return pixels.to_float(self.original, self.color_model, self.depth)
+
+    def context_rect(self, info: dict, rect=None):
+        """Where to read for `rect` (default: the target's), in document pixels: grown by the
+        worker's context, on the model's grid relative to the frame, within the frame."""
+        fx, fy, fw, fh = self.frame
+        x, y, w, h = rect or (self.x, self.y, self.w, self.h)
+        rx, ry, rw, rh = client().context_region(x - fx, y - fy, w, h, fw, fh, int(info["context"]),
+                                                 int(info.get("multiple", 1)))
+        return rx + fx, ry + fy, rw, rh
+
+    def read_floats(self, x: int, y: int, w: int, h: int) -> bytes:
+        """The layer's pixels of a document rectangle as worker floats (UI thread only)."""
+        raw = bytes(self.node.pixelData(x, y, w, h))
+        if len(raw) != w * h * self.bpp:
+            raise JobError("internal error: unexpected pixel data size from Krita")
+        return pixels.to_float(raw, self.color_model, self.depth)
 
     def crop_floats(self, size: int = 256):
         """A centred crop of at most size x size pixels (for the preview): (floats, w, h)."""
@@ -105,14 +139,16 @@ def prepare(doc, node) -> Target:
     if node.locked():
         raise JobError(f'The layer "{node.name()}" is locked; unlock it to denoise it.')
     cw, ch = doc.width(), doc.height()
+    b = node.bounds()
+    fx0, fy0 = max(b.x(), 0), max(b.y(), 0)
+    fx1, fy1 = min(b.x() + b.width(), cw), min(b.y() + b.height(), ch)
     sel = doc.selection()
     if sel is not None and sel.width() > 0 and sel.height() > 0:
         x0, y0, x1, y1 = sel.x(), sel.y(), sel.x() + sel.width(), sel.y() + sel.height()
     else:
         sel = None
-        b = node.bounds()
-        x0, y0, x1, y1 = b.x(), b.y(), b.x() + b.width(), b.y() + b.height()
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, cw), min(y1, ch)
+        x0, y0, x1, y1 = fx0, fy0, fx1, fy1
+    x0, y0, x1, y1 = max(x0, fx0), max(y0, fy0), min(x1, fx1), min(y1, fy1)
     if x1 <= x0 or y1 <= y0:
         raise JobError("Nothing to denoise: the layer is empty here" +
                        (" or the selection lies outside the canvas." if sel is not None else "."))
@@ -127,25 +163,18 @@ def prepare(doc, node) -> Target:
         if mask.count(255) == len(mask):
             mask = None  # a fully selected rectangle: no blending needed
     original = bytes(node.pixelData(x0, y0, w, h))
-    target = Target(doc, node, x0, y0, w, h, mask, original)
+    target = Target(doc, node, x0, y0, w, h, mask, original, (fx0, fy0, fx1 - fx0, fy1 - fy0))
     if len(original) != w * h * target.bpp:
         raise JobError("internal error: unexpected pixel data size from Krita")
     return target
 
 
-class WorkerRun:
-    """One worker call in a Python thread. The thread only calls the client; the UI thread polls
-    `done`, `progress`, `result`, `error`, `cancelled`."""
+class Task:
+    """`fn(on_progress, is_cancelled)` in a Python thread that touches no Qt object; the UI thread
+    polls `done`, `progress`, `result`, `error`, `cancelled`."""
 
-    def __init__(self, floats: bytes, width: int, height: int, channels: int, cfg: dict,
-                 settings: dict, transfer: str):
-        self.args = (floats, width, height, channels)
-        self.kwargs = dict(python=cfg["python"], pythonpath=cfg.get("pythonpath"), transfer=transfer,
-                           model=settings.get("model", "default"),
-                           strength=float(settings.get("strength", 1.0)),
-                           noise_level=(None if settings.get("noise_level") is None
-                                        else float(settings["noise_level"])),
-                           device=settings.get("device", "auto"), tile=int(settings.get("tile", 1024)))
+    def __init__(self, fn):
+        self.fn = fn
         self.progress = 0.0
         self.result = None
         self.error = None
@@ -154,7 +183,7 @@ class WorkerRun:
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="denoise-cnn", daemon=True)
 
-    def start(self) -> "WorkerRun":
+    def start(self) -> "Task":
         self._thread.start()
         return self
 
@@ -167,11 +196,10 @@ class WorkerRun:
     def _run(self) -> None:
         c = client()
         try:
-            self.result = c.run_denoise(*self.args, on_progress=self._progress,
-                                        is_cancelled=self._cancel.is_set, **self.kwargs)
+            self.result = self.fn(self._progress, self._cancel.is_set)
         except c.Cancelled:
             self.cancelled = True
-        except c.WorkerError as e:
+        except (c.WorkerError, JobError) as e:
             self.error = str(e)
         except Exception as e:  # never let a thread die silently
             self.error = f"{type(e).__name__}: {e}"
@@ -179,6 +207,23 @@ class WorkerRun:
             if self._cancel.is_set() and self.result is None and not self.error:
                 self.cancelled = True
             self.done = True
+
+
+def WorkerRun(floats: bytes, width: int, height: int, channels: int, cfg: dict, settings: dict,
+              transfer: str) -> Task:
+    """Denoise float pixels on this Krita's worker (not started yet: call .start())."""
+    c = client()
+    s = c.job_settings(settings)
+    w = worker(cfg)
+    return Task(lambda on_progress, is_cancelled: c.run_denoise(
+        floats, width, height, channels, python=cfg["python"], worker=w, transfer=transfer, **s,
+        on_progress=on_progress, is_cancelled=is_cancelled))
+
+
+def InfoRun(cfg: dict, settings: dict) -> Task:
+    """The worker's info for these settings (loads the model the first time)."""
+    w = worker(cfg)
+    return Task(lambda on_progress, is_cancelled: w.info(settings, is_cancelled=is_cancelled))
 
 
 def show_message(parent, text: str, icon: str = "warning"):
@@ -209,7 +254,9 @@ class DenoiseJob:
         t = self.target
         LAST.update(state="running", message="")
         self.floats = t.floats()
-        self.run = WorkerRun(self.floats, t.w, t.h, t.channels, self.cfg, self.settings, t.transfer).start()
+        self.region = None  # the rectangle sent to the worker, once the worker said its context
+        self.user_cancelled = False
+        self.run = InfoRun(self.cfg, self.settings).start()
         self.progress = QProgressDialog(f'Denoising "{t.node.name()}" ({t.w}×{t.h})…', "Cancel", 0, 1000,
                                         self.parent)
         self.progress.setObjectName("denoise_cnn_progress")
@@ -228,17 +275,33 @@ class DenoiseJob:
         _ACTIVE.append(self)
 
     def cancel(self) -> None:
+        self.user_cancelled = True
         if self.run is not None:
             self.run.cancel()
             self.progress.setLabelText("Cancelling…")
 
     def _poll(self) -> None:
         run = self.run
-        if self.progress.wasCanceled() and not run.done:
+        if self.progress.wasCanceled():
+            self.user_cancelled = True
+        if self.user_cancelled and not run.done:
             run.cancel()
         if not run.done:
             self.progress.setValue(int(run.progress * 1000))
             return
+        if self.user_cancelled:
+            run.cancelled = True  # a result that came in as Cancel was clicked is not applied
+        if self.region is None and run.result is not None and not run.cancelled:
+            # phase 2: read the target with the context the worker asked for and denoise that
+            t = self.target
+            try:
+                self.region = t.context_rect(run.result)
+                floats = t.read_floats(*self.region)
+                self.run = WorkerRun(floats, self.region[2], self.region[3], t.channels, self.cfg,
+                                     self.settings, t.transfer).start()
+                return
+            except Exception as e:
+                run.result, run.error = None, f"{type(e).__name__}: {e}"
         self.timer.stop()
         self.progress.hide()
         self.progress.deleteLater()
@@ -250,7 +313,9 @@ class DenoiseJob:
             self._finish("error", f"Denoising failed: {run.error}\n\nThe layer is unchanged.", "error")
         else:
             try:
-                self.apply(run.result)
+                t = self.target
+                rx, ry, rw, rh = self.region
+                self.apply(client().crop_rows(run.result, rw, rh, t.channels, t.x - rx, t.y - ry, t.w, t.h))
             except Exception as e:
                 self._finish("error", f"Could not write the result back: {e}\n\nThe layer is unchanged.",
                              "error")
