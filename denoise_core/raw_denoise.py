@@ -13,7 +13,7 @@ Outputs (all written atomically; the input is only read):
 - developed (TIFF by default, or any format `imageio.write_image` writes): LibRaw develops the
   denoised mosaic (written back into its raw buffer): camera white balance, AHD demosaic, sRGB
   primaries with the sRGB tone curve, no automatic brightening (the exposure is the camera's), 16
-  bits; the sRGB ICC profile and the raw file's EXIF (make, model, date, exposure, GPS; orientation
+  bits, white at the file's white level; the sRGB ICC profile and the raw file's EXIF (make, model, date, exposure, GPS; orientation
   dropped, as LibRaw has already rotated the pixels) go with it.
 - DNG from a DNG: a byte copy of the input in which only the raw image changes: uncompressed
   16-bit raw data keeps its place and size; compressed (or other bit depths) raw data is written
@@ -114,7 +114,8 @@ def srgb_icc() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-DEVELOP_PARAMS = dict(output_bps=16, use_camera_wb=True, no_auto_bright=True, gamma=(2.4, 12.92))
+DEVELOP_PARAMS = dict(output_bps=16, use_camera_wb=True, no_auto_bright=True, gamma=(2.4, 12.92),
+                      adjust_maximum_thr=0.0)  # white is the file's white level, not the data maximum
 
 
 def develop(path, mosaic: np.ndarray | None, img: RawImage, **overrides) -> np.ndarray:
