@@ -26,6 +26,7 @@ step, best, curves); the best validation weights go to `<out>` with a card, besi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -42,8 +43,9 @@ from .device import autocast, pick_precision, precision_name
 from .metrics import psnr, ssim
 from .models import create_model
 from .noise import CameraProfile
-from .pipeline import (Development, Settings, add_sensor_noise, demosaic_malvar, develop, draw_development,
-                       unprocess)
+from .noise import _interp_profile, _norm, _profiles
+from .pipeline import (Development, Settings, _camera_keys, add_sensor_noise, demosaic_malvar, develop,
+                       draw_development, unprocess)
 from .train import TrainConfig, _lr_at, random_patches, report_paths, save_comparison, save_curves, state_path
 
 RAW_SETTINGS = Settings(iso=(800, 25600), cameras="train")
@@ -72,12 +74,37 @@ def profile_ab_t(cam: CameraProfile) -> tuple[torch.Tensor, torch.Tensor]:
     return 4 * a, 4 * b
 
 
+@functools.lru_cache(maxsize=8)
+def _cameras(which: str, iso: tuple[float, float]) -> tuple:
+    """(maker, model, profiles, lo, hi) of every camera `which` selects that covers part of `iso`."""
+    table = _profiles()
+    out = []
+    for mk, md in _camera_keys(which):
+        key = _norm(f"{mk} {md}")
+        profs = table[key][2] if key in table else table[_norm(md)][2]
+        lo, hi = max(iso[0], profs[0][0]), min(iso[1], profs[-1][0])
+        if lo <= hi:
+            out.append((mk, md, profs, lo, hi))
+    return tuple(out)
+
+
+def draw_camera(gen: torch.Generator, settings: Settings = RAW_SETTINGS) -> CameraProfile:
+    """A random camera of `settings.cameras` (uniform over models), ISO log-uniform in its share of
+    `settings.iso`: `pipeline.draw_camera`'s distribution, with the camera table built once."""
+    cams = _cameras(settings.cameras, tuple(settings.iso))
+    mk, md, profs, lo, hi = cams[int(torch.randint(len(cams), (1,), generator=gen))]
+    u = float(torch.rand((), generator=gen))
+    iso = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+    a, b = _interp_profile(profs, iso)
+    return CameraProfile(mk, md, iso, a, b)
+
+
 def raw_sample(x: torch.Tensor, gen: torch.Generator, settings: Settings = RAW_SETTINGS,
                d: Development | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Development]:
     """One clean sRGB image (1, 3, H, W), H and W even -> (noisy planes, clean planes, sigma planes,
     development), planes (1, 4, H/2, W/2)."""
     from .raw import noise_sigma
-    d = d or draw_development(gen, settings)
+    d = d or draw_development(gen, settings, camera=draw_camera(gen, settings))
     clean = unprocess(x, d).clamp(0, 1)
     noisy = add_sensor_noise(clean, d.camera, gen).clamp_max(1.0)
     if d.clip_black:
