@@ -2,6 +2,7 @@
 fuzz test applies to them. Everything is built in memory from a seed; nothing is downloaded."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import random
@@ -356,13 +357,78 @@ def _safetensors_header_rewrite(rng: random.Random, data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
 
 
+def _ifd0_entries(b: bytes):
+    bo = "<" if b[:2] == b"II" else ">"
+    at = struct.unpack_from(bo + "I", b, 4)[0]
+    (n,) = struct.unpack_from(bo + "H", b, at)
+    return bo, [(struct.unpack_from(bo + "H", b, pos)[0], pos) for pos in range(at + 2, at + 2 + 12 * n, 12)]
+
+
+def _tiff_blob_as_number(rng: random.Random, data: bytes) -> bytes:
+    """The ICC or XMP tag rewritten as one LONG (the value once became that many zero bytes)."""
+    b = bytearray(data)
+    bo, entries = _ifd0_entries(b)
+    pos = rng.choice([pos for tag, pos in entries if tag in (700, 34675)])
+    struct.pack_into(bo + "HII", b, pos + 2, 4, 1, rng.choice((17, 1 << 20, 64 << 20)))
+    return bytes(b)
+
+
+def _tiff_resolution_rewrite(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    bo, entries = _ifd0_entries(b)
+    for tag, pos in entries:
+        if tag in (282, 283):
+            off = struct.unpack_from(bo + "I", b, pos + 8)[0]
+            struct.pack_into(bo + "II", b, off, rng.choice(_BIG), rng.choice(_BIG))
+        elif tag == 296:
+            struct.pack_into(bo + "H", b, pos + 8, rng.choice((1, 2, 3)))
+    return bytes(b)
+
+
+def _jpeg_exif_loop(rng: random.Random, data: bytes) -> bytes:
+    """The APP1 EXIF segment replaced by IFD pointers that loop."""
+    i = 2
+    while data[i + 1] != 0xE1:
+        i += 2 + struct.unpack_from(">H", data, i + 2)[0]
+    end = i + 2 + struct.unpack_from(">H", data, i + 2)[0]
+    blob = exif_pointer_loop(rng.choice((2, 40, 300)), rng.choice("<>"))
+    return data[:i] + b"\xff\xe1" + struct.pack(">H", len(blob) + 2) + blob + data[end:]
+
+
+def _jpeg_qtable_ids(rng: random.Random, data: bytes) -> bytes:
+    b = bytearray(data)
+    i = 2
+    while b[i + 1] != 0xDB:
+        i += 2 + struct.unpack_from(">H", b, i + 2)[0]
+    b[i + 4] = (b[i + 4] & 0xF0) | rng.randrange(4)
+    return bytes(b)
+
+
+@functools.cache
+def _zeros_deflated(n: int) -> bytes:
+    return zlib.compress(b"\0" * n, 9)
+
+
+def _png_metadata_bomb(rng: random.Random, data: bytes) -> bytes:
+    """A chunk of compressed zeros (iCCP, zTXt or compressed iTXt) inflating past the cap."""
+    bomb = _zeros_deflated(rng.choice((1 << 10, 24 << 20)))
+    ctype = rng.choice((b"iCCP", b"zTXt", b"iTXt"))
+    body = {b"iCCP": b"p\0\0", b"zTXt": b"k\0\0", b"iTXt": b"k\0\x01\0\0\0"}[ctype] + bomb
+    return insert_after_ihdr(data, png_chunk(ctype, body))
+
+
 GENERIC = (_flip, _truncate, _overwrite)
-STRUCTURED = {"png": _png_chunk_rewrite, "tif": _tiff_tag_rewrite, "jpg": _jpeg_segment_rewrite,
-              "webp": _riff_chunk_rewrite, "safetensors": _safetensors_header_rewrite}
+STRUCTURED = {"png": (_png_chunk_rewrite, _png_chunk_rewrite, _png_metadata_bomb),
+              "tif": (_tiff_tag_rewrite, _tiff_tag_rewrite, _tiff_blob_as_number, _tiff_resolution_rewrite),
+              "jpg": (_jpeg_segment_rewrite, _jpeg_segment_rewrite, _jpeg_exif_loop, _jpeg_qtable_ids),
+              "webp": (_riff_chunk_rewrite,), "safetensors": (_safetensors_header_rewrite,)}
 
 
 def mutate(rng: random.Random, kind: str, data: bytes) -> bytes:
     for _ in range(rng.choice((1, 1, 1, 2))):
-        op = STRUCTURED[kind] if rng.random() < 0.5 else rng.choice(GENERIC)
-        data = op(rng, data)
+        op = rng.choice(STRUCTURED[kind]) if rng.random() < 0.5 else rng.choice(GENERIC)
+        try:
+            data = op(rng, data)
+        except (IndexError, ValueError, KeyError, TypeError, AttributeError, struct.error):
+            data = _flip(rng, data)     # an earlier mutation broke the structure this one walks
     return data
