@@ -11,11 +11,11 @@ draws from an explicit `torch.Generator` so runs are reproducible. Specs are str
     pipeline             a random camera development of signal and noise together
                          (`denoise_core.pipeline`: demosaic, tone curve, sharpening, chroma NR,
                          scaling, JPEG); the target is the noise-free development
-    mix-v1, mix-v2, mix-v3   the training mixtures of the shipped weights, by version
-    mix                  the current mixture (mix-v3)
+    mix-v1 ... mix-v4    the training mixtures of the shipped weights, by version
+    mix                  the current mixture (mix-v4)
 
 `noisy_pair` gives (noisy, target) for every spec; `apply_noise` only the noisy image, for specs
-whose target is the clean input itself (all but `pipeline` and `mix-v3`).
+whose target is the clean input itself (all but `pipeline`, `mix-v3` and `mix-v4`).
 """
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ class NoiseSpecError(ValueError):
     pass
 
 
-MIX_VERSIONS = ("mix-v1", "mix-v2", "mix-v3")
-CURRENT_MIX = "mix-v3"
-_PAIRED = ("pipeline", "mix-v3")  # kinds whose target is a development, not the input
+MIX_VERSIONS = ("mix-v1", "mix-v2", "mix-v3", "mix-v4")
+CURRENT_MIX = "mix-v4"
+_PAIRED = ("pipeline", "mix-v3", "mix-v4")  # kinds whose target is a development, not the input
 
 
 # --------------------------------------------------------------------------- transfer curves
@@ -305,27 +305,31 @@ def apply_noise(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator) ->
 def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
                out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(noisy, target) for the clean sRGB batch `x`. The target is `x` except under camera
-    developments (`pipeline`, part of `mix-v3`), where it is the noise-free development. With
+    developments (`pipeline`, part of `mix-v3`/`mix-v4`), where it is the noise-free development. With
     `out_size`, each pair is cut to a random out_size^2 crop at least 8 px inside (the input must
     be larger), so filters and demosaicing never see a patch edge."""
     if isinstance(spec, str):
         spec = parse_noise(spec)
     n = x.shape[0]
-    if spec.kind in ("pipeline", "mix-v3"):
+    if spec.kind in _PAIRED:
         from . import pipeline  # local: pipeline imports this module
         noisy, target = [], []
         choice = torch.rand(n, generator=gen)
         for i in range(n):
             xi = x[i:i + 1]
             u = 0.0 if spec.kind == "pipeline" else float(choice[i])
+            if spec.kind == "mix-v4":  # v3 with noise-free camera files and more clean patches
+                u = _V4_TO_V3[int(torch.bucketize(torch.tensor(u), _V4_EDGES))](u)
             if u < 0.45:
                 ni, ti = pipeline.pipeline_pair(xi, gen)
             elif u < 0.93:
                 ni, ti = _mix_v3_simple(xi, gen, u), xi
-            else:  # a clean photo saved as JPEG: must come back as it is
+            elif u < 1.0:  # a clean photo saved as JPEG: must come back as it is
                 q = int(round(75 + 23 * float(torch.rand((), generator=gen))))
                 ni = pipeline.jpeg(xi, q, "4:2:0" if float(torch.rand((), generator=gen)) < 0.5 else "4:4:4")
                 ti = ni
+            else:  # mix-v4: a noise-free camera file, left as it is
+                ni, ti = pipeline.clean_development_pair(xi, gen)
             if out_size is not None:
                 ni, ti = pipeline._random_crop(ni, ti, out_size, gen)
             noisy.append(ni.clamp(0, 1))
@@ -384,6 +388,22 @@ def _mix_v2_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tenso
     else:
         y = xi
     return quantize(y)
+
+
+# mix-v4 in terms of mix-v3's draw u (v3: [0, .45) developments, [.45, .55) v2 camera, [.55, .83)
+# Gaussian, [.83, .87) Poisson-Gaussian, [.87, .93) clean, [.93, 1) clean JPEG) plus u >= 1 for a
+# noise-free camera file. v4 shares: 38% developments, 10% v2 camera, 24% Gaussian, 4%
+# Poisson-Gaussian, 8% clean, 8% clean JPEG, 8% noise-free camera files (24% left as they are).
+_V4_EDGES = torch.tensor([0.38, 0.48, 0.72, 0.76, 0.84, 0.92])
+_V4_TO_V3 = (
+    lambda u: u / 0.38 * 0.45,                      # developments
+    lambda u: 0.45 + (u - 0.38) / 0.10 * 0.10,      # v2 camera
+    lambda u: 0.55 + (u - 0.48) / 0.24 * 0.28,      # Gaussian
+    lambda u: 0.83 + (u - 0.72) / 0.04 * 0.04,      # Poisson-Gaussian
+    lambda u: 0.87 + (u - 0.76) / 0.08 * 0.06,      # clean
+    lambda u: 0.93 + (u - 0.84) / 0.08 * 0.07,      # clean JPEG
+    lambda u: 1.0,                                  # noise-free camera file
+)
 
 
 def _mix_v3_simple(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:

@@ -463,6 +463,21 @@ def pipeline_pair(x: torch.Tensor, gen: torch.Generator, settings: Settings = TR
     return torch.cat(noisy), torch.cat(target)
 
 
+def clean_development_pair(x: torch.Tensor, gen: torch.Generator, settings: Settings = TRAIN_SETTINGS,
+                           out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A noise-free camera file (the development of the clean mosaic, sharpened, maybe chroma-smoothed,
+    JPEG-compressed) as both input and target: camera-processed detail without noise is left alone."""
+    outs = []
+    for i in range(x.shape[0]):
+        d = draw_development(gen, settings)
+        y = finish(develop(unprocess(upscale_source(x[i:i + 1], d), d), d).clamp(0, 1), d)
+        if out_size is not None:
+            y = _random_crop(y, y, out_size, gen)[0]
+        outs.append(y)
+    y = torch.cat(outs)
+    return y, y.clone()
+
+
 def _random_crop(a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generator):
     h, w = a.shape[-2:]
     m = 8 if min(h, w) >= size + 16 else max(0, (min(h, w) - size) // 2)
@@ -474,4 +489,4 @@ def _random_crop(a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generat
 
 
 __all__ = ["DEMOSAICS", "Development", "HELDOUT_MAKERS", "Settings", "TONE_CURVES", "TRAIN_SETTINGS",
-           "develop", "draw_camera", "draw_development", "finish", "pipeline_pair", "simulate", "unprocess"]
+           "clean_development_pair", "develop", "draw_camera", "draw_development", "finish", "pipeline_pair", "simulate", "unprocess"]

@@ -26,6 +26,10 @@ NOISE_TEXT = {
     "mix-v3 mix-v3": f"per patch: 45% {_DEVELOP}, 10% {_CAMERA}, 28% Gaussian (half with sigma 0-55, half "
                      f"5-30), 4% Poisson-Gaussian, 6% no noise, 7% a clean patch saved as JPEG q75-98 (target: "
                      f"itself); patches cut 16 px inside a larger development",
+    "mix-v4 mix-v4": f"per patch: 38% {_DEVELOP}, 8% the same developments without noise (the camera file, "
+                     f"JPEG and all, is its own target), 10% {_CAMERA}, 24% Gaussian (half with sigma 0-55, "
+                     f"half 5-30), 4% Poisson-Gaussian, 8% no noise, 8% a clean patch saved as JPEG q75-98 "
+                     f"(target: itself); patches cut 16 px inside a larger development",
     "mix v1": f"per patch: 45% {_CAMERA}, 40% Gaussian with sigma uniform in 0-55, 10% Poisson-Gaussian "
               f"in linear light, 5% no noise; all clipped and quantized to 8 bits",
     "mix v2": f"per patch: 40% {_CAMERA}, 45% Gaussian (half with sigma uniform in 0-55, half in 5-30), "

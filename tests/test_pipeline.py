@@ -124,8 +124,16 @@ def test_noisy_pair_crops_and_replays():
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_noise_free_camera_files_are_their_own_target():
+    x = _photo(112).expand(3, -1, -1, -1).contiguous()
+    inp, tgt = P.clean_development_pair(x, torch.Generator().manual_seed(2), out_size=96)
+    assert inp.shape == (3, 3, 96, 96)
+    torch.testing.assert_close(inp, tgt, atol=0, rtol=0)
+
+
 def test_mix_versions_are_named_and_pipeline_needs_pairs():
-    assert str(parse_noise("mix")) == "mix-v3"
+    assert str(parse_noise("mix")) == "mix-v4"
+    assert str(parse_noise("mix-v3")) == "mix-v3"
     assert str(parse_noise("mix-v2")) == "mix-v2"
     with pytest.raises(NoiseSpecError, match="noisy_pair"):
         apply_noise(_photo(), "pipeline", torch.Generator())
