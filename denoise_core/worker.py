@@ -12,6 +12,16 @@ Protocol (the plugins' side is plugins/common/denoise_client.py):
             model (it was trained on sRGB) and decoded back.
   stdout    one JSON object per line: {"event": "start"|"progress"|"done"|"error", ...}
   out.raw   written atomically, same layout as in.raw. Exit code 0 on success, 1 on error.
+Optional, so that a host Python without numpy does no per-pixel work (Krita's preview and jobs):
+  "dtype": "f32" (default) | "u8" | "u16" | "f16", the native-endian sample type of in.raw and
+            out.raw (integers scaled to 0..1); "swap_rb": true when 4-channel pixels are B,G,R,A
+            (Krita's U8/U16), for both files.
+  "crop": [x, y, w, h]  out.raw (and what follows) is only this rectangle of the input.
+  "mask": "mask.raw"    w x h bytes (the crop's): out = in + (denoised - in) * mask / 255 on
+            colour (pixels with mask 0 stay bit-identical; plugins/krita/denoise_cnn/pixels.py
+            apply_mask is the same blend).
+  "rgba8": "after.raw", "rgba8_before": "before.raw"   8-bit sRGB-encoded R,G,B,A of the output
+            and of the input (crop), for an on-screen preview.
 Cancelling is the client's business: it terminates the process, which leaves no output behind.
 With "parent_pipe" the client holds the worker's stdin open and never writes to it; end-of-file
 there means the client died (GIMP kills a plug-in whose progress bar is cancelled), and the worker
@@ -92,9 +102,19 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
     if job.get("parent_pipe"):
         _exit_when_parent_dies(base)
     raw = (base / job["input"]).read_bytes()
-    if len(raw) != w * h * c * 4:
-        raise ValueError(f"input holds {len(raw)} bytes, expected {w * h * c * 4} for {w}x{h}x{c} float32")
-    pix = np.frombuffer(raw, dtype="<f4").reshape(h, w, c)
+    dtype_name = job.get("dtype", "f32")
+    if dtype_name not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype_name!r}")
+    dtype, peak = _DTYPES[dtype_name]
+    size = np.dtype(dtype).itemsize
+    if len(raw) != w * h * c * size:
+        raise ValueError(f"input holds {len(raw)} bytes, expected {w * h * c * size} for {w}x{h}x{c} {dtype_name}")
+    swap = bool(job.get("swap_rb")) and c == 4
+    order = [2, 1, 0, 3] if swap else slice(None)
+    native = np.frombuffer(raw, dtype=dtype).reshape(h, w, c)
+    pix = native.astype(np.float32)[..., order]
+    if peak:
+        pix /= np.float32(peak)
     colour_c = 1 if c in (1, 2) else 3
     colour = pix[..., :colour_c]
     linear = job.get("transfer", "srgb") == "linear"
@@ -113,8 +133,48 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
     result = pix.copy()
     # keep values the net did not change bit-identical (strength 0, or untouched pixels)
     result[..., :colour_c] = out
-    atomic_write_bytes(base / job["output"], result.astype("<f4").tobytes())
+    crop = job.get("crop")
+    if crop is not None:
+        x, y, cw, ch = (int(v) for v in crop)
+        if x < 0 or y < 0 or cw < 1 or ch < 1 or x + cw > w or y + ch > h:
+            raise ValueError(f"crop {crop} leaves the {w}x{h} input")
+        pix, result, native = (a[y:y + ch, x:x + cw] for a in (pix, result, native))
+    if job.get("mask"):
+        m = np.frombuffer((base / job["mask"]).read_bytes(), np.uint8)
+        if m.size != result.shape[0] * result.shape[1]:
+            raise ValueError(f"mask holds {m.size} bytes, expected one per output pixel")
+        m = m.reshape(result.shape[:2])
+        blend = pix + (result - pix) * (m.astype(np.float32) / np.float32(255.0))[..., None]
+        blend = np.where((m == 255)[..., None], result, blend)
+        result = np.where((m == 0)[..., None], pix, blend)
+        if c in (2, 4):
+            result[..., -1] = pix[..., -1]
+    if peak:
+        data = np.clip(np.rint(np.nan_to_num(result) * np.float32(peak)), 0, peak).astype(dtype)
+        if c in (2, 4):
+            data[..., -1] = native[..., order][..., -1]  # alpha: the input's own integers
+    else:
+        data = result.astype(dtype)
+    atomic_write_bytes(base / job["output"], np.ascontiguousarray(data[..., order]).tobytes())
+    for key, img in (("rgba8", result), ("rgba8_before", pix)):
+        if job.get(key):
+            atomic_write_bytes(base / job[key], _rgba8(img, linear))
     _emit(event="done", output=job["output"], pid=os.getpid(), **reply)
+
+
+_DTYPES = {"f32": ("<f4", 0), "f16": ("=f2", 0), "u8": (np.uint8, 255), "u16": ("=u2", 65535)}
+
+
+def _rgba8(img: np.ndarray, linear: bool) -> bytes:
+    """(H, W, C) float pixels -> 8-bit sRGB-encoded R,G,B,A bytes for display."""
+    c = img.shape[2]
+    col = img[..., :3] if c >= 3 else np.repeat(img[..., :1], 3, axis=2)
+    col = np.clip(np.nan_to_num(col), 0.0, 1.0)
+    if linear:
+        col = _srgb_encode(col)
+    a = img[..., -1:] if c in (2, 4) else np.ones(img.shape[:2] + (1,), np.float32)
+    out = np.concatenate([col, np.clip(np.nan_to_num(a), 0.0, 1.0)], axis=2)
+    return np.rint(out * 255.0).astype(np.uint8).tobytes()
 
 
 def _denoiser(cache: dict | None, model, device, precision, tile):

@@ -116,7 +116,8 @@ if proc is not None:
     out["image_types"] = proc.get_image_types()
     out["arguments"] = [a.get_name() for a in proc.get_arguments()]
     cfg = proc.create_config()
-    out["defaults"] = {k: cfg.get_property(k) for k in ("strength", "model", "set-noise-level", "noise-level")}
+    out["defaults"] = {k: cfg.get_property(k) for k in ("strength", "model", "set-noise-level", "noise-level",
+                                                        "new-layer")}
 
 def dump(drawable, fmt, path):
     buf = drawable.get_buffer()
@@ -155,6 +156,8 @@ for case in P["cases"] if proc is not None else []:
         config.set_core_object_array("drawables", [layer])
         config.set_property("strength", case["strength"])
         config.set_property("model", case["model"])
+        if case.get("new_layer"):
+            config.set_property("new-layer", True)
         if "noise_level" in case:
             config.set_property("set-noise-level", True)
             config.set_property("noise-level", case["noise_level"])
@@ -164,6 +167,9 @@ for case in P["cases"] if proc is not None else []:
         r["message"] = result.index(1) if status != Gimp.PDBStatusType.SUCCESS and result.length() > 1 else None
         if case.get("raw"):
             dump(layer, case["raw_format"], case["raw"] + ".after")
+        r["layers"] = [l.get_name() for l in image.get_layers()]
+        if case.get("raw_top"):
+            dump(image.get_layers()[0], case["raw_format"], case["raw_top"])
         if case.get("output"):
             Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(case["output"]), None)
         image.delete()
@@ -272,6 +278,8 @@ def gimp(photo_rgb):
              "model": "/bogus.safetensors", "run_mode": "WITH_LAST_VALS",
              "last_values": '(strength 0.5)\n(model "default")\n'},
             {"name": "group", "input": "noisy8.png", "group": True, "strength": 1.0, "model": MODEL},
+            {"name": "new-layer", "input": "noisy8.png", "strength": 1.0, "model": MODEL, "new_layer": True,
+             "raw": "nl.raw", "raw_top": "nl.raw.top", "raw_format": "R'G'B' u8"},
             {"name": "level", "input": "noisy8.png", "output": "out-level.png", "strength": 1.0,
              "model": levels_inner, "noise_level": LEVEL},
             {"name": "level-blind-model", "input": "noisy8.png", "output": "out-level-blind.png",
@@ -280,7 +288,7 @@ def gimp(photo_rgb):
              "model": "/nonexistent/missing-model.safetensors"},
         ]
         for c in cases:
-            for k in ("input", "output", "raw"):
+            for k in ("input", "output", "raw", "raw_top"):
                 if k in c:
                     c[k] = inner(work / c[k])
         (work / "job.json").write_text(json.dumps({"proc": PROC, "cases": cases,
@@ -351,8 +359,9 @@ def test_registered_in_filters_enhance(gimp):
     assert res["menu_label"] == "Denoise (CNN)…"
     assert "<Image>/Filters/Enhance" in res["menu_paths"]
     assert res["image_types"] == "RGB*, GRAY*"
-    assert {"strength", "model", "set-noise-level", "noise-level"} <= set(res["arguments"])
-    assert res["defaults"] == {"strength": 1.0, "model": "default", "set-noise-level": False, "noise-level": 1.0}
+    assert {"strength", "model", "set-noise-level", "noise-level", "new-layer"} <= set(res["arguments"])
+    assert res["defaults"] == {"strength": 1.0, "model": "default", "set-noise-level": False, "noise-level": 1.0,
+                               "new-layer": False}
     cfg = gimp["config"]
     assert cfg["python"] == sys.executable and MODEL in cfg["models"]
 
@@ -471,3 +480,18 @@ def test_noise_level_with_a_blind_model_is_an_error(gimp):
     assert r["status"] == "execution-error", r
     assert MODEL in (r["message"] or "") and "no noise-level input" in r["message"], r
     assert np.array_equal(read_image(gimp["work"] / "out-level-blind.png").pixels, gimp["data"]["n8"])
+
+
+def test_new_layer_keeps_the_original(gimp):
+    """`new-layer`: the result goes on a copy above the layer; the original stays as it was."""
+    r = _ok(gimp, "new-layer")
+    assert len(r["layers"]) == 2 and r["layers"][0] == r["layers"][1] + " (denoised)", r
+    n8 = gimp["data"]["n8"]
+    h, w = n8.shape[:2]
+    base = gimp["work"] / "nl.raw"
+    orig = np.fromfile(str(base) + ".after", np.uint8).reshape(h, w, 3)
+    top = np.fromfile(str(base) + ".top", np.uint8).reshape(h, w, 3)
+    assert np.array_equal(np.fromfile(str(base) + ".before", np.uint8).reshape(h, w, 3), n8)
+    assert np.array_equal(orig, n8)
+    want = Denoiser(MODEL).denoise(n8).astype(int)
+    assert np.abs(top.astype(int) - want).max() <= 1

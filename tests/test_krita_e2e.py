@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from skimage import data
 
 from denoise_core.api import Denoiser
 from denoise_core.metrics import psnr
@@ -34,6 +35,7 @@ from denoise_core.noise import apply_noise
 
 REPO = Path(__file__).resolve().parent.parent
 LEVEL = 2.0  # the noise level the level case sets in the dialog
+PW, PH = 608, 576  # the preview case's document
 KRITA_TIMEOUT = 900
 W, H = 256, 192
 # x, y, w, h of the selection case: off the model's grid (160 - 98 is not a multiple of 8) and far
@@ -165,6 +167,25 @@ def run_case(app, win, job, case):
             dlg.set_model(case["set_model"])
         dlg.set_noise_level(case.get("noise_level"))
         dlg.tile.setValue(case.get("tile", 1024))
+        dlg.new_layer.setChecked(bool(case.get("new_layer")))
+        if case.get("preview"):
+            # the live preview: one at opening (the worker starts here: first preview), one after
+            # the box is dragged (512x512, worker up: latency), one after a control changes; then OK
+            w = job.worker(dlg.cfg)
+            wait(lambda: not dlg.preview_busy(), 300, "the first preview")
+            seen["pids"] = [w.pid]
+            dlg.move_box(*case["preview"])
+            wait(lambda: not dlg.preview_busy(), 300, "the preview after moving the box")
+            seen["pids"].append(w.pid)
+            dlg.strength.setValue(case["strength"])
+            wait(lambda: not dlg.preview_busy(), 300, "the preview after a strength change")
+            seen["pids"].append(w.pid)
+            seen["preview_seconds"] = dlg.preview_seconds
+            seen["preview_box"] = list(dlg.preview_box)
+            seen["preview_status"] = dlg.preview_status.text()
+            with open(os.path.join(OUT, case["name"] + ".preview"), "wb") as f:
+                f.write(dlg.preview_result)
+            seen["worker"] = w
         if case.get("dialog_shot"):
             dlg.show_advanced(True)
             dlg.update_preview()
@@ -201,6 +222,10 @@ def run_case(app, win, job, case):
     pump(0.3)
     doc.waitForDone()
     seen.pop("stop", None)
+    w = seen.pop("worker", None)
+    if w is not None:  # the job ran on the same process as the previews
+        seen["pids"].append(w.pid)
+        seen["worker_starts"] = w.starts
     res.update(seen)
     paint = [n for n in doc.topLevelNodes() if n.type() == "paintlayer"]
     result = paint[-1]
@@ -208,6 +233,9 @@ def run_case(app, win, job, case):
     res["active"] = doc.activeNode().name()
     with open(os.path.join(OUT, case["name"] + ".out"), "wb") as f:
         f.write(bytes(result.pixelData(0, 0, case["w"], case["h"])))
+    res["original_kept"] = any(n == node for n in paint)  # the node object itself is still there
+    with open(os.path.join(OUT, case["name"] + ".orig"), "wb") as f:
+        f.write(bytes(node.pixelData(0, 0, case["w"], case["h"])))
     if case.get("undo"):
         for _ in range(case["undo"]):
             app.action("edit_undo").trigger()
@@ -338,9 +366,17 @@ def krita_run(tmp_path_factory, photo_rgb):
     missing = str(home / "no-such-dir" / "missing.safetensors")
     from plugin_models import level_model
     levels = level_model(out)
+    # a 608x576 photo (astronaut, mirrored past its 512 px) for the preview: the first case, so its
+    # first preview starts the worker
+    big = np.pad(data.astronaut().astype(np.float32) / 255.0, ((0, 64), (0, 96), (0, 0)), mode="reflect")
+    xb = torch.from_numpy(big).permute(2, 0, 1)[None]
+    nbig = apply_noise(xb, "gaussian:25", torch.Generator().manual_seed(7))[0].permute(1, 2, 0).numpy()
     cases = [
+        {"name": "preview", "depth": "U8", "set_model": "default", "w": PW, "h": PH, "preview": [96, 64],
+         "strength": 0.7},
         {"name": "u8", "depth": "U8", "set_model": "default", "undo": 2},
         {"name": "u16", "depth": "U16", "set_model": "seed"},
+        {"name": "newlayer", "depth": "U8", "set_model": "seed", "new_layer": True, "undo": 1},
         {"name": "u8sel", "depth": "U8", "set_model": "default", "selection": list(SEL)},
         {"name": "missing", "depth": "U8", "set_model": missing},
         # small tiles: the job runs for seconds, so Cancel lands while it works
@@ -354,13 +390,13 @@ def krita_run(tmp_path_factory, photo_rgb):
     ]
     for c in cases:
         c.setdefault("model", "RGBA")
-        c.update(w=W, h=H)
+        c.setdefault("w", W)
+        c.setdefault("h", H)
         if c["model"] != "CMYKA":
-            img = noisy_gray if c["model"] == "GRAYA" else noisy
+            img = nbig if c["name"] == "preview" else noisy_gray if c["model"] == "GRAYA" else noisy
             (out / f"{c['name']}.in").write_bytes(_encode(img, c["model"], c["depth"]))
     if shots:  # a larger, opaque photo for the docs; the dialog is cancelled after the shots
         Path(shots).mkdir(parents=True, exist_ok=True)
-        from skimage import data
         big = data.astronaut()[:384].astype(np.float32) / 255.0
         xb = torch.from_numpy(big).permute(2, 0, 1)[None]
         nb = apply_noise(xb, "gaussian:20", torch.Generator().manual_seed(1))[0].permute(1, 2, 0).numpy()
@@ -402,7 +438,7 @@ def krita_run(tmp_path_factory, photo_rgb):
 
 def _read(run, name, ext="out"):
     case = next(c for c in run["cases"] if c["name"] == name)
-    return _decode((run["out"] / f"{name}.{ext}").read_bytes(), case["model"], case["depth"])
+    return _decode((run["out"] / f"{name}.{ext}").read_bytes(), case["model"], case["depth"], case["h"], case["w"])
 
 
 def test_action_in_krita(krita_run):
@@ -446,6 +482,24 @@ def test_result_replaces_layer_and_undo_restores(krita_run):
     # Krita 5.1: the result layer replaces the original in two undoable commands (add, remove)
     assert res["layers_after_undo"] == ["Background"], res
     assert (krita_run["out"] / "u8.undo").read_bytes() == before
+
+
+def test_new_layer_keeps_the_original(krita_run):
+    """"Put the result on a new layer": the original node stays, untouched, below the result; one
+    undo removes the result; the option is remembered for the next run."""
+    res = krita_run["results"]["newlayer"]
+    assert res["state"] == "done", res
+    assert res["layers"] == ["Background", "Background (denoised)"] and res["original_kept"], res
+    before = (krita_run["out"] / "newlayer.in").read_bytes()
+    assert (krita_run["out"] / "newlayer.orig").read_bytes() == before
+    out = (krita_run["out"] / "newlayer.out").read_bytes()
+    assert out != before
+    assert res["layers_after_undo"] == ["Background"], res
+    assert (krita_run["out"] / "newlayer.undo").read_bytes() == before
+    nxt = krita_run["cases"][[c["name"] for c in krita_run["cases"]].index("newlayer") + 1]["name"]
+    assert krita_run["results"][nxt]["loaded"]["new_layer"] is True
+    assert krita_run["results"]["u8"]["settings"]["new_layer"] is False
+    assert not krita_run["results"]["u8"]["original_kept"]  # in place: the node is replaced
 
 
 def test_selection_only(krita_run):
@@ -519,3 +573,29 @@ def test_noise_level_with_a_blind_model_says_so(krita_run):
     assert (krita_run["out"] / "level_blind.out").read_bytes() == (krita_run["out"] / "level_blind.in").read_bytes()
     # automatic is what the other cases ran with
     assert krita_run["results"]["u8"]["settings"]["noise_level"] is None
+
+
+def test_live_preview_is_the_result_and_reuses_one_worker(krita_run):
+    """The preview updates by itself (at opening, after the box moved, after a control changed),
+    shows at 1:1 exactly what OK then writes in that box, and the three previews and the job run
+    on one worker process, started once."""
+    res = krita_run["results"]["preview"]
+    assert res["state"] == "done", res
+    pids = res["pids"]
+    assert len(pids) == 4 and len(set(pids)) == 1 and pids[0], pids
+    assert res["worker_starts"] == 1
+    secs = res["preview_seconds"]
+    assert len(secs) == 3, secs
+    x, y, w, h = res["preview_box"]
+    assert (x, y, w, h) == (96, 64, 512, 512)
+    pv = np.frombuffer((krita_run["out"] / "preview.preview").read_bytes(), np.uint8).reshape(h, w, 4)
+    out = np.frombuffer((krita_run["out"] / "preview.out").read_bytes(), np.uint8).reshape(PH, PW, 4)
+    np.testing.assert_array_equal(pv, out[y:y + h, x:x + w])  # the preview is the result, byte for byte
+    after, _ = _read(krita_run, "preview")
+    before, _ = _read(krita_run, "preview", "in")
+    u8 = np.rint(before * 255).astype(np.uint8)
+    dn = Denoiser("default")
+    want = dn.denoise(u8, strength=0.7).astype(int)  # the job: strength 0.7, the last preview's
+    assert np.abs(np.rint(after * 255).astype(int) - want).max() <= 1
+    print(f"\npreview: first {secs[0]:.2f} s (worker start and model load), then 512x512 "
+          f"{secs[1]:.2f} s (box moved), {secs[2]:.2f} s (strength changed)")

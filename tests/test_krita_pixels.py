@@ -240,3 +240,11 @@ def test_install_rejects_python_without_core(home):
     with pytest.raises(click.ClickException, match="cannot"):
         ik.install(python="/bin/false")
     assert not (home / ".local/share/krita/pykrita/denoise_cnn").exists()
+
+
+def test_subsample_takes_every_step_th_pixel(px):
+    a = np.arange(7 * 5 * 4, dtype=np.uint8).reshape(7, 5, 4)
+    for step in (1, 2, 3, 9):
+        data, w, h = px.subsample(a.tobytes(), 5, 7, 4, step)
+        want = a[::step, ::step]
+        assert (h, w) == want.shape[:2] and data == want.tobytes()

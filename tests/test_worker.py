@@ -199,3 +199,34 @@ def test_noise_level_reaches_the_model(photo_rgb, tmp_path):
     assert np.abs(out - call(img, model=model)).mean() > 1 / 255  # not the automatic result
     with pytest.raises(dc.WorkerError, match="seed.*no noise-level input"):
         call(img, model="seed", noise_level=1.0)
+
+
+@pytest.mark.parametrize("depth", ["U8", "U16", "F16", "F32"])
+@pytest.mark.parametrize("linear", [False, True])
+def test_native_pixels_crop_mask_and_preview_match_the_krita_conversions(photo_rgb, depth, linear):
+    """The worker-side conversions (Krita's native bytes in and out, crop, selection blend, 8-bit
+    preview) give exactly what the plugin's own pixels.py gives from the float path."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("kpx", ROOT / "plugins/krita/denoise_cnn/pixels.py")
+    px = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(px)
+    rng = np.random.default_rng(3)
+    h, w = 40, 56
+    f = np.concatenate([photo_rgb[:h, :w] / 255, rng.random((h, w, 1))], axis=2).astype("<f4")
+    native = px.from_float(f.tobytes(), "RGBA", depth)
+    floats = px.to_float(native, "RGBA", depth)
+    transfer = "linear" if linear else "srgb"
+    crop = (5, 7, 30, 20)
+    mask = bytes(rng.choice([0, 0, 255, 255, 128, 7], size=30 * 20).astype(np.uint8))
+    dn = np.frombuffer(dc.run_denoise(floats, w, h, 4, python=sys.executable, pythonpath=str(ROOT), model="seed",
+                                      transfer=transfer, strength=0.8), "<f4").reshape(h, w, 4)
+    x, y, cw, ch = crop
+    orig = np.frombuffer(floats, "<f4").reshape(h, w, 4)[y:y + ch, x:x + cw]
+    merged = px.apply_mask(np.ascontiguousarray(orig).tobytes(), np.ascontiguousarray(dn[y:y + ch, x:x + cw]).tobytes(),
+                           mask, 4)
+    res = dc.run_denoise(native, w, h, 4, python=sys.executable, pythonpath=str(ROOT), model="seed", transfer=transfer,
+                         strength=0.8, dtype={"U8": "u8", "U16": "u16", "F16": "f16", "F32": "f32"}[depth],
+                         swap_rb=depth in ("U8", "U16"), crop=crop, mask=mask, rgba8=True)
+    assert res["pixels"] == px.from_float(merged, "RGBA", depth)
+    assert res["rgba8"] == px.to_rgba8(merged, 4, linear)
+    assert res["rgba8_before"] == px.to_rgba8(np.ascontiguousarray(orig).tobytes(), 4, linear)

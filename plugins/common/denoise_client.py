@@ -25,6 +25,7 @@ import threading
 CONFIG_NAME = "denoise_worker.json"
 PROTOCOL_VERSION = 1
 MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL
+SAMPLE_BYTES = {"f32": 4, "f16": 2, "u16": 2, "u8": 1}
 IDLE_S = 600  # the worker exits after this long without a request (denoise_core.worker.IDLE_S)
 
 
@@ -294,8 +295,19 @@ def run_denoise(
     env: dict | None = None,
     poll_s: float = 0.05,
     worker: Worker | None = None,
-) -> bytes:
+    dtype: str = "f32",
+    swap_rb: bool = False,
+    crop=None,
+    mask: bytes | None = None,
+    rgba8: bool = False,
+):
     """Denoise float32 little-endian interleaved pixels; returns bytes of the same layout.
+
+    Or other layouts, converted by the worker so the host does no per-pixel work (see
+    denoise_core/worker.py): `dtype` "u8"/"u16"/"f16" native samples, `swap_rb` for B,G,R,A; the
+    result only for `crop` (x, y, w, h), blended through `mask` (one byte a pixel of the crop);
+    with `rgba8` the return value is a dict: "pixels", and 8-bit R,G,B,A for display, "rgba8"
+    (result) and "rgba8_before" (input).
 
     Runs on `worker`, by default this process's shared one for `python`. `on_progress(fraction)`
     is called from this thread; `is_cancelled()` is polled and, when true, the worker is killed
@@ -303,9 +315,13 @@ def run_denoise(
     message. `noise_level` None is automatic (one blind pass); a number 0..4 is passed on to the
     model (see denoise_core/levels.py); a model without a noise-level input makes the worker say so.
     """
-    expected = width * height * channels * 4
-    if len(pixels) != expected:
-        raise WorkerError(f"internal error: {len(pixels)} bytes for {width}x{height}x{channels} float32")
+    size = SAMPLE_BYTES[dtype]
+    if len(pixels) != width * height * channels * size:
+        raise WorkerError(f"internal error: {len(pixels)} bytes for {width}x{height}x{channels} {dtype}")
+    cw, ch = (width, height) if crop is None else (int(crop[2]), int(crop[3]))
+    expected = cw * ch * channels * size
+    if mask is not None and len(mask) != cw * ch:
+        raise WorkerError(f"internal error: {len(mask)} mask bytes for {cw}x{ch}")
     s = job_settings(model=model, strength=strength, noise_level=noise_level, device=device, tile=tile,
                      precision=precision)
     if worker is None:
@@ -319,6 +335,16 @@ def run_denoise(
             f.write(pixels)
         job = {"version": PROTOCOL_VERSION, "width": width, "height": height, "channels": channels,
                "input": "in.raw", "output": "out.raw", "transfer": transfer, **s}
+        if dtype != "f32" or swap_rb:
+            job.update(dtype=dtype, swap_rb=bool(swap_rb))
+        if crop is not None:
+            job["crop"] = [int(v) for v in crop]
+        if mask is not None:
+            with open(os.path.join(tmp, "mask.raw"), "wb") as f:
+                f.write(mask)
+            job["mask"] = "mask.raw"
+        if rgba8:
+            job.update(rgba8="after8.raw", rgba8_before="before8.raw")
         job_path = os.path.join(tmp, "job.json")
         with open(job_path, "w", encoding="utf-8") as f:
             json.dump(job, f)
@@ -334,6 +360,14 @@ def run_denoise(
             raise WorkerError("the denoiser returned an image of the wrong size")
         if on_progress:
             on_progress(1.0)
+        if rgba8:
+            res = {"pixels": out}
+            for key, name in (("rgba8", "after8.raw"), ("rgba8_before", "before8.raw")):
+                with open(os.path.join(tmp, name), "rb") as f:
+                    res[key] = f.read()
+                if len(res[key]) != cw * ch * 4:
+                    raise WorkerError("the denoiser returned a preview of the wrong size")
+            return res
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

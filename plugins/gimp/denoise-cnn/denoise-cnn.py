@@ -134,9 +134,16 @@ def main():
         finally:
             Gimp.progress_end()
 
-        image.undo_group_start()
+        new_layer = bool(config.get_property("new-layer"))
+        image.undo_group_start()  # one undo step, whether in place or on new layers
         try:
             for drawable, (x, y, w, h), fmt, pixels in results:
+                if new_layer and drawable.is_layer():
+                    # a copy of the layer above it takes the result; the original stays as it was
+                    copy = drawable.copy()
+                    copy.set_name(drawable.get_name() + " (denoised)")
+                    image.insert_layer(copy, drawable.get_parent(), image.get_item_position(drawable))
+                    drawable = copy
                 shadow = drawable.get_shadow_buffer()
                 shadow.set(Gegl.Rectangle.new(x, y, w, h), fmt, pixels)
                 shadow.flush()
@@ -190,6 +197,10 @@ def main():
                                             "by itself: 1 is about automatic, 2 also removes noise that "
                                             "automatic leaves, 0 keeps the image"),
                                           0.0, MAX_NOISE_LEVEL, 1.0, GObject.ParamFlags.READWRITE)
+            procedure.add_boolean_argument("new-layer", _("Result on a new _layer"),
+                                           _("Put the result on a copy of each layer, above it, and keep "
+                                             "the original (layers only: channels and masks change in place)"),
+                                           False, GObject.ParamFlags.READWRITE)
             return procedure
 
     Gimp.main(DenoiseCNN.__gtype__, sys.argv)

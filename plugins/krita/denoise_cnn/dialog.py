@@ -1,25 +1,35 @@
-"""The modal "Denoise (CNN)" dialog: model, strength, noise level, advanced (device, tile size),
-crop preview.
+"""The modal "Denoise (CNN)" dialog: model, strength, noise level, new layer, advanced (device, tile
+size), and a live 1:1 preview.
+
+Preview: a box of at most 512x512 layer pixels (drag it on the overview) shown at 1:1 with a
+before/after split (drag the divider). It updates by itself PREVIEW_DELAY_MS after a control
+changes, on this Krita's persistent worker (job.RegionRun: the box read with the model's full
+context, so the preview is exactly what OK will give there). A change while one runs queues one
+more; none is killed, so the worker keeps its model.
 
 Noise level: unchecked is automatic (the model judges the noise, one pass); checked sends a value
 0..4 (1 about automatic, 2 removes noise automatic leaves, 0 keeps the image; denoise_core/levels.py).
 
 The preview runs the worker on a centred crop of at most 256x256 pixels in a background thread
-(job.WorkerRun), polled by a QTimer, so the dialog stays responsive and Cancel/OK stop it.
+(job.RegionRun), polled by a QTimer, so the dialog stays responsive.
 """
 from __future__ import annotations
 
-from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtGui import QImage, QPixmap
+import time
+
+from PyQt5.QtCore import QRect, Qt, QTimer
+from PyQt5.QtGui import QColor, QImage, QPainter, QPen, QPixmap
 from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog,
-                             QFormLayout, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSlider,
+                             QFormLayout, QHBoxLayout, QLabel, QSlider,
                              QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from . import job, pixels
 
 CHECKPOINT_ITEM = "Checkpoint file…"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PREVIEW = 256
+PREVIEW = 512  # the preview box's largest side, in layer pixels (shown 1:1)
+OVERVIEW = 200  # the overview's largest side, in screen pixels
+PREVIEW_DELAY_MS = 250  # after the last control change, before the preview updates
 MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL (no torch here, so not imported)
 LEVEL_TIP = ("Off: automatic, the model judges the noise (one pass). On: tell it how much to remove, "
              "relative to what it finds by itself: 1 is about automatic, 2 also removes noise that "
@@ -101,10 +111,16 @@ class DenoiseDialog(QDialog):
         level_row.addWidget(self.level)
         self._level_toggled(False)
 
+        self.new_layer = QCheckBox("Put the result on a new layer above")
+        self.new_layer.setObjectName("new_layer")
+        self.new_layer.setToolTip("Keeps the original layer as it is (one undo step removes the result). "
+                                  "Off: the result replaces the layer (two undo steps restore it).")
+
         form = QFormLayout()
         form.addRow("Model:", self.model)
         form.addRow("Strength:", strength_row)
         form.addRow("Noise level:", level_row)
+        form.addRow("", self.new_layer)
 
         # --- advanced (collapsed by default)
         self.advanced_button = QToolButton()
@@ -131,26 +147,35 @@ class DenoiseDialog(QDialog):
         self.advanced.setVisible(False)
         self.advanced_button.toggled.connect(self.show_advanced)
 
-        # --- preview
-        self.before = QLabel()
-        self.after = QLabel()
-        for lab in (self.before, self.after):
-            lab.setFixedSize(PREVIEW, PREVIEW)
-            lab.setAlignment(Qt.AlignCenter)
-            lab.setStyleSheet("QLabel { background: #3a3a3a; color: #bbb; }")
-        self.preview_button = QPushButton("Update preview")
-        self.preview_button.setObjectName("preview")
-        self.preview_button.clicked.connect(self.update_preview)
+        # --- preview: overview with the box, 1:1 before/after split
+        t = target
+        self.box_w, self.box_h = min(PREVIEW, t.w), min(PREVIEW, t.h)
+        self.box = (t.x + (t.w - self.box_w) // 2, t.y + (t.h - self.box_h) // 2, self.box_w, self.box_h)
+        self.overview = Overview(t, self.box, self.move_box)
+        self.overview.setObjectName("overview")
+        self.overview.setToolTip("Drag the box to choose the part of the layer to preview")
+        self.compare = CompareView(self.box_w, self.box_h)
+        self.compare.setObjectName("compare")
+        self.compare.setToolTip("Before (left of the line) and after (right); drag to move the line")
         self.preview_status = QLabel("")
         self.preview_status.setWordWrap(True)
-        grid = QGridLayout()
-        grid.addWidget(QLabel("Before"), 0, 0, Qt.AlignHCenter)
-        grid.addWidget(QLabel("After"), 0, 1, Qt.AlignHCenter)
-        grid.addWidget(self.before, 1, 0)
-        grid.addWidget(self.after, 1, 1)
-        prow = QHBoxLayout()
-        prow.addWidget(self.preview_button)
-        prow.addWidget(self.preview_status, 1)
+        self.preview_result = None  # the box's pixels as OK would write them (Krita's bytes), last shown
+        self.preview_box = None  # the box that preview_result shows
+        self.preview_seconds = []  # how long each preview took, request to picture
+        self._pending = False  # a change came in while a preview ran: run one more
+        self._requested_at = None
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(PREVIEW_DELAY_MS)
+        self._debounce.timeout.connect(self.update_preview)
+        side = QVBoxLayout()
+        side.addWidget(QLabel("Preview area:"))
+        side.addWidget(self.overview)
+        side.addWidget(self.preview_status)
+        side.addStretch(1)
+        grid = QHBoxLayout()
+        grid.addLayout(side)
+        grid.addWidget(self.compare, 1)
 
         where = (f"selection, {target.w}×{target.h} px" if target.mask is not None or _has_selection(target)
                  else f"{target.w}×{target.h} px")
@@ -168,11 +193,14 @@ class DenoiseDialog(QDialog):
         lay.addWidget(self.advanced_button, 0, Qt.AlignLeft)
         lay.addWidget(self.advanced)
         lay.addLayout(grid)
-        lay.addLayout(prow)
         lay.addWidget(self.buttons)
 
         self._load_settings()
         self._show_before()
+        for signal in (self.model.currentIndexChanged, self.strength.valueChanged, self.level.valueChanged,
+                       self.level_check.toggled, self.device.currentIndexChanged):
+            signal.connect(self.schedule_preview)
+        self.schedule_preview()
 
     # ------------------------------------------------------------------ settings
     def _load_settings(self) -> None:
@@ -188,6 +216,7 @@ class DenoiseDialog(QDialog):
             self.level_check.setChecked(True)
         except ValueError:  # "auto"
             self.level_check.setChecked(False)
+        self.new_layer.setChecked(_read_setting("new_layer", "false") == "true")
         dev = _read_setting("device", "auto")
         self.device.setCurrentIndex(max(0, self.device.findText(dev)))
         try:
@@ -199,7 +228,8 @@ class DenoiseDialog(QDialog):
         """What the job gets; `noise_level` is None for automatic."""
         return {"model": self.model.currentData() or "default", "strength": self.strength.value(),
                 "noise_level": self.level.value() if self.level_check.isChecked() else None,
-                "device": self.device.currentText(), "tile": self.tile.value()}
+                "device": self.device.currentText(), "tile": self.tile.value(),
+                "new_layer": self.new_layer.isChecked()}
 
     def set_noise_level(self, level) -> None:
         """None: automatic; a number: that level (clamped to 0..MAX_NOISE_LEVEL)."""
@@ -244,56 +274,86 @@ class DenoiseDialog(QDialog):
 
     # ------------------------------------------------------------------ preview
     def _show_before(self) -> None:
-        floats, w, h = self.target.crop_floats(PREVIEW)
-        self._preview_input = (floats, w, h)
-        self.before.setPixmap(_pixmap(floats, w, h, self.target.channels, self.target.linear))
-        self.after.setText("Update preview\nto see the result")
+        """The box's original pixels at once where Qt can show Krita's bytes as they are (8-bit
+        RGBA: B,G,R,A is QImage's ARGB32); other formats wait for the worker's 8-bit picture."""
+        x, y, w, h = self.box
+        t = self.target
+        self.compare.set_after(None)
+        if t.color_model == "RGBA" and t.depth == "U8":
+            raw = pixels.crop(t.original, t.w, t.h, t.bpp, x - t.x, y - t.y, w, h)
+            self.compare.set_before(QPixmap.fromImage(QImage(raw, w, h, w * 4, QImage.Format_ARGB32).copy()))
+        else:
+            self.compare.set_before(None)
+
+    def move_box(self, x: int, y: int) -> None:
+        """Put the preview box's top-left corner at document (x, y), kept inside the target."""
+        t = self.target
+        x = min(max(int(x), t.x), t.x + t.w - self.box_w)
+        y = min(max(int(y), t.y), t.y + t.h - self.box_h)
+        if (x, y) == self.box[:2]:
+            return
+        self.box = (x, y, self.box_w, self.box_h)
+        self.overview.set_box(self.box)
+        self._show_before()
+        self.schedule_preview()
+
+    def schedule_preview(self, *_) -> None:
+        """Update the preview PREVIEW_DELAY_MS after the last change."""
+        if self._requested_at is None:
+            self._requested_at = time.monotonic()
+        self._debounce.start()
 
     def update_preview(self) -> None:
-        self.stop_preview()
-        floats, w, h = self._preview_input
-        self.preview_status.setText("Running the denoiser on the crop…")
-        self._preview_run = job.WorkerRun(floats, w, h, self.target.channels, self.cfg, self.settings(),
-                                          self.target.transfer).start()
+        """Start a preview of the box now (or right after the one running)."""
+        self._debounce.stop()
+        if self._requested_at is None:
+            self._requested_at = time.monotonic()
+        if self._preview_run is not None:
+            self._pending = True
+            return
+        self._pending = False
+        self.preview_status.setText("Updating the preview…")
+        self._preview_run = job.RegionRun(self.target, self.box, self.cfg, self.settings(), preview=True).start()
+        self._preview_started = self._requested_at
+        self._requested_at = None
         self._timer.start()
 
     def preview_busy(self) -> bool:
-        """True until the running preview's result (or error) is on screen."""
-        return self._preview_run is not None
+        """True until the preview for the current settings is on screen (or failed)."""
+        return self._preview_run is not None or self._pending or self._debounce.isActive()
 
     def _poll_preview(self) -> None:
         run = self._preview_run
         if run is None:
             self._timer.stop()
             return
-        if not run.done:
-            self.preview_status.setText(f"Running the denoiser on the crop… {int(run.progress * 100)} %")
+        if not run.poll():
             return
         self._timer.stop()
         self._preview_run = None
+        if self._pending:  # settings changed meanwhile: this result is stale
+            self.update_preview()
+            return
         if run.result is not None:
-            floats, w, h = self._preview_input
-            merged = self.target_mask_crop_merge(floats, run.result, w, h)
-            self.after.setPixmap(_pixmap(merged, w, h, self.target.channels, self.target.linear))
-            self.preview_status.setText(f"Preview of a {w}×{h} crop from the centre.")
+            x, y, w, h = run.rect
+            self.preview_result, self.preview_box = run.result, run.rect
+            self.compare.set_before(_rgba8_pixmap(run.rgba8_before, w, h))
+            self.compare.set_after(_rgba8_pixmap(run.rgba8, w, h))
+            secs = time.monotonic() - self._preview_started
+            self.preview_seconds.append(secs)
+            self.preview_status.setText(f"{w}×{h} px at 1:1 in {secs:.2f} s.\nLeft of the line: before.")
         elif run.cancelled:
             self.preview_status.setText("Preview cancelled.")
         else:
-            self.after.setText("No preview")
+            self.compare.set_after(None)
             self.preview_status.setText(f"Preview failed: {run.error}")
 
-    def target_mask_crop_merge(self, floats: bytes, result: bytes, w: int, h: int) -> bytes:
-        t = self.target
-        if t.mask is None:
-            return pixels.apply_mask(floats, result, None, t.channels)
-        x, y = (t.w - w) // 2, (t.h - h) // 2
-        mask = pixels.crop(t.mask, t.w, t.h, 1, x, y, w, h)
-        return pixels.apply_mask(floats, result, mask, t.channels)
-
     def stop_preview(self) -> None:
-        if self._preview_run is not None:
-            self._preview_run.cancel()
-            self._preview_run = None
+        """Stop showing previews. A running one is not killed (the worker keeps its model and
+        finishes it before the next request)."""
+        self._preview_run = None
+        self._pending = False
+        self._debounce.stop()
         self._timer.stop()
 
     def done(self, result: int) -> None:
@@ -303,6 +363,7 @@ class DenoiseDialog(QDialog):
             for k in ("model", "strength", "device", "tile"):
                 _write_setting(k, s[k])
             _write_setting("noise_level", "auto" if s["noise_level"] is None else s["noise_level"])
+            _write_setting("new_layer", "true" if s["new_layer"] else "false")
         super().done(result)
 
 
@@ -321,6 +382,94 @@ def _exists(path: str) -> bool:
 def _short(path: str) -> str:
     import os
     return os.path.basename(path) or path
+
+
+class Overview(QWidget):
+    """The target, scaled to fit OVERVIEW px, with the preview box; click or drag to move the box."""
+
+    def __init__(self, target, box, on_move):
+        super().__init__()
+        self.target, self.box, self.on_move = target, box, on_move
+        t = target
+        self.scale = min(1.0, OVERVIEW / max(t.w, t.h))
+        step = max(1, int(1 / self.scale))
+        raw, tw, th = pixels.subsample(t.original, t.w, t.h, t.bpp, step)
+        img = _pixmap(pixels.to_float(raw, t.color_model, t.depth), tw, th, t.channels, t.linear)
+        self.pixmap = img.scaled(max(1, round(t.w * self.scale)), max(1, round(t.h * self.scale)),
+                                 Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+        self.setFixedSize(self.pixmap.size())
+        self.setCursor(Qt.OpenHandCursor)
+
+    def set_box(self, box) -> None:
+        self.box = box
+        self.update()
+
+    def paintEvent(self, event):
+        p = QPainter(self)
+        p.drawPixmap(0, 0, self.pixmap)
+        x, y, w, h = self.box
+        t, sc = self.target, self.scale
+        r = QRect(round((x - t.x) * sc), round((y - t.y) * sc), max(2, round(w * sc)), max(2, round(h * sc)))
+        p.setPen(QPen(QColor(0, 0, 0), 3))
+        p.drawRect(r.adjusted(0, 0, -1, -1))
+        p.setPen(QPen(QColor(255, 255, 255), 1))
+        p.drawRect(r.adjusted(0, 0, -1, -1))
+        p.end()
+
+    def _move(self, event):
+        x, y, w, h = self.box
+        t = self.target
+        self.on_move(t.x + event.x() / self.scale - w / 2, t.y + event.y() / self.scale - h / 2)
+
+    mousePressEvent = _move
+    mouseMoveEvent = _move
+
+
+class CompareView(QWidget):
+    """Before left of a vertical line, after right of it, at 1:1; drag to move the line."""
+
+    def __init__(self, w: int, h: int):
+        super().__init__()
+        self.before = self.after = None
+        self.split = 0.5
+        self.setFixedSize(w, h)
+        self.setCursor(Qt.SplitHCursor)
+
+    def set_before(self, pixmap) -> None:
+        self.before = pixmap
+        self.update()
+
+    def set_after(self, pixmap) -> None:
+        self.after = pixmap
+        self.update()
+
+    def paintEvent(self, event):
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor(58, 58, 58))
+        x = round(self.width() * self.split)
+        if self.after is not None:
+            p.drawPixmap(0, 0, self.after)
+        if self.before is not None:
+            w = x if self.after is not None else self.width()
+            p.drawPixmap(0, 0, self.before, 0, 0, w, self.height())
+        if self.after is not None:
+            p.setPen(QPen(QColor(255, 255, 255), 1))
+            p.drawLine(x, 0, x, self.height())
+        else:
+            p.setPen(QColor(200, 200, 200))
+            p.drawText(self.rect(), Qt.AlignCenter, "Preview on the way…")
+        p.end()
+
+    def _move(self, event):
+        self.split = min(max(event.x() / max(1, self.width()), 0.0), 1.0)
+        self.update()
+
+    mousePressEvent = _move
+    mouseMoveEvent = _move
+
+
+def _rgba8_pixmap(data: bytes, w: int, h: int) -> QPixmap:
+    return QPixmap.fromImage(QImage(data, w, h, w * 4, QImage.Format_RGBA8888).copy())
 
 
 def _pixmap(floats: bytes, w: int, h: int, channels: int, linear: bool) -> QPixmap:

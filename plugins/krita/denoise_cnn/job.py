@@ -87,9 +87,6 @@ class Target:
     def transfer(self) -> str:
         return "linear" if self.linear else "srgb"
 
-    def floats(self) -> bytes:
-        return pixels.to_float(self.original, self.color_model, self.depth)
-
     def context_rect(self, info: dict, rect=None):
         """Where to read for `rect` (default: the target's), in document pixels: grown by the
         worker's context, on the model's grid relative to the frame, within the frame."""
@@ -99,23 +96,18 @@ class Target:
                                                  int(info.get("multiple", 1)))
         return rx + fx, ry + fy, rw, rh
 
-    def read_floats(self, x: int, y: int, w: int, h: int) -> bytes:
-        """The layer's pixels of a document rectangle as worker floats (UI thread only)."""
+    def read(self, x: int, y: int, w: int, h: int) -> bytes:
+        """The layer's native pixel bytes of a document rectangle (UI thread only)."""
         raw = bytes(self.node.pixelData(x, y, w, h))
         if len(raw) != w * h * self.bpp:
             raise JobError("internal error: unexpected pixel data size from Krita")
-        return pixels.to_float(raw, self.color_model, self.depth)
+        return raw
 
-    def crop_floats(self, size: int = 256):
-        """A centred crop of at most size x size pixels (for the preview): (floats, w, h)."""
-        w, h = min(size, self.w), min(size, self.h)
-        x, y = (self.w - w) // 2, (self.h - h) // 2
-        raw = pixels.crop(self.original, self.w, self.h, self.bpp, x, y, w, h)
-        return pixels.to_float(raw, self.color_model, self.depth), w, h
-
-    def result_bytes(self, denoised: bytes, floats: bytes | None = None) -> bytes:
-        merged = pixels.apply_mask(floats or self.floats(), denoised, self.mask, self.channels)
-        return pixels.from_float(merged, self.color_model, self.depth)
+    def mask_of(self, x: int, y: int, w: int, h: int):
+        """The selection mask of a document rectangle inside the target (None: all selected)."""
+        if self.mask is None:
+            return None
+        return pixels.crop(self.mask, self.w, self.h, 1, x - self.x, y - self.y, w, h)
 
 
 def prepare(doc, node) -> Target:
@@ -209,21 +201,85 @@ class Task:
             self.done = True
 
 
-def WorkerRun(floats: bytes, width: int, height: int, channels: int, cfg: dict, settings: dict,
-              transfer: str) -> Task:
-    """Denoise float pixels on this Krita's worker (not started yet: call .start())."""
+def NativeRun(target: Target, raw: bytes, region, rect, cfg: dict, settings: dict, rgba8: bool) -> Task:
+    """Denoise the layer's native bytes of `region` on this Krita's worker, which converts them,
+    crops `rect`, blends it through the selection and returns native bytes ready for
+    setPixelData (and, with `rgba8`, 8-bit pictures for the preview): Krita's Python may have no
+    numpy, and per-pixel work in pure Python takes seconds."""
     c = client()
     s = c.job_settings(settings)
     w = worker(cfg)
+    rx, ry, rw, rh = region
+    x, y, cw, ch = rect
+    dtype = {"U8": "u8", "U16": "u16", "F16": "f16", "F32": "f32"}[target.depth]
+    mask = target.mask_of(*rect)
     return Task(lambda on_progress, is_cancelled: c.run_denoise(
-        floats, width, height, channels, python=cfg["python"], worker=w, transfer=transfer, **s,
-        on_progress=on_progress, is_cancelled=is_cancelled))
+        raw, rw, rh, target.channels, python=cfg["python"], worker=w, transfer=target.transfer, **s,
+        dtype=dtype, swap_rb=pixels.swaps_rb(target.color_model, target.depth), crop=(x - rx, y - ry, cw, ch),
+        mask=mask, rgba8=rgba8, on_progress=on_progress, is_cancelled=is_cancelled))
 
 
 def InfoRun(cfg: dict, settings: dict) -> Task:
     """The worker's info for these settings (loads the model the first time)."""
     w = worker(cfg)
     return Task(lambda on_progress, is_cancelled: w.info(settings, is_cancelled=is_cancelled))
+
+
+class RegionRun:
+    """Denoise document rectangle `rect` of a Target with the model's full context around it, so the
+    result equals what denoising the whole layer gives there: asks the worker for its context
+    (thread), reads the grown region (UI thread, in `poll`), denoises it (thread). Call `poll()`
+    from a UI timer until `done`; then `result` (native bytes of `rect`, blended through the
+    selection: what setPixelData takes), `error` or `cancelled`; with `preview`, `rgba8` and
+    `rgba8_before` (8-bit R,G,B,A of the result and the original, for display)."""
+
+    def __init__(self, target: Target, rect, cfg: dict, settings: dict, preview: bool = False):
+        self.target, self.rect, self.cfg, self.settings = target, tuple(rect), cfg, settings
+        self.preview = preview
+        self.rgba8 = self.rgba8_before = None
+        self.region = None  # what was sent, once the worker said its context
+        self.result = self.error = None
+        self.cancelled = self.done = False
+        self.user_cancelled = False
+        self.task = None
+
+    def start(self) -> "RegionRun":
+        self.task = InfoRun(self.cfg, self.settings).start()
+        return self
+
+    @property
+    def progress(self) -> float:
+        return self.task.progress if self.region is not None else 0.0
+
+    def cancel(self) -> None:
+        self.user_cancelled = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def poll(self) -> bool:
+        task = self.task
+        if self.done or not task.done:
+            return self.done
+        if not self.user_cancelled and self.region is None and task.result is not None:
+            t = self.target
+            try:  # phase 2: read the rectangle with the context the worker asked for
+                self.region = t.context_rect(task.result, self.rect)
+                self.task = NativeRun(t, t.read(*self.region), self.region, self.rect, self.cfg,
+                                      self.settings, self.preview).start()
+                return False
+            except Exception as e:
+                task.error = f"{type(e).__name__}: {e}"
+        self.done = True
+        if self.user_cancelled or task.cancelled:
+            self.cancelled = True  # a result that came in as Cancel was clicked is not used
+        elif task.error:
+            self.error = task.error
+        elif self.preview:
+            self.result, self.rgba8, self.rgba8_before = (task.result["pixels"], task.result["rgba8"],
+                                                          task.result["rgba8_before"])
+        else:
+            self.result = task.result
+        return True
 
 
 def show_message(parent, text: str, icon: str = "warning"):
@@ -245,7 +301,6 @@ class DenoiseJob:
     def __init__(self, target: Target, settings: dict, cfg: dict, parent=None):
         self.target, self.settings, self.cfg, self.parent = target, settings, cfg, parent
         self.run = None
-        self.floats = None
 
     def start(self) -> None:
         from PyQt5.QtCore import Qt, QTimer
@@ -253,10 +308,7 @@ class DenoiseJob:
 
         t = self.target
         LAST.update(state="running", message="")
-        self.floats = t.floats()
-        self.region = None  # the rectangle sent to the worker, once the worker said its context
-        self.user_cancelled = False
-        self.run = InfoRun(self.cfg, self.settings).start()
+        self.run = RegionRun(t, (t.x, t.y, t.w, t.h), self.cfg, self.settings).start()
         self.progress = QProgressDialog(f'Denoising "{t.node.name()}" ({t.w}×{t.h})…', "Cancel", 0, 1000,
                                         self.parent)
         self.progress.setObjectName("denoise_cnn_progress")
@@ -275,33 +327,17 @@ class DenoiseJob:
         _ACTIVE.append(self)
 
     def cancel(self) -> None:
-        self.user_cancelled = True
         if self.run is not None:
             self.run.cancel()
             self.progress.setLabelText("Cancelling…")
 
     def _poll(self) -> None:
         run = self.run
-        if self.progress.wasCanceled():
-            self.user_cancelled = True
-        if self.user_cancelled and not run.done:
+        if self.progress.wasCanceled() and not run.user_cancelled:
             run.cancel()
-        if not run.done:
+        if not run.poll():
             self.progress.setValue(int(run.progress * 1000))
             return
-        if self.user_cancelled:
-            run.cancelled = True  # a result that came in as Cancel was clicked is not applied
-        if self.region is None and run.result is not None and not run.cancelled:
-            # phase 2: read the target with the context the worker asked for and denoise that
-            t = self.target
-            try:
-                self.region = t.context_rect(run.result)
-                floats = t.read_floats(*self.region)
-                self.run = WorkerRun(floats, self.region[2], self.region[3], t.channels, self.cfg,
-                                     self.settings, t.transfer).start()
-                return
-            except Exception as e:
-                run.result, run.error = None, f"{type(e).__name__}: {e}"
         self.timer.stop()
         self.progress.hide()
         self.progress.deleteLater()
@@ -313,9 +349,7 @@ class DenoiseJob:
             self._finish("error", f"Denoising failed: {run.error}\n\nThe layer is unchanged.", "error")
         else:
             try:
-                t = self.target
-                rx, ry, rw, rh = self.region
-                self.apply(client().crop_rows(run.result, rw, rh, t.channels, t.x - rx, t.y - ry, t.w, t.h))
+                self.apply(run.result)
             except Exception as e:
                 self._finish("error", f"Could not write the result back: {e}\n\nThe layer is unchanged.",
                              "error")
@@ -329,27 +363,34 @@ class DenoiseJob:
     def apply(self, denoised: bytes) -> None:
         """Write the result back so that Undo restores the layer.
 
-        Krita 5.1's `Node.setPixelData` bypasses the undo stack, so the pixels go into a duplicate
-        of the layer (same name, properties and masks) that replaces it: added above it, then the
-        original removed, both through the API's undoable commands. The undo history shows two
-        entries (add, remove); undoing both gives back the original layer object untouched."""
+        Krita 5.1's `Node.setPixelData` bypasses the undo stack, and its scripting API has no other
+        pixel write and no undo macro, so the pixels go into a duplicate of the layer (same
+        properties and masks), added above the original through the API's undoable command:
+        - "new_layer" (non-destructive): the duplicate, named "NAME (denoised)", stays above the
+          untouched original; one undo entry (add) removes it.
+        - in place: the original is then removed (a second undoable command), so the duplicate,
+          with the original's name, takes its place. Two undo entries (add, remove); undoing both
+          gives back the original layer object untouched. The layer is a new node: clone layers
+          of the original keep showing the original's pixels."""
         from PyQt5.QtCore import QByteArray
 
         t = self.target
-        data = t.result_bytes(denoised, self.floats)
+        data = denoised  # native bytes of the target, blended through the selection by the worker
         node = t.node
         parent = node.parentNode()
         if parent is None:
             raise RuntimeError("the layer is no longer in the image")
+        new_layer = bool(self.settings.get("new_layer"))
         dup = node.duplicate()
-        dup.setName(node.name())
+        dup.setName(f"{node.name()} (denoised)" if new_layer else node.name())
         if dup.setPixelData(QByteArray(data), t.x, t.y, t.w, t.h) is False:
             raise RuntimeError("Krita refused the pixel data")
         if not parent.addChildNode(dup, node):
             raise RuntimeError("Krita could not add the result layer")
         t.doc.waitForDone()
-        node.remove()
-        t.doc.waitForDone()
+        if not new_layer:
+            node.remove()
+            t.doc.waitForDone()
         t.doc.setActiveNode(dup)
         t.doc.refreshProjection()
         self.result_node = dup

@@ -56,8 +56,12 @@ def is_linear_profile(profile_name: str) -> bool:
     return "g10" in p or "linear" in p or "scrgb" in p or "gamma 1.0" in p or "gamma1.0" in p
 
 
-def _swap_rb(color_model: str, depth: str) -> bool:
+def swaps_rb(color_model: str, depth: str) -> bool:
+    """True where Krita's bytes are B,G,R,A (U8 and U16 RGBA)."""
     return color_model == "RGBA" and depth in ("U8", "U16")
+
+
+_swap_rb = swaps_rb
 
 
 def to_float(data: bytes, color_model: str, depth: str) -> bytes:
@@ -202,3 +206,19 @@ def crop(data: bytes, width: int, height: int, bpp: int, x: int, y: int, w: int,
         raise ValueError("crop outside the image")
     row = width * bpp
     return b"".join(data[(y + r) * row + x * bpp:(y + r) * row + (x + w) * bpp] for r in range(h))
+
+
+def subsample(data: bytes, width: int, height: int, bpp: int, step: int):
+    """Every `step`-th pixel of every `step`-th row (a quick thumbnail): (bytes, w, h)."""
+    step = max(1, int(step))
+    w, h = -(-width // step), -(-height // step)
+    if _np is not None:
+        a = _np.frombuffer(bytes(data), dtype=_np.uint8).reshape(height, width, bpp)
+        return _np.ascontiguousarray(a[::step, ::step]).tobytes(), w, h
+    row = width * bpp
+    out = bytearray()
+    for y in range(0, height, step):
+        line = data[y * row:(y + 1) * row]
+        for x in range(0, width, step):
+            out += line[x * bpp:(x + 1) * bpp]
+    return bytes(out), w, h
