@@ -420,6 +420,10 @@ def krita_run(tmp_path_factory, photo_rgb):
         except subprocess.TimeoutExpired:
             rc = "timeout"
     seconds = time.time() - t0
+    # Krita is gone: its worker must follow (end-of-file on its stdin), not linger with the model
+    deadline = time.time() + 15
+    while (workers_left := _workers_of(home)) and time.time() < deadline:
+        time.sleep(0.2)
     plugin_log = (out / "plugin.log").read_text() if (out / "plugin.log").exists() else "(no plugin log)"
     krita_log = (out / "krita.log").read_text(errors="replace")[-3000:]
     assert rc == 0, f"Krita exited with {rc} after {seconds:.0f}s\n{plugin_log}\n--- krita log ---\n{krita_log}"
@@ -432,8 +436,22 @@ def krita_run(tmp_path_factory, photo_rgb):
                 Path(shots, name), optimize=True)
     print(f"\nKrita run: {seconds:.1f}s; " + json.dumps(results))
     return {"out": out, "results": results, "clean": clean, "clean_gray": clean_gray, "cases": cases,
-            "tmp_left": sorted(p.name for p in tmpdir.glob("denoise-cnn-*")),
+            "tmp_left": sorted(p.name for p in tmpdir.glob("denoise-cnn-*")), "workers_left": workers_left,
             "level_model": levels}
+
+
+def _workers_of(home: Path) -> list:
+    """Worker processes started under this HOME (the test's Krita) that are still running."""
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if (p.name.isdigit() and b"denoise_core.worker" in (p / "cmdline").read_bytes()
+                    and f"HOME={home}".encode() in (p / "environ").read_bytes().split(b"\0")
+                    and b"Z" not in (p / "stat").read_bytes().rsplit(b")", 1)[1].split()[:1]):
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found
 
 
 def _read(run, name, ext="out"):
@@ -584,6 +602,7 @@ def test_live_preview_is_the_result_and_reuses_one_worker(krita_run):
     pids = res["pids"]
     assert len(pids) == 4 and len(set(pids)) == 1 and pids[0], pids
     assert res["worker_starts"] == 1
+    assert krita_run["workers_left"] == []  # it ended with Krita
     secs = res["preview_seconds"]
     assert len(secs) == 3, secs
     x, y, w, h = res["preview_box"]
