@@ -47,7 +47,10 @@ _ARG_RULES: dict[str, tuple[str, int, int, int]] = {
     "mid_blocks": ("int", 0, 64, 0),
     "level_input": ("bool", 0, 1, 0),
 }
-_OTHER_ARG = ("int", 0, 1024, 0)        # an argument of an architecture registered later
+# an argument no rule names (an architecture registered later, the raw model's scales): a bool, a
+# finite number (an integer, which may size something, within 0..1024), a short list of such
+# integers or a short string
+_OTHER_ARG = ("other", 0, 1024, 16)
 
 
 class CheckpointError(ValueError):
@@ -160,17 +163,25 @@ def _check_arch_args(p: Path, arch: str, text: str) -> dict[str, Any]:
         raise CheckpointError(p, f"arch_args metadata is JSON {_json_kind(args)}, not an object")
     for key, value in args.items():
         kind, low, high, length = _ARG_RULES.get(key, _OTHER_ARG)
-        items = value if kind == "ints" and isinstance(value, list) else [value]
-        ok = (all(type(v) is bool for v in items) if kind == "bool" else
-              all(type(v) is int and low <= v <= high for v in items)
-              and (kind != "ints" or (isinstance(value, list) and len(value) == length)))
+        items = value if kind in ("ints", "other") and isinstance(value, list) else [value]
+        if kind == "bool":
+            ok = type(value) is bool
+        elif kind == "other":
+            ok = (type(value) is bool or (type(value) is float and math.isfinite(value) and abs(value) <= 1e6)
+                  or (type(value) is str and len(value) <= 64)
+                  or (len(items) <= length and all(type(v) is int and low <= v <= high for v in items)))
+        else:
+            ok = (all(type(v) is int and low <= v <= high for v in items)
+                  and (kind != "ints" or (isinstance(value, list) and len(value) == length)))
         if not ok:
             if key == "in_channels":
                 raise CheckpointError(p, f"the network takes {json.dumps(value)[:40]} input channels "
                                          "(arch_args in_channels); photos are denoised as RGB, so it must take 3")
             want = ("true or false" if kind == "bool" else
                     f"a list of {length} integers within {low}..{high}" if kind == "ints" else
-                    f"an integer within {low}..{high}")
+                    f"an integer within {low}..{high}" if kind == "int" else
+                    f"true/false, a number within -1e6..1e6 (integers {low}..{high}), up to {length} such "
+                    "integers or a string of up to 64 characters")
             raise CheckpointError(p, f"arch_args {key}={json.dumps(value)[:40]} is out of range for "
                                      f"architecture {arch!r} (must be {want})")
     return args

@@ -182,6 +182,9 @@ def _seed_with_args(tmp_path, arch_args, arch="seed", weights=None):
     ("unet", '{"level_input": 1}', ("level_input=1", "true or false")),
     ("seed", '{"in_channels": 4}', ("4 input channels", "must take 3")),
     ("seed", '{"depth": 3}', ("do not fit architecture 'seed'", "depth")),
+    ("seed", '{"depth": 100000}', ("depth=100000", "integers 0..1024")),
+    ("seed", '{"scale": 1e300}', ("scale=1e+300",)),
+    ("seed", '{"scale": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]}', ("scale=[1, 2",)),
     ("seed", "[1, 2]", ("arch_args", "not an object")),
 ])
 def test_bad_arch_args_refused_before_any_network_is_built(tmp_path, monkeypatch, arch, args, words):
@@ -193,6 +196,17 @@ def test_bad_arch_args_refused_before_any_network_is_built(tmp_path, monkeypatch
     msg = _expect(p, *words)
     assert "\n" not in msg
     assert all(d.type == "meta" for d in built)     # laid out on the meta device at most, never allocated
+
+
+def test_arguments_of_other_architectures_may_be_numbers_and_short_lists(tmp_path, monkeypatch):
+    """A later architecture's float scales and size lists pass the range check (a checkpoint of the
+    raw model records input_scale=4.0); the layout check then decides."""
+    import denoise_core.checkpoint as ck
+    args = {}
+    monkeypatch.setattr(ck, "create_model", lambda arch, **kw: args.update(kw) or create_model("seed"))
+    p = _seed_with_args(tmp_path, '{"input_scale": 4.0, "detail_scale": 16.0, "sizes": [2, 3], "act": "relu"}')
+    assert load_checkpoint(p).arch_args == {"input_scale": 4.0, "detail_scale": 16.0, "sizes": [2, 3], "act": "relu"}
+    assert args == {"input_scale": 4.0, "detail_scale": 16.0, "sizes": [2, 3], "act": "relu"}
 
 
 def test_layout_is_checked_before_any_tensor_is_read(tmp_path, monkeypatch):
