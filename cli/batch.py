@@ -10,11 +10,9 @@ atomically, so an interrupted or failed item leaves nothing behind.
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
-import signal
 import sys
 import time
 import warnings
@@ -24,6 +22,7 @@ from pathlib import Path
 import click
 
 from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, Denoiser, ModelNotFoundError
+from denoise_core.atomic import Terminated, signals_as_interrupts
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
@@ -83,32 +82,6 @@ def one_line(text: str) -> str:
     """`text` with control characters (a newline in a file name, a terminal escape) and undecodable
     bytes of a file name written as Python escapes, so one report is one line and prints anywhere."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where Ctrl-C would be so the same cleanup runs (temp files go)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def signals_as_interrupts():
-    def handler(signum, frame):
-        raise Terminated(signum)
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except (ValueError, OSError):   # not the main thread (an embedding host): leave it be
-            pass
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def expand_inputs(inputs: tuple[str, ...], report: Report) -> list[Path]:

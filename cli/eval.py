@@ -5,11 +5,13 @@
 Pairs are matched, checked, aligned and exposure-matched exactly as for training
 (denoise_core.pairs). Prints per-image and mean PSNR/SSIM of the noisy input and of the denoised
 result against the clean image; --compare-dir gets a noisy | denoised | clean PNG per pair (a
-central crop of at most 1024 px). Exit status: 0 done, 1 failure, 2 bad usage or input.
+central crop of at most 1024 px, written atomically). Exit status: 0 done, 1 failure, 2 bad usage
+or input, 130 on Ctrl-C, 143/129 on SIGTERM/SIGHUP (no temp file is left).
 """
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from denoise_core.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
+from denoise_core.atomic import Terminated, signals_as_interrupts
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS
 from denoise_core.metrics import ssim
@@ -80,6 +83,15 @@ def main(noisy, clean, model, compare_dir, device, precision, tile, max_shift) -
         compare_dir.mkdir(parents=True, exist_ok=True)
     width = max(8, *(len(p.info.name) for p in pairs))
     click.echo(f"{'image':<{width}}  {'noisy PSNR':>10}  {'denoised PSNR':>13}  {'noisy SSIM':>10}  {'denoised SSIM':>13}")
+    try:
+        with signals_as_interrupts():
+            _evaluate(dn, pairs, width, compare_dir)
+    except KeyboardInterrupt as e:
+        click.echo(f"denoise-eval: interrupted{f' ({e.args[0]})' if isinstance(e, Terminated) else ''}", err=True)
+        sys.exit(128 + e.signum if isinstance(e, Terminated) else 130)
+
+
+def _evaluate(dn: Denoiser, pairs, width: int, compare_dir: Path | None) -> None:
     rows = []
     for p in pairs:
         click.echo(f"  {p.info.describe()}", err=True)

@@ -1,8 +1,12 @@
-"""Atomic file writes: a temp file in the destination folder, fsync, then rename over the target."""
+"""Atomic file writes: a temp file in the destination folder, fsync, then rename over the target;
+on any exception, Ctrl-C included, the temp file is removed. `signals_as_interrupts` extends that
+to SIGTERM and SIGHUP (kill, timeout, job schedulers, a closed terminal), which otherwise end the
+process where it stands and leave the temp file behind."""
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -46,3 +50,30 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None], *, suffix: str | None = None) -> None:
     with atomic_path(path, suffix=suffix) as tmp:
         writer(tmp)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C would be so the same cleanup runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise Terminated (exit status 128 + signum is the caller's)."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):   # not the main thread (an embedding host): leave it be
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

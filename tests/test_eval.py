@@ -66,3 +66,24 @@ def test_ssim_equals_scikit_image(photo_rgb, case):
     t = [torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None] for x in (a, b)]
     assert ssim(*t) == pytest.approx(want, abs=1e-9)
     assert image_metrics(a.astype(np.float32), b.astype(np.float32), band=16)[1] == pytest.approx(want, abs=1e-6)
+
+
+def test_sigterm_while_a_comparison_is_written_leaves_no_temp_file(tmp_path, pairs, monkeypatch):
+    import os
+    import signal
+    real_fsync = os.fsync
+
+    def fsync_then_killed(fd):
+        real_fsync(fd)
+        os.kill(os.getpid(), signal.SIGTERM)      # arrives between the temp file's write and its rename
+
+    monkeypatch.setattr(os, "fsync", fsync_then_killed)
+    before = signal.getsignal(signal.SIGTERM)
+    cmp = tmp_path / "cmp"
+    r = CliRunner().invoke(eval_main, ["--noisy", str(pairs / "noisy"), "--clean", str(pairs / "clean"),
+                                       "--model", "seed", "--device", "cpu", "--compare-dir", str(cmp)],
+                           catch_exceptions=False)
+    assert r.exit_code == 143, r.output
+    assert "denoise-eval: interrupted (SIGTERM)" in r.output
+    assert list(cmp.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before
