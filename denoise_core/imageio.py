@@ -586,8 +586,8 @@ def _read_jpeg(p: Path, path) -> Photo:
         for key in ("progressive", "comment", "xmp"):
             if im.info.get(key):
                 info[key] = im.info[key]
-        if "dpi" in im.info:
-            info["dpi"] = tuple(float(v) for v in im.info["dpi"])
+        if _dpi(im.info):
+            info["dpi"] = _dpi(im.info)
         icc, exif = im.info.get("icc_profile") or None, _normalise_exif(im.info.get("exif"))
         return Photo(pixels, alpha, "JPEG", icc, exif, info)
 
@@ -794,14 +794,16 @@ def _check_photo(photo: Photo) -> None:
     if photo.alpha is not None and (photo.alpha.shape != px.shape[:2] or photo.alpha.dtype != px.dtype):
         raise ValueError(f"Photo.alpha must be {px.shape[:2]} {px.dtype}, "
                          f"got {photo.alpha.shape} {photo.alpha.dtype}")
-    dpi = photo.info.get("dpi")
-    if dpi is not None:
-        try:
-            ok = len(dpi) == 2 and _plausible_dpi(float(dpi[0]), float(dpi[1]))
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(f"Photo.info['dpi'] must be two numbers within {_MIN_DPI:g}..{_MAX_DPI:g}, got {dpi!r}")
+
+
+def _dpi(info: dict) -> tuple[float, float] | None:
+    """info['dpi'] when it is two numbers a format can store (0.001..1e6), else None: a resolution
+    of 0 or 4294967295 px/cm says nothing about the photo, so it is left out rather than refused."""
+    try:
+        x, y = (float(v) for v in info.get("dpi") or ())
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if _plausible_dpi(x, y) else None
 
 
 def _samples(photo: Photo, dtype) -> np.ndarray:
@@ -847,8 +849,8 @@ def _write_png(tmp: Path, photo: Photo, quality: int | None) -> None:
             name = info.get("icc_profile_name") or "ICC profile"
             name = name.encode("latin-1", "replace")[:79] or b"ICC profile"
             chunk(b"iCCP", name + b"\0\0" + zlib.compress(photo.icc_profile))
-        if info.get("dpi"):
-            x, y = (max(1, round(float(d) / 0.0254)) for d in info["dpi"])
+        if _dpi(info):
+            x, y = (max(1, round(d / 0.0254)) for d in _dpi(info))
             chunk(b"pHYs", struct.pack(">IIB", x, y, 1))
         if photo.exif:
             chunk(b"eXIf", photo.exif[6:] if photo.exif.startswith(b"Exif\0\0") else photo.exif)
@@ -887,8 +889,8 @@ def _write_tiff(tmp: Path, photo: Photo, quality: int | None) -> None:
     kwargs: dict = {}
     if photo.alpha is not None:
         kwargs["extrasamples"] = [info.get("tiff_extrasample", 2)]
-    if info.get("dpi"):
-        kwargs.update(resolution=tuple(float(d) for d in info["dpi"]), resolutionunit="INCH")
+    if _dpi(info):
+        kwargs.update(resolution=_dpi(info), resolutionunit="INCH")
     extratags = []
     if info.get("xmp"):
         xmp = info["xmp"] if isinstance(info["xmp"], bytes) else str(info["xmp"]).encode()
@@ -924,8 +926,8 @@ def _write_jpeg(tmp: Path, photo: Photo, quality: int | None) -> None:
     info = photo.info
     if info.get("jpeg_subsampling") in (0, 1, 2) and photo.pixels.shape[2] == 3:
         kw["subsampling"] = info["jpeg_subsampling"]
-    if info.get("dpi"):
-        kw["dpi"] = tuple(max(1, round(float(d))) for d in info["dpi"])
+    if _dpi(info):
+        kw["dpi"] = tuple(max(1, round(d)) for d in _dpi(info))
         if max(kw["dpi"]) > 65535:      # JFIF's 16-bit density field; Pillow would wrap it around
             raise ValueError(f"JPEG stores at most 65535 dpi, this photo has {max(kw['dpi'])}")
     if info.get("progressive"):

@@ -468,3 +468,22 @@ def test_jpeg_subsampling_helper_agrees(tmp_path):
     Image.fromarray(_samples(np.uint8, (H, W, 3))).save(tmp_path / "s.jpg", subsampling=1)
     with Image.open(tmp_path / "s.jpg") as im:
         assert JpegImagePlugin.get_sampling(im) == read_image(tmp_path / "s.jpg").info["jpeg_subsampling"] == 1
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".jpg", ".webp"])
+@pytest.mark.parametrize("dpi", [(0, 0), (float("nan"), 300.0), (1e12, 1e12), (300.0,), "300"])
+def test_resolution_no_format_can_store_is_left_out(tmp_path, ext, dpi):
+    write_image(tmp_path / f"a{ext}", _photo(np.uint8, info={"dpi": dpi}))
+    assert "dpi" not in read_image(tmp_path / f"a{ext}").info
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".jpg"])
+def test_plausible_resolution_round_trips(tmp_path, ext):
+    write_image(tmp_path / f"a{ext}", _photo(np.uint8, info={"dpi": (300.0, 150.0)}))
+    assert read_image(tmp_path / f"a{ext}").info["dpi"] == pytest.approx((300.0, 150.0), rel=1e-3)
+
+
+def test_jpeg_refuses_a_resolution_jfif_cannot_hold(tmp_path):
+    with pytest.raises(ImageWriteError, match="JPEG stores at most 65535 dpi"):
+        write_image(tmp_path / "a.jpg", _photo(np.uint8, info={"dpi": (100000.0, 100000.0)}))
+    assert list(tmp_path.iterdir()) == []
