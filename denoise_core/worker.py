@@ -40,6 +40,10 @@ precision, tile), so later requests skip torch's import and the model load.
 It starts with {"event": "ready", "pid": ...}. End-of-file on stdin (the client exited or died)
 ends it at once, deleting a running job's `denoise-cnn-*` folder; so does a quiet stdin for
 --idle seconds (default IDLE_S) with {"event": "bye"}. Cancel is the client's: it ends the process.
+With `--socket PATH --host-pid PID` (GIMP, whose plug-ins are a new process each run) the same
+requests come over a Unix socket, one connection per plug-in run, and the worker outlives them:
+it ends when the host program PID ends, after --idle seconds without a request, or when a
+client disconnects during a job (see serve_socket).
 """
 from __future__ import annotations
 
@@ -57,9 +61,13 @@ IDLE_S = 600  # a persistent worker with no request for this long exits (and fre
 MAX_CACHED = 2  # loaded models kept by a persistent worker
 
 
+_OUT: list = [None]  # where events go: stdout, or the connected client's socket (serve_socket)
+
+
 def _emit(**event) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    out = _OUT[0] or sys.stdout
+    out.write(json.dumps(event) + "\n")
+    out.flush()
 
 
 def _srgb_encode(x: np.ndarray) -> np.ndarray:
@@ -206,18 +214,20 @@ def _info(req: dict, cache: dict) -> dict:
             "model": str(dn.path), "arch": dn.arch, "device": str(dn.device), "precision": dn.precision}
 
 
-def serve(idle_s: float = IDLE_S) -> int:
-    """The persistent worker (see the module docstring)."""
+def _session(read_chunk, cache: dict, idle_s: float) -> str:
+    """Answer the requests that `read_chunk()` delivers (b"" at the end) until it ends ("eof"), none
+    comes for idle_s ("idle") or "quit". A client that goes away during a job stops it at once: the
+    process exits (deleting the job's `denoise-cnn-*` folder)."""
     import queue
 
     requests: queue.Queue = queue.Queue()
-    current = {"dir": None}  # the running job's folder, removed if the client dies meanwhile
+    current = {"dir": None}  # the running job's folder
 
-    def read_stdin() -> None:
+    def reader() -> None:
         buf = b""
-        try:  # the raw fd, as in _exit_when_parent_dies
+        try:
             while True:
-                chunk = os.read(0, 65536)
+                chunk = read_chunk()
                 if not chunk:
                     break
                 buf += chunk
@@ -228,19 +238,22 @@ def serve(idle_s: float = IDLE_S) -> int:
         except OSError:
             pass
         d = current["dir"]
-        if d is not None and d.name.startswith("denoise-cnn-"):
-            shutil.rmtree(d, ignore_errors=True)
-        os._exit(3)
+        if d is not None:
+            if d.name.startswith("denoise-cnn-"):
+                shutil.rmtree(d, ignore_errors=True)
+            os._exit(3)
+        requests.put(None)
 
-    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
-    cache: dict = {}
+    threading.Thread(target=reader, name="requests", daemon=True).start()
     _emit(event="ready", pid=os.getpid(), version=PROTOCOL_VERSION)
     while True:
         try:
             line = requests.get(timeout=idle_s)
         except queue.Empty:
             _emit(event="bye", reason=f"idle for {idle_s:g} s")
-            return 0
+            return "idle"
+        if line is None:
+            return "eof"
         reply: dict = {}
         try:
             req = json.loads(line)
@@ -248,7 +261,7 @@ def serve(idle_s: float = IDLE_S) -> int:
             cmd = req.get("cmd")
             if cmd == "quit":
                 _emit(event="bye", reason="quit", **reply)
-                return 0
+                return "quit"
             if cmd == "info":
                 _emit(event="info", pid=os.getpid(), **_info(req, cache), **reply)
             elif cmd == "job":
@@ -264,15 +277,105 @@ def serve(idle_s: float = IDLE_S) -> int:
             _emit(event="error", message=str(e) or type(e).__name__, kind=type(e).__name__, **reply)
 
 
+def serve(idle_s: float = IDLE_S) -> int:
+    """The persistent worker on stdin/stdout (see the module docstring)."""
+    _session(lambda: os.read(0, 65536), {}, idle_s)  # the raw fd, as in _exit_when_parent_dies
+    return 0
+
+
+def serve_socket(path: str, host_pid: int | None, idle_s: float = IDLE_S) -> int:
+    """The persistent worker of a host whose plug-ins are short-lived processes (GIMP): listens on
+    the Unix socket `path`, one client connection (a plug-in run) at a time, keeping loaded models
+    between them; exits when process `host_pid` (the host program) has ended, after idle_s with no
+    request, or when a client goes away during a job (GIMP's Cancel kills the plug-in). Writes one
+    line per start and per connection to `path`.log."""
+    import socket
+    import time
+
+    log_path = path + ".log"
+
+    def log(msg: str) -> None:
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} pid {os.getpid()}: {msg}\n")
+
+    def host_alive() -> bool:
+        try:
+            os.kill(host_pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass
+        return True
+
+    def bye() -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    if os.path.exists(path):
+        os.unlink(path)  # a dead worker's: the client connects only when nobody listens
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        srv.bind(path)
+    finally:
+        os.umask(old)
+    srv.listen(4)
+    srv.settimeout(idle_s)
+    log(f"started for host pid {host_pid}")
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if host_pid and not host_alive():
+                log("host ended")
+                bye()
+                os._exit(0)
+
+    threading.Thread(target=watch, name="host-watch", daemon=True).start()
+    cache: dict = {}
+    while True:
+        try:
+            conn, _ = srv.accept()
+        except socket.timeout:
+            log(f"idle for {idle_s:g} s")
+            bye()
+            return 0
+        conn.settimeout(None)
+        out = conn.makefile("w", encoding="utf-8", newline="\n")
+        _OUT[0] = out
+        log("serving a client")
+        try:
+            ended = _session(lambda: conn.recv(65536), cache, idle_s)
+        except OSError:  # the client went away while we wrote
+            ended = "eof"
+        finally:
+            _OUT[0] = None
+            for c in (out, conn):
+                try:
+                    c.close()
+                except OSError:
+                    pass
+        if ended in ("idle", "quit"):
+            log(ended)
+            bye()
+            return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--serve"]:
-        if len(args) == 3 and args[1] == "--idle":
-            return serve(float(args[2]))
-        if len(args) == 1:
-            return serve()
+        opts = dict(zip(args[1::2], args[2::2]))
+        if len(args) % 2 == 1 and set(opts) <= {"--idle", "--socket", "--host-pid"}:
+            idle = float(opts.get("--idle", IDLE_S))
+            if "--socket" in opts:
+                host = int(opts["--host-pid"]) if "--host-pid" in opts else None
+                return serve_socket(opts["--socket"], host, idle)
+            return serve(idle)
     if len(args) != 1 or args[0].startswith("--"):
-        _emit(event="error", message="usage: python -m denoise_core.worker JOB.json | --serve [--idle SECONDS]")
+        _emit(event="error", message="usage: python -m denoise_core.worker JOB.json | "
+                                     "--serve [--idle SECONDS] [--socket PATH [--host-pid PID]]")
         return 2
     try:
         run_job(Path(args[0]))

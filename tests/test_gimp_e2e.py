@@ -20,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -331,10 +332,17 @@ def gimp(photo_rgb):
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
         log = f"gimp exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+        # the worker of this GIMP: its log (one line per start, per plug-in run served, and its end)
+        worker_logs = sorted((work / "tmp").glob("denoise-workers-*/gimp-*.sock.log"))
+        deadline = time.time() + 15
+        while worker_logs and "host ended" not in worker_logs[0].read_text() and time.time() < deadline:
+            time.sleep(0.2)
+        worker_log = "\n".join(p.read_text() for p in worker_logs)
         results_path = work / "results.json"
         assert proc.returncode == 0 and results_path.exists(), log
         results = json.loads(results_path.read_text())
         yield {"results": results, "work": work, "data": data, "sel": sel, "log": log, "level_model": levels,
+               "worker_log": worker_log,
                "config": json.loads((profile / "plug-ins" / "denoise-cnn" / "denoise_worker.json").read_text())}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -495,3 +503,13 @@ def test_new_layer_keeps_the_original(gimp):
     assert np.array_equal(orig, n8)
     want = Denoiser(MODEL).denoise(n8).astype(int)
     assert np.abs(top.astype(int) - want).max() <= 1
+
+
+def test_one_worker_serves_every_run_and_ends_with_gimp(gimp):
+    """Each procedure run is a new plug-in process; one worker (model loaded once) served them all,
+    and it ended when GIMP quit."""
+    log = gimp["worker_log"]
+    runs = sum(1 for r in gimp["results"]["cases"].values() if r.get("status") in ("success", "execution-error"))
+    assert log.count("started") == 1, log
+    assert log.count("serving a client") >= runs - 1 >= 8, (runs, log)  # all but the group (refused first)
+    assert "host ended" in log, log

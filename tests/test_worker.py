@@ -1,4 +1,5 @@
 """The plugins' worker protocol, through the shared stdlib client, as a real subprocess."""
+import os
 import sys
 from pathlib import Path
 
@@ -230,3 +231,69 @@ def test_native_pixels_crop_mask_and_preview_match_the_krita_conversions(photo_r
     assert res["pixels"] == px.from_float(merged, "RGBA", depth)
     assert res["rgba8"] == px.to_rgba8(merged, 4, linear)
     assert res["rgba8_before"] == px.to_rgba8(np.ascontiguousarray(orig).tobytes(), 4, linear)
+
+
+@pytest.mark.skipif(not hasattr(__import__("socket"), "AF_UNIX"), reason="Unix sockets")
+def test_socket_worker_outlives_its_clients_and_ends_with_the_host(tmp_path, monkeypatch):
+    """GIMP's plug-ins are one process per run: their worker is a daemon on a Unix socket that the
+    next run finds (model still loaded), and that ends when the host program ends."""
+    import subprocess
+    import tempfile
+    import time
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        img = np.random.default_rng(2).random((24, 32, 3), dtype=np.float32)
+        outs, pids = [], []
+        for run in range(2):  # two plug-in runs, each with its own client
+            dc._WORKERS.clear()
+            w = dc.host_worker("gimp", host.pid, sys.executable, str(ROOT))
+            outs.append(dc.run_denoise(img.tobytes(), 32, 24, 3, python=sys.executable, model="seed", worker=w))
+            pids.append(w.pid)
+            assert w.starts == (1 if run == 0 else 0)  # the second run started nothing
+            w.close()
+        assert outs[0] == outs[1] and pids[0] == pids[1] and Path(f"/proc/{pids[0]}").exists()
+        sock = Path(w.socket_path)
+        assert sock.exists() and oct(sock.parent.stat().st_mode & 0o777) == "0o700"
+        log = Path(str(sock) + ".log").read_text()
+        assert log.count("started") == 1 and log.count("serving a client") == 2, log
+        host.kill()
+        host.wait()
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{pids[0]}").exists() and b"Z" not in _stat_state(pids[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pids[0]}").exists() or b"Z" in _stat_state(pids[0]), "the worker outlived its host"
+        assert not sock.exists()
+    finally:
+        host.kill()
+        dc._WORKERS.clear()
+
+
+def test_socket_worker_cancel_stops_at_once_and_cleans_up(tmp_path, monkeypatch):
+    import subprocess
+    import tempfile
+    import time
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        dc._WORKERS.clear()
+        w = dc.host_worker("gimp", host.pid, sys.executable, str(ROOT))
+        img = np.random.default_rng(0).random((256, 256, 3), dtype=np.float32)
+        seen = []
+        with pytest.raises(dc.Cancelled):
+            dc.run_denoise(img.tobytes(), 256, 256, 3, python=sys.executable, model="seed", tile=64,
+                           worker=w, on_progress=seen.append, is_cancelled=lambda: bool(seen))
+        pid = w._ready_pid
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and b"Z" not in _stat_state(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists() or b"Z" in _stat_state(pid), "the job went on"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"denoise-workers-{os.getuid()}"]
+        # the next run starts another, transparently
+        small = img[:16, :16]
+        assert len(dc.run_denoise(small.tobytes(), 16, 16, 3, python=sys.executable, model="seed", worker=w)) == small.nbytes
+        assert w.starts == 2 and w.pid != pid
+        w.close()
+    finally:
+        host.kill()
+        dc._WORKERS.clear()

@@ -18,9 +18,11 @@ import json
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
+import time
 
 CONFIG_NAME = "denoise_worker.json"
 PROTOCOL_VERSION = 1
@@ -104,11 +106,21 @@ class Worker:
     first request and again, transparently, on a request after it ended (idle timeout, crash,
     cancel). It keeps loaded models between requests. It ends when this process ends (its stdin
     closes), after `idle_s` without a request, on `close()`, and on cancel (`is_cancelled`), which
-    kills it at once; the client then deletes the job's temp folder. One request at a time."""
+    kills it at once; the client then deletes the job's temp folder. One request at a time.
+
+    With `socket_path` (a host whose plug-ins are short-lived processes: GIMP) the worker is a
+    daemon that outlives this process: found at that Unix socket, started there if nobody listens,
+    and it ends with process `host_pid` (the host program) or after its idle time; this client's
+    end, or close(), only ends the connection. Cancel closes the connection mid-job, which ends
+    that worker at once (the next run starts another)."""
 
     def __init__(self, python: str, pythonpath: str | None = None, env: dict | None = None,
-                 idle_s: float | None = None):
+                 idle_s: float | None = None, socket_path: str | None = None, host_pid: int | None = None):
         self.python, self.pythonpath, self.env, self.idle_s = python, pythonpath, env, idle_s
+        self.socket_path, self.host_pid = socket_path, host_pid
+        self.sock = None
+        self._ready_pid = None
+        self._ended = threading.Event()
         self.proc = None
         self.starts = 0  # processes started so far (tests and the status line read it)
         self._lock = threading.Lock()
@@ -118,15 +130,16 @@ class Worker:
 
     @property
     def pid(self):
+        if self.socket_path:
+            return self._ready_pid if self.alive() else None
         return self.proc.pid if self.alive() else None
 
     def alive(self) -> bool:
+        if self.socket_path:
+            return self.sock is not None and not self._ended.is_set()
         return self.proc is not None and self.proc.poll() is None
 
-    def _start(self) -> None:
-        if not os.path.exists(self.python):
-            raise WorkerError(f"the denoiser's Python {self.python} no longer exists: reinstall with "
-                              f"`denoise-plugin install`")
+    def _env(self) -> dict:
         run_env = dict(os.environ if self.env is None else self.env)
         # a host program's own Python settings must not leak into the user's interpreter
         for k in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE"):
@@ -134,6 +147,83 @@ class Worker:
         if self.pythonpath:  # where the installing interpreter found denoise_core (a source checkout)
             run_env["PYTHONPATH"] = self.pythonpath
         run_env["PYTHONUNBUFFERED"] = "1"
+        return run_env
+
+    def _connect(self) -> None:
+        """Connect to the daemon at socket_path, starting it when nobody listens there."""
+        def attempt():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(self.socket_path)
+                return s
+            except OSError:
+                s.close()
+                return None
+
+        sock = attempt()
+        if sock is None:
+            cmd = [self.python, "-m", "denoise_core.worker", "--serve", "--socket", self.socket_path]
+            if self.host_pid:
+                cmd += ["--host-pid", str(self.host_pid)]
+            if self.idle_s is not None:
+                cmd += ["--idle", str(self.idle_s)]
+            try:
+                with open(self.socket_path + ".err", "wb") as err:
+                    daemon = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                              stderr=err, env=self._env(), start_new_session=True)
+            except OSError as e:
+                raise WorkerError(f"cannot start the denoiser's Python {self.python}: {e}") from None
+            deadline = time.monotonic() + 120
+            while sock is None:
+                if daemon.poll() is not None:
+                    self._stderr.clear()
+                    try:
+                        with open(self.socket_path + ".err", encoding="utf-8", errors="replace") as f:
+                            self._stderr.extend(f.read().splitlines())
+                    except OSError:
+                        pass
+                    raise self._ended_error(daemon.returncode)
+                if time.monotonic() > deadline:
+                    daemon.kill()
+                    raise WorkerError("the denoiser did not start within 120 s")
+                time.sleep(0.05)
+                sock = attempt()
+            self.starts += 1
+        events: queue.Queue = queue.Queue()
+        ended = threading.Event()
+        rfile = sock.makefile("rb")
+
+        def read_socket():
+            try:
+                for line in rfile:
+                    try:
+                        ev = json.loads(line)
+                    except ValueError:
+                        continue
+                    if ev.get("event") == "ready":
+                        self._ready_pid = ev.get("pid")
+                    events.put(ev)
+            except OSError:
+                pass
+            ended.set()
+            events.put(None)
+
+        threading.Thread(target=read_socket, name="denoise-cnn-worker-io", daemon=True).start()
+        self.sock, self._events, self._ended = sock, events, ended
+        self._send_file = sock.makefile("wb")
+
+    def _send(self, data: bytes) -> None:
+        f = self._send_file if self.socket_path else self.proc.stdin
+        f.write(data)
+        f.flush()
+
+    def _start(self) -> None:
+        if not os.path.exists(self.python):
+            raise WorkerError(f"the denoiser's Python {self.python} no longer exists: reinstall with "
+                              f"`denoise-plugin install`")
+        if self.socket_path:
+            return self._connect()
+        run_env = self._env()
         cmd = [self.python, "-m", "denoise_core.worker", "--serve"]
         if self.idle_s is not None:
             cmd += ["--idle", str(self.idle_s)]
@@ -164,8 +254,15 @@ class Worker:
         self.proc, self._events = proc, events
         self.starts += 1
 
-    def _ended_error(self) -> WorkerError:
-        rc = self.proc.wait() if self.proc is not None else None
+    def _ended_error(self, rc=None) -> WorkerError:
+        if rc is None and self.proc is not None:
+            rc = self.proc.wait()
+        if self.socket_path and not self._stderr:
+            try:
+                with open(self.socket_path + ".err", encoding="utf-8", errors="replace") as f:
+                    self._stderr.extend(f.read().splitlines()[-40:])
+            except OSError:
+                pass
         tail = list(self._stderr)[-5:]
         if any("No module named denoise_core" in ln for ln in tail):
             return WorkerError(f"{self.python} cannot import denoise_core: reinstall with `denoise-plugin "
@@ -182,8 +279,7 @@ class Worker:
                 rid = next(self._ids)
                 started = False
                 try:
-                    self.proc.stdin.write((json.dumps(dict(req, id=rid)) + "\n").encode())
-                    self.proc.stdin.flush()
+                    self._send((json.dumps(dict(req, id=rid)) + "\n").encode())
                 except OSError:  # it ended before reading this (idle timeout): start another
                     self.kill()
                     if attempt == 0:
@@ -224,7 +320,21 @@ class Worker:
                             is_cancelled=is_cancelled)
 
     def kill(self) -> None:
-        """End the process now (cancel): work stops at once."""
+        """End the process now (cancel): work stops at once. A daemon (socket_path) is ended by
+        closing the connection during a job; between jobs that only ends the connection."""
+        if self.socket_path:
+            sock, self.sock = self.sock, None
+            if sock is not None:
+                try:
+                    self._send_file.close()
+                except OSError:
+                    pass
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            return
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -241,7 +351,10 @@ class Worker:
                 proc.wait()
 
     def close(self) -> None:
-        """Let the process end by itself (end-of-file on its stdin), then make sure it did."""
+        """Let the process end by itself (end-of-file on its stdin), then make sure it did; a daemon
+        (socket_path) only loses this connection and stays up for the next client."""
+        if self.socket_path:
+            return self.kill()
         proc = self.proc
         if proc is None:
             return
@@ -264,6 +377,26 @@ def shared_worker(python: str, pythonpath: str | None = None, env: dict | None =
         w = _WORKERS.get(key)
         if w is None:
             w = _WORKERS[key] = Worker(python, pythonpath, env)
+        return w
+
+
+def host_worker(host: str, host_pid: int, python: str, pythonpath: str | None = None) -> Worker:
+    """The worker that serves every plug-in run of one running host program (pid `host_pid`),
+    through a Unix socket in a private per-user folder; where Unix sockets are missing, this
+    process's own worker."""
+    if not hasattr(socket, "AF_UNIX"):
+        return shared_worker(python, pythonpath)
+    folder = os.path.join(tempfile.gettempdir(), f"denoise-workers-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.stat(folder)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise WorkerError(f"{folder} is not private to this user: remove it and try again")
+    key = ("socket", host, host_pid, python, pythonpath)
+    with _WORKERS_LOCK:
+        w = _WORKERS.get(key)
+        if w is None:
+            w = _WORKERS[key] = Worker(python, pythonpath, socket_path=os.path.join(folder, f"{host}-{host_pid}.sock"),
+                                       host_pid=host_pid)
         return w
 
 

@@ -10,7 +10,8 @@ converts from and to every precision (u8, u16, half, float, linear or perceptual
 the drawable inside the selection is changed; the model reads the context the worker reports around
 it, on the model's grid (denoise_client.context_region), so a selection gets exactly the pixels that
 denoising the whole layer gives there. Alpha is passed through unchanged by the worker. An error
-changes nothing. The worker process serves every drawable of the run with the model loaded once.
+changes nothing. One worker process per running GIMP (denoise_client.host_worker) serves every
+drawable and every later run with the model loaded once, and ends with GIMP or after 10 idle minutes.
 
 The helpers above `main()` use only the standard library, so they can be tested without GIMP.
 """
@@ -94,7 +95,9 @@ def main():
                 device=cfg.get("device", "auto"), tile=cfg.get("tile", 1024))
         except denoise_client.WorkerError as e:
             return failure(procedure, str(e))
-        worker = denoise_client.shared_worker(cfg["python"], cfg.get("pythonpath"))
+        # GIMP starts this script anew for every run; the worker (model loaded) stays up between
+        # runs, found through a socket named after GIMP's process, and ends with GIMP
+        worker = denoise_client.host_worker("gimp", os.getppid(), cfg["python"], cfg.get("pythonpath"))
 
         # Read and denoise every drawable first, write only when all succeeded: an error
         # (missing model, worker crash) leaves the image exactly as it was.
