@@ -11,6 +11,7 @@ draws from an explicit `torch.Generator` so runs are reproducible. Specs are str
     pipeline             a random camera development of signal and noise together
                          (`denoise_core.pipeline`: demosaic, tone curve, sharpening, chroma NR,
                          scaling, JPEG); the target is the noise-free development
+    pipeline:"Nikon D750"@12800   the same with that camera's profile at that ISO (your camera)
     mix-v1 ... mix-v4    the training mixtures of the shipped weights, by version
     mix                  the current mixture (mix-v4)
 
@@ -255,10 +256,12 @@ class NoiseSpec:
             return f"gaussian:{lo:g}" if lo == hi else f"gaussian:{lo:g}-{hi:g}"
         if self.kind == "camera":
             return "camera:random" if self.camera is None else f'camera:"{self.camera}"@{self.iso:g}'
+        if self.kind == "pipeline" and self.camera is not None:
+            return f'pipeline:"{self.camera}"@{self.iso:g}'
         return self.kind
 
 
-_CAMERA_RE = re.compile(r'^camera:\s*"?([^"@]+?)"?\s*@\s*(\d+(?:\.\d+)?)$', re.I)
+_CAMERA_RE = re.compile(r'^(camera|pipeline):\s*"?([^"@]+?)"?\s*@\s*(\d+(?:\.\d+)?)$', re.I)
 
 
 def parse_noise(spec: str) -> NoiseSpec:
@@ -284,12 +287,13 @@ def parse_noise(spec: str) -> NoiseSpec:
         return NoiseSpec(kind="camera")
     m = _CAMERA_RE.match(s)
     if m:
-        name, iso = m.group(1).strip(), float(m.group(2))
+        name, iso = m.group(2).strip(), float(m.group(3))
         find_camera(name, iso)  # validates now, with suggestions
-        return NoiseSpec(kind="camera", camera=name, iso=iso)
+        return NoiseSpec(kind=m.group(1).lower(), camera=name, iso=iso)
     raise NoiseSpecError(
         f"unknown noise spec {spec!r}; use gaussian:SIGMA, gaussian:LO-HI, poisson-gaussian, "
-        f'camera:"MAKER MODEL"@ISO, camera:random, pipeline, mix or {", ".join(MIX_VERSIONS)}')
+        f'camera:"MAKER MODEL"@ISO, camera:random, pipeline, pipeline:"MAKER MODEL"@ISO, mix or '
+        f'{", ".join(MIX_VERSIONS)}')
 
 
 def apply_noise(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator) -> torch.Tensor:
@@ -321,7 +325,8 @@ def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
             if spec.kind == "mix-v4":  # v3 with noise-free camera files and more clean patches
                 u = _V4_TO_V3[int(torch.bucketize(torch.tensor(u), _V4_EDGES))](u)
             if u < 0.45:
-                ni, ti = pipeline.pipeline_pair(xi, gen)
+                cam = find_camera(spec.camera, spec.iso) if spec.camera else None
+                ni, ti = pipeline.pipeline_pair(xi, gen, camera=cam)
             elif u < 0.93:
                 ni, ti = _mix_v3_simple(xi, gen, u), xi
             elif u < 1.0:  # a clean photo saved as JPEG: must come back as it is

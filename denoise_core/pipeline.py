@@ -448,13 +448,15 @@ def simulate(x: torch.Tensor, d: Development, gen: torch.Generator,
 
 
 def pipeline_pair(x: torch.Tensor, gen: torch.Generator, settings: Settings = TRAIN_SETTINGS,
-                  out_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (noisy, target) batch: each image of `x` through its own random development. With
+                  out_size: int | None = None, camera: CameraProfile | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (noisy, target) batch: each image of `x` through its own random development (with
+    `camera`, that profile instead of a random one; the push still varies). With
     `out_size`, a random out_size^2 crop is taken from each result, at least 8 px from its edges,
     so demosaic and filter borders never reach the patch and JPEG blocks fall anywhere on it."""
     noisy, target = [], []
     for i in range(x.shape[0]):
-        d = draw_development(gen, settings)
+        d = draw_development(gen, settings, camera=camera)
         n, t = simulate(x[i:i + 1], d, gen)
         if out_size is not None:
             n, t = _random_crop(n, t, out_size, gen)

@@ -139,3 +139,15 @@ def test_mix_versions_are_named_and_pipeline_needs_pairs():
         apply_noise(_photo(), "pipeline", torch.Generator())
     y, t = noisy_pair(_photo(), "mix-v2", torch.Generator().manual_seed(0))
     assert torch.equal(t, _photo())
+
+
+def test_pipeline_spec_for_one_camera():
+    spec = parse_noise('pipeline:"nikon d750"@12800')
+    assert str(spec) == 'pipeline:"nikon d750"@12800'
+    x = _photo(64).expand(2, -1, -1, -1).contiguous()
+    a = noisy_pair(x, spec, torch.Generator().manual_seed(0))
+    b = noisy_pair(x, spec, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert psnr(a[0], a[1]) < 40
+    with pytest.raises(NoiseSpecError, match="did you mean"):
+        parse_noise('pipeline:"Nikn D75"@12800')
