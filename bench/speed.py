@@ -115,8 +115,10 @@ def child(spec: dict) -> dict:
         params = sum(p.numel() for p in dn.model.parameters())
         precision = dn.precision
 
+        level = spec.get("noise_level")
+
         def run(img):
-            return dn.denoise(img)
+            return dn.denoise(img, noise_level=level)
         run(make_image(256, 256, 1))
     base = _rss_mb()
     img = make_image(h, w)
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp32-sizes", default="2,24", help="sizes that also get fp32 rows of our models when "
                     "--precision is not fp32 ('' to skip; default 2,24)")
     ap.add_argument("--ffdnet-sizes", default="2", help="sizes for the FFDNet baseline ('' to skip; default 2)")
+    ap.add_argument("--noise-levels", default="",
+                    help="also time these noise levels (two passes) for models with a level input, e.g. 2")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per case before giving up")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -238,15 +242,19 @@ def main(argv: list[str] | None = None) -> int:
             cases.append((arch, "random", str(_random_checkpoint(arch, Path(tmp)))))
         cases += [(m.stem, str(m), str(m)) for m in extra]
         main_prec = precision_name(pick_precision(torch.device("cpu"), args.precision))
+        wanted = [float(v) for v in args.noise_levels.split(",") if v.strip()]
+        levels = {m: wanted for _, _, m in cases if load_checkpoint(m).arch_args.get("level_input")}
         fp32_sizes = [float(s) for s in args.fp32_sizes.split(",") if s.strip()] if main_prec != "fp32" else []
         for mp in sizes:
             h, w = image_shape(mp)
             for prec in [args.precision] + (["fp32"] if mp in fp32_sizes else []):
                 for arch, weights, model in cases:
-                    spec = {"kind": "model", "model": model, "h": h, "w": w, "repeat": args.repeat,
-                            "tile": args.tile or None, "precision": prec}
-                    print(f"... {arch} {h}x{w} {prec}", file=sys.stderr, flush=True)
-                    rows.append({"arch": arch, "weights": weights, "h": h, "w": w, **run_case(spec, args.timeout)})
+                    for level in [None, *levels.get(model, [])] if prec == args.precision else [None]:
+                        spec = {"kind": "model", "model": model, "h": h, "w": w, "repeat": args.repeat,
+                                "tile": args.tile or None, "precision": prec, "noise_level": level}
+                        name = arch if level is None else f"{arch} @ level {level:g}"
+                        print(f"... {name} {h}x{w} {prec}", file=sys.stderr, flush=True)
+                        rows.append({"arch": name, "weights": weights, "h": h, "w": w, **run_case(spec, args.timeout)})
             if ffdnet_ok and mp in ffd_sizes:
                 spec = {"kind": "ffdnet", "h": h, "w": w, "repeat": args.repeat, "tile": args.tile or DEFAULT_TILE}
                 print(f"... FFDNet {h}x{w}", file=sys.stderr, flush=True)
