@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, Denoiser, ModelNotFoundError
-from denoise_core.atomic import Terminated, signals_as_interrupts
+from denoise_core.atomic import Terminated, remove_stale_parts, signals_as_interrupts
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
@@ -163,6 +163,8 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
     if not os.access(outdir, os.W_OK | os.X_OK):
         click.echo(one_line(f"error: output folder {outdir} is not writable"), err=True)
         sys.exit(1)
+    for stale in remove_stale_parts(outdir):
+        click.echo(one_line(f"removed {stale}: the temp file of an earlier run that was killed"), err=True)
     try:
         dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision)
         dn.check_noise_level(noise_level)

@@ -1,15 +1,24 @@
 """Atomic file writes: a temp file in the destination folder, fsync, then rename over the target;
 on any exception, Ctrl-C included, the temp file is removed. `signals_as_interrupts` extends that
 to SIGTERM and SIGHUP (kill, timeout, job schedulers, a closed terminal), which otherwise end the
-process where it stands and leave the temp file behind."""
+process where it stands and leave the temp file behind. A write killed outright (SIGKILL, power
+loss) leaves its temp file; each holds a lock while its write lives, so `remove_stale_parts` can
+tell the dead ones from those of a run still going and remove them."""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+
+try:
+    import fcntl
+except ImportError:     # Windows: an open file cannot be removed there, which marks a live write
+    fcntl = None
 
 
 def _umask() -> int:
@@ -24,7 +33,12 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     dest = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix if suffix is not None else dest.suffix + ".part",
                                dir=dest.parent if str(dest.parent) else ".")
-    os.close(fd)
+    if fcntl is None:       # Windows renames no open file; closing it leaves the write unmarked
+        os.close(fd)
+        fd = -1
+    else:
+        with contextlib.suppress(OSError):     # held while the write lives: remove_stale_parts leaves it be
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     tmp_path = Path(tmp)
     try:  # mkstemp makes 0600 files; give the result the mode a plain open() would (or the old file's)
         mode = dest.stat().st_mode & 0o7777 if dest.exists() else 0o666 & ~_umask()
@@ -40,6 +54,50 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+# what atomic_path names its temp files when no suffix is given: ".<name>.<8 random>.<ext>.part"
+_PART = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}(?P<ext>\.[^./]*)?\.part$")
+
+
+def remove_stale_parts(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temp files of writes into `folder` that were killed outright (SIGKILL, power loss,
+    the OOM killer), which no handler can clean up: files named as atomic_path names them that no
+    live write holds locked. Returns what was removed. (On Windows, where nothing is locked, a
+    file some process has open cannot be removed, so only a temp file no writer has open goes.)"""
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _PART.match(name)
+        if not m or not m["name"].endswith(m["ext"] or ""):
+            continue
+        path = Path(folder) / name
+        if fcntl is None:
+            with contextlib.suppress(OSError):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
+                    removed.append(path)
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # fails while its writer lives
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -249,6 +249,63 @@ def test_sigterm_to_a_real_process_leaves_no_part_file(tmp_path):
     assert "interrupted (SIGTERM)" in err
 
 
+def test_rerun_removes_temp_files_of_a_killed_run_but_not_of_a_live_one(tmp_path):
+    from denoise_core.atomic import atomic_path
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    Image.fromarray(hf.RGB).save(src / "a.png")
+    stale = out / ".a.png.k3x_9QzT.png.part"          # as atomic_path names it; its writer is gone
+    stale.write_bytes(b"half a PNG")
+    mine = out / ".notes.part"                       # not a name atomic_path makes
+    mine.write_bytes(b"keep")
+    with atomic_path(out / "b.png") as live:         # a write still going (another run, say)
+        live.write_bytes(b"in progress")
+        r = CliRunner().invoke(main, [str(src), "-o", str(out), "--model", "seed"], catch_exceptions=False)
+        assert live.exists()
+    assert r.exit_code == 0, r.output
+    assert f"removed {stale}: the temp file of an earlier run that was killed" in r.output.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == [".notes.part", "a.png", "b.png"]
+
+
+def test_sigkill_mid_write_leaves_a_temp_file_the_next_run_removes(tmp_path):
+    import subprocess
+    import sys
+    import time
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    Image.fromarray(hf.RGB).save(src / "a.png")
+    code = ("import sys, denoise_core.imageio as io\n"
+            "real = io._WRITERS['PNG']\n"
+            "def slow(tmp, photo, q):\n"
+            "    real(tmp, photo, q)\n"
+            "    open(sys.argv[1], 'w').close()\n"
+            "    import time; time.sleep(60)\n"
+            "io._WRITERS['PNG'] = slow\n"
+            "from cli.batch import main\n"
+            "main(sys.argv[2:])\n")
+    flag = tmp_path / "writing"
+    p = subprocess.Popen([sys.executable, "-c", code, str(flag), str(src), "-o", str(out), "--model", "seed"],
+                         cwd=os.path.dirname(os.path.dirname(__file__)), stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):
+            if flag.exists() or p.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert flag.exists(), p.stderr.read() if p.poll() is not None else "never reached the write"
+        p.kill()
+        p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    left = [q for q in out.iterdir()]
+    assert len(left) == 1 and left[0].name.endswith(".png.part")     # SIGKILL cannot be handled
+    r = CliRunner().invoke(main, [str(src), "-o", str(out), "--model", "seed"], catch_exceptions=False)
+    assert r.exit_code == 0 and f"removed {left[0]}" in r.output, r.output
+    assert sorted(q.name for q in out.iterdir()) == ["a.png"]
+
+
 # ---------------------------------------------------------------------------------- --resume state
 
 def test_resume_from_an_empty_or_damaged_state_names_it(tmp_path):
