@@ -6,7 +6,8 @@ Ctrl-C and 143/129 on SIGTERM/SIGHUP (which take Ctrl-C's path, so no temp file 
 characters in a report (a newline in a file name) are escaped, so each report is one line. With
 --json, stdout carries one JSON object per line (start, progress, warning, result, summary): the machine
 interface for scripts and host plugins. Inputs are never modified and every output is written
-atomically, so an interrupted or failed item leaves nothing behind.
+atomically, so an interrupted or failed item leaves nothing behind; the temp files of a run killed
+outright (SIGKILL, power loss) are removed by the next run into the same folder.
 """
 from __future__ import annotations
 
