@@ -195,12 +195,12 @@ def main():
                                            _("Off: automatic (the model judges the noise, one pass). "
                                              "On: use Noise level; needs a model with a noise-level input"),
                                            False, GObject.ParamFlags.READWRITE)
-            procedure.add_double_argument("noise-level", _("Noise _level"),
+            procedure.add_double_argument("noise-level", _("Noise le_vel"),
                                           _("How much noise to remove, relative to what the model finds "
                                             "by itself: 1 is about automatic, 2 also removes noise that "
                                             "automatic leaves, 0 keeps the image"),
                                           0.0, MAX_NOISE_LEVEL, 1.0, GObject.ParamFlags.READWRITE)
-            procedure.add_boolean_argument("new-layer", _("Result on a new _layer"),
+            procedure.add_boolean_argument("new-layer", _("Result on a ne_w layer"),
                                            _("Put the result on a copy of each layer, above it, and keep "
                                              "the original (layers only: channels and masks change in place)"),
                                            False, GObject.ParamFlags.READWRITE)
