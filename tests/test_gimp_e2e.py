@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = ROOT / "plugins" / "gimp" / "denoise-cnn" / "denoise-cnn.py"
 CHROOT = Path(os.environ.get("GIMP_CHROOT", "/work/gimp-chroot"))
 GIMP = "/usr/bin/gimp-console-3.0"
+GIMP_GUI = "/usr/bin/gimp-3.0"
 PROC = "plug-in-denoise-cnn"
 MODEL = "seed"
 SIGMA = 25  # gaussian noise, 0-255 scale
@@ -212,6 +213,55 @@ def _worker_binds(tmp: Path) -> list[tuple[str, str]]:
     return binds
 
 
+def _inner(p: Path) -> str:
+    """The path GIMP sees (inside the chroot) for a path under it."""
+    return "/" + str(p.relative_to(CHROOT))
+
+
+def _run_gimp(work: Path, home: Path, batch: Path, display: str | None = None, env: dict | None = None,
+              timeout: int = 900) -> subprocess.CompletedProcess:
+    """GIMP in the chroot, running `batch` (python-fu) then quitting: gimp-console, or with
+    `display` the GUI GIMP on that X display (its socket bound into the chroot)."""
+    binds = _worker_binds(work)
+    if display:
+        binds.append(("/tmp/.X11-unix", "/tmp/.X11-unix"))
+    # Mount points go into the shared chroot and are removed after the run. Removing one that a
+    # concurrent run (another checkout's tests) has mounted on would unmount it there, so runs
+    # on the same chroot take turns.
+    lock = open(CHROOT / "tmp" / ".denoise-gimp-test.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    created: list[Path] = []
+    for src, dst in binds:  # mount points, removed again below
+        target = CHROOT / dst.lstrip("/")
+        missing = []
+        p = target
+        while not os.path.lexists(p):
+            missing.append(p)
+            p = p.parent
+        created.extend(reversed(missing))
+    script = ['set -e', 'C="$1"; shift']
+    for src, dst in binds:
+        t = f'"$C"{dst}'
+        make = f'mkdir -p "$(dirname {t})"; [ -e {t} ] || touch {t}' if os.path.isfile(src) else f"mkdir -p {t}"
+        script.append(f'{make}; mount --bind "{src}" {t}')
+    extra = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+    program = f"{GIMP} -i" if not display else f"DISPLAY={display} {GIMP_GUI} --no-splash"
+    script.append(f'exec chroot "$C" /usr/bin/env -i PATH=/usr/bin:/bin HOME={_inner(home)} LANG=C.UTF-8 '
+                  f'TMPDIR={_inner(work / "tmp")} {extra} '
+                  f'{program} --batch-interpreter=python-fu-eval -b - --quit < "{batch}"')
+    try:
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(script),
+                               "sh", str(CHROOT)], capture_output=True, text=True, timeout=timeout)
+    finally:
+        for p in reversed(created):  # deepest first; only our own, now empty, mount points
+            try:
+                p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+            except OSError:
+                pass
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
 def _gimp_skip_reason() -> str | None:
     if not (CHROOT / GIMP.lstrip("/")).exists():
         return f"no GIMP 3 chroot at {CHROOT} (set GIMP_CHROOT, or build it with `bash .ci/setup_gimp.sh`)"
@@ -296,41 +346,8 @@ def gimp(photo_rgb):
                                                    "results": inner(work / "results.json")}))
         (work / "batch.py").write_text(BATCH.replace("__JOB__", repr(inner(work / "job.json"))))
 
-        binds = _worker_binds(work)
-        # Mount points go into the shared chroot and are removed after the run. Removing one that a
-        # concurrent run (another checkout's tests) has mounted on would unmount it there, so runs
-        # on the same chroot take turns.
-        lock = open(CHROOT / "tmp" / ".denoise-gimp-test.lock", "w")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        created: list[Path] = []
-        for src, dst in binds:  # mount points, removed again below
-            target = CHROOT / dst.lstrip("/")
-            missing = []
-            p = target
-            while not os.path.lexists(p):
-                missing.append(p)
-                p = p.parent
-            created.extend(reversed(missing))
-        script = ['set -e', 'C="$1"; shift']
-        for src, dst in binds:
-            t = f'"$C"{dst}'
-            make = f'mkdir -p "$(dirname {t})"; [ -e {t} ] || touch {t}' if os.path.isfile(src) else f"mkdir -p {t}"
-            script.append(f'{make}; mount --bind "{src}" {t}')
         (work / "tmp").mkdir()
-        script.append(f'exec chroot "$C" /usr/bin/env -i PATH=/usr/bin:/bin HOME={inner(home)} LANG=C.UTF-8 '
-                      f'TMPDIR={inner(work / "tmp")} '
-                      f'{GIMP} -i --batch-interpreter=python-fu-eval -b - --quit < "{work / "batch.py"}"')
-        try:
-            proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(script),
-                                   "sh", str(CHROOT)], capture_output=True, text=True, timeout=900)
-        finally:
-            for p in reversed(created):  # deepest first; only our own, now empty, mount points
-                try:
-                    p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
-                except OSError:
-                    pass
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
+        proc = _run_gimp(work, home, work / "batch.py")
         log = f"gimp exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
         # the worker of this GIMP: its log (one line per start, per plug-in run served, and its end)
         worker_logs = sorted((work / "tmp").glob("denoise-workers-*/gimp-*.sock.log"))
@@ -513,3 +530,90 @@ def test_one_worker_serves_every_run_and_ends_with_gimp(gimp):
     assert log.count("started") == 1, log
     assert log.count("serving a client") >= runs - 1 >= 8, (runs, log)  # all but the group (refused first)
     assert "host ended" in log, log
+
+
+# ------------------------------------------------------------------ the dialog's live preview
+GUI_BATCH = r'''
+import json
+import gi
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp, Gio
+P = json.load(open(__JOB__))
+image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["input"]))
+proc = Gimp.get_pdb().lookup_procedure("plug-in-denoise-cnn")
+config = proc.create_config()
+config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+config.set_property("image", image)
+config.set_core_object_array("drawables", image.get_layers())
+result = proc.run(config)
+Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(P["output"]), None)
+with open(P["results"], "w") as f:
+    json.dump({"status": result.index(0).value_nick}, f)
+'''
+
+
+@pytest.fixture(scope="module")
+def gimp_gui(photo_rgb):
+    """The real dialog in GUI GIMP under Xvfb: the plug-in's test hook (DENOISE_CNN_PREVIEW_TEST)
+    records each preview, sets the strength to 0.7 after the first, and presses OK after the second."""
+    reason = _gimp_skip_reason() or (None if shutil.which("Xvfb") else "Xvfb not installed (.ci/setup_krita.sh)")
+    if reason:
+        pytest.skip(reason)
+    work = Path(tempfile.mkdtemp(prefix="denoise-gimp-gui-", dir=CHROOT / "tmp"))
+    os.chmod(work, 0o755)
+    xvfb = None
+    try:
+        data = _make_inputs(work, photo_rgb)
+        home = work / "home"
+        r = run_cli("install", "gimp", "--dest", str(home / ".config" / "GIMP" / "3.0"), "--python", sys.executable)
+        assert r.returncode == 0, r.stderr
+        (work / "tmp").mkdir()
+        (work / "job.json").write_text(json.dumps({"input": _inner(work / "noisy8.png"),
+                                                   "output": _inner(work / "out.png"),
+                                                   "results": _inner(work / "results.json")}))
+        (work / "batch.py").write_text(GUI_BATCH.replace("__JOB__", repr(_inner(work / "job.json"))))
+        rfd, wfd = os.pipe()
+        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(wfd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                pass_fds=(wfd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(wfd)
+        with os.fdopen(rfd) as f:
+            display = ":" + f.readline().strip()
+        proc = _run_gimp(work, home, work / "batch.py", display=display, timeout=600,
+                         env={"DENOISE_CNN_PREVIEW_TEST": _inner(work / "preview.log")})
+        log = f"gimp exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-5000:]}"
+        assert proc.returncode == 0 and (work / "results.json").exists(), log
+        previews = [json.loads(line) for line in (work / "preview.log").read_text().splitlines()]
+        shots = os.environ.get("DENOISE_GIMP_SHOTS")  # DIR: keep the dialog's picture as DIR/gimp-dialog.png
+        if shots and (work / "preview.log.dialog.png").exists():
+            from PIL import Image
+            im = Image.open(work / "preview.log.dialog.png").convert("RGB")
+            im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+                Path(shots, "gimp-dialog.png"), optimize=True)
+        pictures = [(work / f"preview.log.{i + 1}.rgba8").read_bytes() for i in range(len(previews))]
+        yield {"work": work, "data": data, "log": log, "previews": previews, "pictures": pictures,
+               "results": json.loads((work / "results.json").read_text())}
+    finally:
+        if xvfb is not None:
+            xvfb.terminate()
+            xvfb.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_dialog_preview_is_the_result_on_one_worker(gimp_gui):
+    """The dialog's preview shows at 1:1 what the run gives in the part in view, updates by itself
+    when a setting changes, and the previews and the run share one worker."""
+    assert gimp_gui["results"]["status"] == "success", gimp_gui["log"]
+    previews = gimp_gui["previews"]
+    assert len(previews) == 2 and [p["strength"] for p in previews] == [1.0, 0.7], previews
+    assert previews[0]["pid"] == previews[1]["pid"] and previews[0]["view"] == previews[1]["view"]
+    x, y, w, h = previews[1]["view"]
+    assert w >= 64 and h >= 64, previews
+    n8 = gimp_gui["data"]["n8"]
+    out = read_image(gimp_gui["work"] / "out.png").pixels.astype(int)
+    dn = Denoiser("default")
+    assert np.abs(out - dn.denoise(n8, strength=0.7).astype(int)).max() <= 1  # OK ran with the new strength
+    for p, pic, strength in zip(previews, gimp_gui["pictures"], (1.0, 0.7)):
+        shown = np.frombuffer(pic, np.uint8).reshape(h, w, 4)[..., :3].astype(int)
+        want = dn.denoise(n8, strength=strength)[y:y + h, x:x + w].astype(int)
+        assert np.abs(shown - want).max() <= 1, strength
+    print(f"\nGIMP preview {w}x{h}: first {previews[0]['seconds']:.2f} s, after a change {previews[1]['seconds']:.2f} s")

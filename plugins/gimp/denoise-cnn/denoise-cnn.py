@@ -18,6 +18,7 @@ The helpers above `main()` use only the standard library, so they can be tested 
 import json
 import os
 import sys
+import time
 
 PROC_NAME = "plug-in-denoise-cnn"
 PLUGIN_DIR = os.path.dirname(os.path.realpath(__file__))
@@ -60,7 +61,8 @@ def main():
     gi.require_version("Gimp", "3.0")
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gegl", "0.4")
-    from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk
 
     sys.path.insert(0, PLUGIN_DIR)
     import denoise_client
@@ -71,6 +73,148 @@ def main():
     def failure(procedure, message):
         return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
 
+    def job_settings(config, cfg):
+        return denoise_client.job_settings(
+            model=config.get_property("model"), strength=config.get_property("strength"),
+            noise_level=noise_level(config.get_property("set-noise-level"), config.get_property("noise-level")),
+            device=cfg.get("device", "auto"), tile=cfg.get("tile", 1024))
+
+    def host_worker(cfg):
+        # GIMP starts this script anew for every run; the worker (model loaded) stays up between
+        # runs, found through a socket named after GIMP's process, and ends with GIMP
+        return denoise_client.host_worker("gimp", os.getppid(), cfg["python"], cfg.get("pythonpath"))
+
+    class Preview:
+        """The dialog's drawable preview (the part in view, at 1:1; its "Preview" check box is the
+        before/after toggle), updated by itself after a setting changes or the view moves. The
+        worker runs in a thread (GIMP calls stay on this one): first its info, then the view read
+        with the model's context, so the preview is what OK gives there."""
+
+        def __init__(self, widget, image, drawable, config):
+            self.widget, self.image, self.drawable, self.config = widget, image, drawable, config
+            self.thread = None
+            self.pending = False
+            self.closed = False
+            self.stage = None
+            self.shown = 0
+            self.test = os.environ.get("DENOISE_CNN_PREVIEW_TEST")  # the end-to-end test's hook
+            widget.connect("invalidated", self.start)
+            config.connect("notify", lambda *a: widget.invalidate())
+
+        def _in_thread(self, fn):
+            import threading
+            box = {}
+
+            def work():
+                try:
+                    box["result"] = fn()
+                except Exception as e:  # shown in the status, never raised in the thread
+                    box["error"] = e
+            self.thread = (threading.Thread(target=work, daemon=True), box)
+            self.thread[0].start()
+            GLib.timeout_add(50, self.poll)
+
+        def start(self, *_):
+            if self.closed:
+                return
+            if self.thread is not None:
+                self.pending = True
+                return
+            self.pending = False
+            try:
+                cfg = denoise_client.load_config(PLUGIN_DIR)
+                self.settings = job_settings(self.config, cfg)
+            except denoise_client.WorkerError:
+                return
+            self.cfg, self.worker = cfg, host_worker(cfg)
+            self.t0 = time.monotonic()
+            self.stage = "info"
+            self._in_thread(lambda: self.worker.info(self.settings))
+
+        def poll(self):
+            thread, box = self.thread
+            if thread.is_alive():
+                return True
+            self.thread = None
+            if self.closed:  # the dialog is gone; OK's run takes the worker after this
+                return False
+            if "error" in box or self.pending:
+                if "error" in box:
+                    sys.stderr.write(f"denoise-cnn preview: {box['error']}\n")
+                if self.pending:
+                    self.start()
+                return False
+            if self.stage == "info":
+                self.read_and_run(box["result"])
+            else:
+                self.draw(box["result"])
+            return False
+
+        def read_and_run(self, info):
+            d = self.drawable
+            x, y = self.widget.get_position()
+            w, h = self.widget.get_size()
+            w, h = min(w, d.get_width() - x), min(h, d.get_height() - y)
+            if w < 1 or h < 1:
+                return
+            fmt, channels = pixel_format(d.is_gray(), d.has_alpha())
+            rx, ry, rw, rh = denoise_client.context_region(x, y, w, h, d.get_width(), d.get_height(),
+                                                           info["context"], info["multiple"])
+            buf = d.get_buffer()
+            pixels = bytes(buf.get(Gegl.Rectangle.new(rx, ry, rw, rh), 1.0, fmt, Gegl.AbyssPolicy.CLAMP))
+            del buf
+            mask = None
+            if not Gimp.Selection.is_empty(self.image):  # blend through the selection, as OK does
+                ok, ox, oy = d.get_offsets()
+                sel = self.image.get_selection().get_buffer()
+                mask = bytes(sel.get(Gegl.Rectangle.new(x + ox, y + oy, w, h), 1.0, "Y u8", Gegl.AbyssPolicy.NONE))
+                del sel
+            self.view = (x, y, w, h)
+            self.stage = "run"
+            self._in_thread(lambda: denoise_client.run_denoise(
+                pixels, rw, rh, channels, python=self.cfg["python"], worker=self.worker, transfer="srgb",
+                **self.settings, crop=(x - rx, y - ry, w, h), mask=mask, rgba8=True))
+
+        def draw(self, result):
+            x, y, w, h = self.view
+            rgba = result["rgba8"]
+            d = self.drawable
+            keep = [0, 1, 2, 3] if not d.is_gray() else [0, 3]
+            if not d.has_alpha():
+                keep = keep[:-1]
+            if keep != [0, 1, 2, 3]:
+                out = bytearray(w * h * len(keep))
+                for i, k in enumerate(keep):
+                    out[i::len(keep)] = rgba[k::4]
+                rgba = bytes(out)
+            self.widget.draw_buffer(rgba, w * len(keep))
+            self.shown += 1
+            if self.test:
+                self.record(result, time.monotonic() - self.t0)
+
+        def record(self, result, seconds):
+            """DENOISE_CNN_PREVIEW_TEST=PATH: write what the preview showed, then change the
+            strength (a second preview) and press OK, as a user would."""
+            x, y, w, h = self.view
+            with open(f"{self.test}.{self.shown}.rgba8", "wb") as f:
+                f.write(result["rgba8"])
+            with open(self.test, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"view": [x, y, w, h], "pid": self.worker.pid, "seconds": seconds,
+                                    "strength": self.settings["strength"]}) + "\n")
+            if self.shown == 1:
+                self.config.set_property("strength", 0.7)
+            else:
+                GLib.timeout_add(300, self.finish_test)
+
+        def finish_test(self):
+            from gi.repository import Gdk
+            win = self.dialog.get_window()  # a picture of the dialog for the README, then OK
+            shot = Gdk.pixbuf_get_from_window(win, 0, 0, win.get_width(), win.get_height())
+            if shot is not None:
+                shot.savev(self.test + ".dialog.png", "png", [], [])
+            self.dialog.response(Gtk.ResponseType.OK)
+            return False
+
     def run(procedure, run_mode, image, drawables, config, data):
         if run_mode == Gimp.RunMode.INTERACTIVE:
             GimpUi.init("denoise-cnn")
@@ -79,8 +223,17 @@ def main():
             dialog.get_spin_scale("noise-level", 1.0)
             # the level slider only counts (and is only editable) when "Set noise level" is on
             dialog.set_sensitive("noise-level", True, config, "set-noise-level", False)
-            dialog.fill(None)
+            names = ["strength", "model", "set-noise-level", "noise-level", "new-layer"]
+            preview = None
+            if drawables:
+                widget = dialog.get_drawable_preview("preview", drawables[0])
+                preview = Preview(widget, image, drawables[0], config)
+                preview.dialog = dialog
+                names.insert(0, "preview")
+            dialog.fill(names)
             ok = dialog.run()
+            if preview is not None:
+                preview.closed = True
             dialog.destroy()
             if not ok:
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
@@ -89,15 +242,10 @@ def main():
             return failure(procedure, _("Denoise (CNN) needs a layer or channel to work on."))
         try:
             cfg = denoise_client.load_config(PLUGIN_DIR)
-            settings = denoise_client.job_settings(
-                model=config.get_property("model"), strength=config.get_property("strength"),
-                noise_level=noise_level(config.get_property("set-noise-level"), config.get_property("noise-level")),
-                device=cfg.get("device", "auto"), tile=cfg.get("tile", 1024))
+            settings = job_settings(config, cfg)
         except denoise_client.WorkerError as e:
             return failure(procedure, str(e))
-        # GIMP starts this script anew for every run; the worker (model loaded) stays up between
-        # runs, found through a socket named after GIMP's process, and ends with GIMP
-        worker = denoise_client.host_worker("gimp", os.getppid(), cfg["python"], cfg.get("pythonpath"))
+        worker = host_worker(cfg)
 
         # Read and denoise every drawable first, write only when all succeeded: an error
         # (missing model, worker crash) leaves the image exactly as it was.
