@@ -282,8 +282,7 @@ def _process_raw(dn: Denoiser, src: Path, dst: Path, report: Report, *, strength
         report.fail(s, f"unexpected {type(e).__name__}: {e}")
     else:
         if info["noise"].startswith("estimated"):
-            click.echo(f"note: {s}: noise level {info['noise']}", err=True)
-            report.emit(event="warning", file=s, message=f"noise level {info['noise']}")
+            report.warn(s, f"noise level {info['noise']}")
         report.done(s, dst, info["seconds"])
 
 
