@@ -384,7 +384,7 @@ def host_worker(host: str, host_pid: int, python: str, pythonpath: str | None = 
     """The worker that serves every plug-in run of one running host program (pid `host_pid`),
     through a Unix socket in a private per-user folder; where Unix sockets are missing, this
     process's own worker."""
-    if not hasattr(socket, "AF_UNIX"):
+    if not hasattr(socket, "AF_UNIX") or not hasattr(os, "getuid"):  # Windows
         return shared_worker(python, pythonpath)
     folder = os.path.join(tempfile.gettempdir(), f"denoise-workers-{os.getuid()}")
     os.makedirs(folder, mode=0o700, exist_ok=True)
