@@ -125,7 +125,7 @@ def _read_header(p: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[in
     except (ValueError, RecursionError):
         raise CheckpointError(p, "corrupt safetensors header (not JSON)") from None
     if not isinstance(header, dict):
-        raise CheckpointError(p, f"corrupt safetensors header (JSON {_json_kind(header)}, not an object)")
+        raise CheckpointError(p, f"corrupt safetensors header (the JSON is {_json_kind(header)}, not an object)")
     meta = header.pop("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise CheckpointError(p, "corrupt safetensors header (__metadata__ is not a map of strings)")
@@ -160,7 +160,7 @@ def _check_arch_args(p: Path, arch: str, text: str) -> dict[str, Any]:
     except (ValueError, RecursionError):
         raise CheckpointError(p, "arch_args metadata is not JSON") from None
     if not isinstance(args, dict):
-        raise CheckpointError(p, f"arch_args metadata is JSON {_json_kind(args)}, not an object")
+        raise CheckpointError(p, f"arch_args metadata is {_json_kind(args)}, not a JSON object")
     for key, value in args.items():
         kind, low, high, length = _ARG_RULES.get(key, _OTHER_ARG)
         items = value if kind in ("ints", "other") and isinstance(value, list) else [value]

@@ -149,8 +149,8 @@ def _raw(path, header: bytes, data: bytes = b""):
     return path
 
 
-@pytest.mark.parametrize("header,words", [(b"[]", ("JSON an array",)), (b"null", ("JSON null",)),
-                                          (b'"x"', ("JSON a string",)), (b"7", ("JSON a number",)),
+@pytest.mark.parametrize("header,words", [(b"[]", ("the JSON is an array",)), (b"null", ("the JSON is null",)),
+                                          (b'"x"', ("the JSON is a string",)), (b"7", ("the JSON is a number",)),
                                           (b'{"__metadata__": []}', ("__metadata__",)),
                                           (b'{"w": 3}', ("malformed",)),
                                           (b'{"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}',
@@ -185,7 +185,7 @@ def _seed_with_args(tmp_path, arch_args, arch="seed", weights=None):
     ("seed", '{"depth": 100000}', ("depth=100000", "integers 0..1024")),
     ("seed", '{"scale": 1e300}', ("scale=1e+300",)),
     ("seed", '{"scale": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]}', ("scale=[1, 2",)),
-    ("seed", "[1, 2]", ("arch_args", "not an object")),
+    ("seed", "[1, 2]", ("arch_args metadata is an array, not a JSON object",)),
 ])
 def test_bad_arch_args_refused_before_any_network_is_built(tmp_path, monkeypatch, arch, args, words):
     import denoise_core.checkpoint as ck

@@ -165,8 +165,8 @@ def test_libpng_warning_names_the_file(tmp_path, capfd, caplog):
 # ---------------------------------------------------------------------------------- checkpoints
 
 @pytest.mark.parametrize("data,words", [
-    (hf.safetensors_raw(b"[]"), "corrupt safetensors header (JSON an array, not an object)"),
-    (hf.safetensors_raw(b"null"), "corrupt safetensors header (JSON null, not an object)"),
+    (hf.safetensors_raw(b"[]"), "corrupt safetensors header (the JSON is an array, not an object)"),
+    (hf.safetensors_raw(b"null"), "corrupt safetensors header (the JSON is null, not an object)"),
     (hf.safetensors_with_args({"width": 6000}), "width=6000 is out of range"),
     (hf.safetensors_with_args({"width": -3}), "width=-3 is out of range"),
     (hf.safetensors_with_args({"mid_blocks": 1000000}, "unet"), "mid_blocks=1000000 is out of range"),
