@@ -1,7 +1,8 @@
-"""Seeded mutations of small valid PNG, JPEG, TIFF, WebP and safetensors files (bit flips,
-truncations, overwrites, chunk/tag/segment length rewrites, IFD pointer loops, header rewrites):
-every case must end as a valid image or one clean, named error -- no other exception, no change to
-the input, no temp file left, and bounded metadata. The counts are fixed (same cases every run)."""
+"""Seeded mutations of small valid PNG, JPEG (plain and with a camera's MPF preview), TIFF, WebP
+and safetensors files (bit flips, truncations, overwrites, chunk/tag/segment length rewrites, IFD
+pointer loops, metadata bombs, header rewrites): every case must end as a valid image or one
+clean, named error -- no other exception, no change to the input, no temp file left, and bounded
+metadata. The counts are fixed (same cases every run)."""
 import hashlib
 import random
 import resource
@@ -18,8 +19,9 @@ from denoise_core.checkpoint import CheckpointError, load_checkpoint
 from denoise_core.imageio import ImageReadError, ImageWriteError, Photo, read_image, write_image
 
 CASES = 120
-BASES = {"png": hf.valid_png, "png16": hf.valid_png16, "jpg": hf.valid_jpeg, "tif": hf.valid_tiff,
-         "webp": hf.valid_webp}
+BASES = {"png": hf.valid_png, "png16": hf.valid_png16, "jpg": hf.valid_jpeg, "mpo": hf.jpeg_with_mpf_preview,
+         "tif": hf.valid_tiff, "webp": hf.valid_webp}
+EXT = {"png16": "png", "mpo": "jpg"}
 
 
 class _Hang(Exception):
@@ -71,7 +73,7 @@ def _one_case(p, out, case) -> str:
 @pytest.mark.parametrize("kind", sorted(BASES))
 def test_mutated_images_end_as_image_or_named_error(tmp_path, monkeypatch, hang_guard, kind):
     monkeypatch.setattr(imageio, "MAX_PIXELS", 1 << 16)     # a mutated header may claim any size
-    ext = kind.rstrip("16")
+    ext = EXT.get(kind, kind)
     rng = random.Random(f"issue16-{kind}")
     base = BASES[kind]()
     src, out = tmp_path / "in", tmp_path / "out"
