@@ -4,7 +4,6 @@ inputs are unchanged, and nothing partial is left in the output folder."""
 import hashlib
 import os
 import signal
-import struct
 
 import numpy as np
 import pytest
