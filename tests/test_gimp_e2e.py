@@ -497,7 +497,7 @@ def test_noise_level_gives_the_cores_result(gimp):
     want = dn.denoise(n8, noise_level=LEVEL).astype(int)
     auto = dn.denoise(n8).astype(int)
     assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
-    assert np.abs(got - auto).mean() > 1.0, np.abs(got - auto).mean()
+    assert np.abs(got - auto).mean() > 0.5, np.abs(got - auto).mean()  # an ignored level gives 0
 
 
 def test_noise_level_with_a_blind_model_is_an_error(gimp):

@@ -578,7 +578,7 @@ def test_noise_level_gives_the_cores_result(krita_run):
     want = dn.denoise(u8, noise_level=LEVEL).astype(int)
     auto = dn.denoise(u8).astype(int)
     assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
-    assert np.abs(got - auto).mean() > 1.0, np.abs(got - auto).mean()
+    assert np.abs(got - auto).mean() > 0.5, np.abs(got - auto).mean()  # an ignored level gives 0
     np.testing.assert_array_equal(a1, a0)
     # the next dialog opens with the level that was accepted
     assert krita_run["results"]["level_blind"]["loaded"]["noise_level"] == LEVEL
