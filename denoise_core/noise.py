@@ -380,14 +380,19 @@ def _mix_v1_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tenso
     return xi
 
 
+def _gaussian_v2(xi: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian noise as mix-v2 onwards draw it: half at the common sigma 5-30, the rest 0-55."""
+    v = float(torch.rand((), generator=gen))
+    sigma = 55.0 * v if float(torch.rand((), generator=gen)) < 0.5 else 5.0 + 25.0 * v
+    return add_gaussian(xi, sigma, gen)
+
+
 def _mix_v2_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:
     """mix-v2 (sessions 2-7): as v1 with 40% camera and half of the Gaussian patches at sigma 5-30."""
     if u < 0.40:
         y = _camera_batch(xi, NoiseSpec(kind="camera"), gen)
-    elif u < 0.85:  # half of the Gaussian patches at the common 5-30 levels, the rest 0-55
-        v = float(torch.rand((), generator=gen))
-        sigma = 55.0 * v if float(torch.rand((), generator=gen)) < 0.5 else 5.0 + 25.0 * v
-        y = add_gaussian(xi, sigma, gen)
+    elif u < 0.85:
+        y = _gaussian_v2(xi, gen)
     elif u < 0.95:
         y = add_poisson_gaussian(xi, gen)
     else:
@@ -418,9 +423,7 @@ def _mix_v3_simple(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Te
     if u < 0.55:
         y = _camera_batch(xi, NoiseSpec(kind="camera"), gen)
     elif u < 0.83:
-        v = float(torch.rand((), generator=gen))
-        sigma = 55.0 * v if float(torch.rand((), generator=gen)) < 0.5 else 5.0 + 25.0 * v
-        y = add_gaussian(xi, sigma, gen)
+        y = _gaussian_v2(xi, gen)
     elif u < 0.87:
         y = add_poisson_gaussian(xi, gen)
     else:
