@@ -59,10 +59,15 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "weights"
 
 
-def shipped_models() -> dict[str, Path]:
-    """Registry names that have shipped weights, mapped to their files."""
+RAW_ARCHS = ("raw",)  # sensor-mosaic models: camera raw files only (denoise_core.raw_denoise)
+
+
+def shipped_models(*, include_raw: bool = False) -> dict[str, Path]:
+    """Registry names that have shipped weights, mapped to their files: the sRGB image models
+    (what `Denoiser`, the plug-ins and the benchmarks take), and with `include_raw` the raw ones."""
     d = weights_dir()
-    return {n: d / f"{n}.safetensors" for n in list_models() if (d / f"{n}.safetensors").is_file()}
+    return {n: d / f"{n}.safetensors" for n in list_models()
+            if (d / f"{n}.safetensors").is_file() and (include_raw or n not in RAW_ARCHS)}
 
 
 def resolve_model(model: str | os.PathLike) -> Path:
@@ -70,7 +75,7 @@ def resolve_model(model: str | os.PathLike) -> Path:
     name = str(model)
     if name == "default":
         name = DEFAULT_MODEL
-    shipped = shipped_models()
+    shipped = shipped_models(include_raw=True)
     if name in shipped:
         return shipped[name]
     p = Path(name).expanduser()
@@ -89,6 +94,9 @@ class Denoiser:
                  precision: str = "auto") -> None:
         self.path = resolve_model(model)
         ckpt = load_checkpoint(self.path)
+        if ckpt.arch in RAW_ARCHS:
+            raise ValueError(f"{self.path.name} holds a {ckpt.arch!r} model for camera raw files (sensor "
+                             f"mosaics); give denoise-batch the raw file itself, or pick an image model")
         self.card = ckpt.card
         self.arch = ckpt.arch
         self.device = pick_device(device)

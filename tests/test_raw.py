@@ -334,3 +334,12 @@ def test_make_model_iso_of_raf_and_cr3_containers(tmp_path):
     (tmp_path / "b.cr3").write_bytes(cr3)
     meta = R.read_meta(tmp_path / "b.cr3")
     assert (meta.make, meta.model, meta.iso) == ("Canon", "Canon EOS R5", 12800.0)
+
+
+def test_raw_model_is_for_raw_files_only():
+    """The shipped raw model is not offered as an image model, and asking for it on an image says why."""
+    from denoise_core.api import Denoiser, shipped_models
+
+    assert "raw" in shipped_models(include_raw=True) and "raw" not in shipped_models()
+    with pytest.raises(ValueError, match="camera raw files"):
+        Denoiser("raw", device="cpu")
