@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         return crop_mps.get(m)
 
     crop_desc = f"{len(items)} crops ({len(photo_names)} photos x up to {args.crops}, up to {args.size}x{args.size})"
-    lines = [f"Validation: {crop_desc}; Gaussian {', '.join(c['name'] for c in conds)}; camera noise: "
+    lines = [f"Benchmark: {crop_desc}; Gaussian {', '.join(c['name'] for c in conds)}; camera noise: "
              f"{', '.join(cameras) or 'none'}, ISO {ISO_RANGE[0]}-{ISO_RANGE[1]}, +{EV_RANGE[0]:g}-{EV_RANGE[1]:g} EV; "
              f"8-bit inputs. Our models in {', '.join(sorted({d.precision for d in ours.values()}))}. "
              f"FFDNet on camera noise: oracle sigma from {{{', '.join(map(str, ORACLE_GRID))}}}.", "",
