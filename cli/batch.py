@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, Denoiser, ModelNotFoundError
+from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, RAW_ARCHS, Denoiser, ModelNotFoundError
 from denoise_core.atomic import Terminated, remove_stale_parts, signals_as_interrupts
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS
@@ -167,8 +167,10 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
     for stale in remove_stale_parts(outdir):
         click.echo(one_line(f"removed {stale}: the temp file of an earlier run that was killed"), err=True)
     try:
-        dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision)
-        dn.check_noise_level(noise_level)
+        # a raw-domain --model serves the raw files (see _process_raw); image files then fail by name
+        dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision, allow_raw=True)
+        if dn.arch not in RAW_ARCHS:  # raw files scale their camera profile instead
+            dn.check_noise_level(noise_level)
     except (ModelNotFoundError, CheckpointError, ValueError) as e:
         click.echo(one_line(f"error: {e}"), err=True)
         sys.exit(2)
@@ -225,6 +227,9 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
     if is_raw(src):
         _process_raw(dn, src, dst, report, strength=strength, noise_level=noise_level, out_format=out_format,
                      quality=quality)
+        return
+    if dn.arch in RAW_ARCHS:
+        report.fail(s, f"{dn.path.name} is a model for camera raw files; pick an image model for this file")
         return
     t0 = time.perf_counter()
     try:

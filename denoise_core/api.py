@@ -91,10 +91,10 @@ def resolve_model(model: str | os.PathLike) -> Path:
 class Denoiser:
     def __init__(self, model: str | os.PathLike = "default", *, device: str = "auto",
                  tile: int = DEFAULT_TILE, overlap: int | None = None, border: int = DEFAULT_BORDER,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", allow_raw: bool = False) -> None:
         self.path = resolve_model(model)
         ckpt = load_checkpoint(self.path)
-        if ckpt.arch in RAW_ARCHS:
+        if ckpt.arch in RAW_ARCHS and not allow_raw:
             raise ValueError(f"{self.path.name} holds a {ckpt.arch!r} model for camera raw files (sensor "
                              f"mosaics); give denoise-batch the raw file itself, or pick an image model")
         self.card = ckpt.card

@@ -76,18 +76,21 @@ def test_tiled_equals_untiled(random_unet, shape, border):
 
 @pytest.mark.parametrize("scene,overlap,tol,precision", [
     ("flat", None, 1e-4, "fp32"), ("flat", 16, 1.0 / 255, "fp32"), ("flat", None, 1.0 / 255, "bf16"),
-    ("photo", None, 1e-4, "fp32"), ("photo", 16, 2.0 / 255, "fp32"), ("photo", None, 1.0 / 255, "bf16")])
+    ("photo", None, 1e-4, "fp32"), ("photo", 16, 10.0 / 255, "fp32"), ("photo", None, 1.0 / 255, "bf16")])
 def test_no_seams(photo_rgb, scene, overlap, tol, precision):
     """Tile borders leave no trace: with the shipped model, tiled output matches the whole-image run,
     exactly (fp32) with the default overlap, and within one 8-bit level in bf16 (whose convolutions
     round differently with the input's size). With the overlap cut to 16 px the missing context
-    shows: within one level on a flat image, but up to 0.0070 (1.8 levels) on the photo's texture."""
+    shows: within one level on a flat image; on the photo's texture up to 0.0070 (1.8 levels) with
+    the session-4 default and 0.030 (7.6 levels) with session 8's, which reads farther (its mean
+    stays near 0.1 level): `--overlap` below the receptive radius trades exactness for speed."""
     dn = Denoiser("default", device="cpu", precision=precision)
     img = (np.full((200, 264, 3), 0.4, np.float32) if scene == "flat" else
            np.ascontiguousarray(photo_rgb[:200, :248]).astype(np.float32) / 255)
     whole = dn.denoise(img, tile=4096)
     tiled = dn.denoise(img, tile=48, overlap=overlap)
     assert float(np.abs(tiled - whole).max()) < tol
+    assert float(np.abs(tiled - whole).mean()) < 0.5 / 255
 
 
 @pytest.fixture(scope="module")
