@@ -118,7 +118,6 @@ class Denoiser:
         """Pixels of context each output pixel depends on: the receptive radius, or with a noise
         level, two passes of it plus the level map's window."""
         return self.receptive if noise_level is None else 2 * self.receptive + LEVEL_RADIUS
-        self.border = int(border)
 
     @torch.inference_mode()
     def run_tensor(self, x: torch.Tensor, noise_level: float | None = None) -> torch.Tensor:
