@@ -116,5 +116,8 @@ def test_worker_passes_the_noise_level(level_ckpt, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     out = np.frombuffer((tmp_path / "out.raw").read_bytes(), "<f4").reshape(40, 48, 3)
-    ref = Denoiser(level_ckpt, device="cpu", precision="fp32").denoise(img, noise_level=2.0)
-    np.testing.assert_array_equal(out, ref)
+    dn = Denoiser(level_ckpt, device="cpu", precision="fp32")
+    ref, blind = dn.denoise(img, noise_level=2.0), dn.denoise(img)
+    # the same fp32 arithmetic in another process (its own thread count): equal to rounding
+    np.testing.assert_allclose(out, ref, rtol=0, atol=5e-4)
+    assert float(np.abs(out - blind).max()) > 1e-2  # the level reached the model
