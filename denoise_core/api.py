@@ -88,6 +88,15 @@ def resolve_model(model: str | os.PathLike) -> Path:
         f"(shipped: {', '.join(['default', *sorted(shipped)]) if shipped else 'none'})")
 
 
+def build_for_inference(ckpt, device: str, precision: str) -> tuple[nn.Module, torch.device, torch.dtype | None]:
+    """A checkpoint's network on the picked device (channels-last on the CPU) and its autocast dtype."""
+    dev = pick_device(device)
+    net = ckpt.build().to(dev)
+    if dev.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    return net, dev, pick_precision(dev, precision)
+
+
 class Denoiser:
     def __init__(self, model: str | os.PathLike = "default", *, device: str = "auto",
                  tile: int = DEFAULT_TILE, overlap: int | None = None, border: int = DEFAULT_BORDER,
@@ -99,12 +108,8 @@ class Denoiser:
                              f"mosaics); give denoise-batch the raw file itself, or pick an image model")
         self.card = ckpt.card
         self.arch = ckpt.arch
-        self.device = pick_device(device)
-        self.amp_dtype = pick_precision(self.device, precision)
+        net, self.device, self.amp_dtype = build_for_inference(ckpt, device, precision)
         self.precision = precision_name(self.amp_dtype)
-        net = ckpt.build().to(self.device)
-        if self.device.type == "cpu":
-            net = net.to(memory_format=torch.channels_last)
         self.model: nn.Module = net
         self.multiple = int(getattr(net, "size_multiple", 1))
         self.receptive = int(getattr(net, "receptive_radius", 16))

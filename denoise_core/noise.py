@@ -387,17 +387,24 @@ def _gaussian_v2(xi: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return add_gaussian(xi, sigma, gen)
 
 
-def _mix_v2_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:
-    """mix-v2 (sessions 2-7): as v1 with 40% camera and half of the Gaussian patches at sigma 5-30."""
-    if u < 0.40:
+def _simple_one(xi: torch.Tensor, gen: torch.Generator, u: float,
+                edges: tuple[float, float, float]) -> torch.Tensor:
+    """Camera simulator below edges[0], Gaussian (`_gaussian_v2`) below edges[1], Poisson-Gaussian
+    below edges[2], else clean; 8-bit."""
+    if u < edges[0]:
         y = _camera_batch(xi, NoiseSpec(kind="camera"), gen)
-    elif u < 0.85:
+    elif u < edges[1]:
         y = _gaussian_v2(xi, gen)
-    elif u < 0.95:
+    elif u < edges[2]:
         y = add_poisson_gaussian(xi, gen)
     else:
         y = xi
     return quantize(y)
+
+
+def _mix_v2_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:
+    """mix-v2 (sessions 2-7): as v1 with 40% camera and half of the Gaussian patches at sigma 5-30."""
+    return _simple_one(xi, gen, u, (0.40, 0.85, 0.95))
 
 
 # mix-v4 in terms of mix-v3's draw u (v3: [0, .45) developments, [.45, .55) v2 camera, [.55, .83)
@@ -420,15 +427,7 @@ def _mix_v3_simple(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Te
     """mix-v3 outside the camera developments (45%) and clean JPEGs (7%): 10% camera noise on an
     undeveloped signal (the v2 simulator), 28% Gaussian (half at sigma 5-30, half 0-55), 4%
     Poisson-Gaussian, 6% clean; 8-bit."""
-    if u < 0.55:
-        y = _camera_batch(xi, NoiseSpec(kind="camera"), gen)
-    elif u < 0.83:
-        y = _gaussian_v2(xi, gen)
-    elif u < 0.87:
-        y = add_poisson_gaussian(xi, gen)
-    else:
-        y = xi
-    return quantize(y)
+    return _simple_one(xi, gen, u, (0.55, 0.83, 0.87))
 
 
 def _camera_batch(x: torch.Tensor, spec: NoiseSpec, gen: torch.Generator) -> torch.Tensor:

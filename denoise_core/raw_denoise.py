@@ -35,7 +35,7 @@ import torch
 
 from .atomic import atomic_path
 from .checkpoint import load_checkpoint
-from .device import autocast, pick_device, pick_precision, precision_name
+from .device import autocast, precision_name
 from .imageio import Photo, write_image
 from .raw import RawImage, RawReadError, RawWriteError, _quiet_stderr, noise_sigma, open_raw, read_raw, unpack
 from .tiler import make_grid, read_window
@@ -49,18 +49,14 @@ ProgressFn = Callable[[int, int], None]
 class RawDenoiser:
     def __init__(self, model: str | os.PathLike = DEFAULT_RAW_MODEL, *, device: str = "cpu",
                  precision: str = "auto", tile: int = DEFAULT_RAW_TILE) -> None:
-        from .api import resolve_model
+        from .api import build_for_inference, resolve_model
         self.path = resolve_model(model)
         ckpt = load_checkpoint(self.path)
         if ckpt.arch != "raw":
             raise ValueError(f"{self.path.name} holds a {ckpt.arch!r} model, not a raw-domain one ('raw')")
         self.card = ckpt.card
-        self.device = pick_device(device)
-        self.amp_dtype = pick_precision(self.device, precision)
+        net, self.device, self.amp_dtype = build_for_inference(ckpt, device, precision)
         self.precision = precision_name(self.amp_dtype)
-        net = ckpt.build().to(self.device)
-        if self.device.type == "cpu":
-            net = net.to(memory_format=torch.channels_last)
         self.model = net
         self.multiple = int(net.size_multiple)
         self.receptive = int(net.receptive_radius)
