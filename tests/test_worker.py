@@ -278,11 +278,15 @@ def test_socket_worker_cancel_stops_at_once_and_cleans_up(tmp_path, monkeypatch)
     try:
         dc._WORKERS.clear()
         w = dc.host_worker("gimp", host.pid, sys.executable, str(ROOT))
-        img = np.random.default_rng(0).random((256, 256, 3), dtype=np.float32)
+        # large enough (about a thousand 64 px tiles) that the job is still running when the first
+        # progress event cancels it: a job that has already finished leaves the daemon up, as it should
+        size = 2048
+        img = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
         seen = []
         with pytest.raises(dc.Cancelled):
-            dc.run_denoise(img.tobytes(), 256, 256, 3, python=sys.executable, model="seed", tile=64,
+            dc.run_denoise(img.tobytes(), size, size, 3, python=sys.executable, model="seed", tile=64,
                            worker=w, on_progress=seen.append, is_cancelled=lambda: bool(seen))
+        assert seen and seen[0] < 1.0, seen  # cancelled mid-job
         pid = w._ready_pid
         deadline = time.monotonic() + 5
         while Path(f"/proc/{pid}").exists() and b"Z" not in _stat_state(pid) and time.monotonic() < deadline:
