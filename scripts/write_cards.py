@@ -21,7 +21,7 @@ _DEVELOP = ("camera developments (`denoise_core.pipeline`, TRAIN_SETTINGS: a dar
             "unsharp mask (70%, radius 0.5-1.5, amount 0.2-1.2) -> chroma noise reduction (30%) -> "
             "downscaling (20%) -> JPEG q60-98 4:2:0/4:4:4 (55%), 8-bit (35%) or 16-bit (10%); target: the "
             "same development of the noise-free mosaic, without noise reduction or JPEG)")
-# the `mix` spec changed twice; a card's `mix_version` says which one its weights saw (none: v1)
+# the `mix` spec changed several times; a card's `mix_version` says which one its weights saw (none: v1)
 NOISE_TEXT = {
     "mix-v3 mix-v3": f"per patch: 45% {_DEVELOP}, 10% {_CAMERA}, 28% Gaussian (half with sigma 0-55, half "
                      f"5-30), 4% Poisson-Gaussian, 6% no noise, 7% a clean patch saved as JPEG q75-98 (target: "
@@ -29,6 +29,10 @@ NOISE_TEXT = {
     "mix-v4 mix-v4": f"per patch: 38% {_DEVELOP}, 8% the same developments without noise (the camera file, "
                      f"JPEG and all, is its own target), 10% {_CAMERA}, 24% Gaussian (half with sigma 0-55, "
                      f"half 5-30), 4% Poisson-Gaussian, 8% no noise, 8% a clean patch saved as JPEG q75-98 "
+                     f"(target: itself); patches cut 16 px inside a larger development",
+    "mix-v5 mix-v5": f"per patch: 36% {_DEVELOP}, 8% the same developments without noise (the camera file, "
+                     f"JPEG and all, is its own target), 13% {_CAMERA}, 25% Gaussian (half with sigma 0-55, "
+                     f"half 5-30), 3% Poisson-Gaussian, 7% no noise, 8% a clean patch saved as JPEG q75-98 "
                      f"(target: itself); patches cut 16 px inside a larger development",
     "mix v1": f"per patch: 45% {_CAMERA}, 40% Gaussian with sigma uniform in 0-55, 10% Poisson-Gaussian "
               f"in linear light, 5% no noise; all clipped and quantized to 8 bits",

@@ -132,7 +132,8 @@ def test_noise_free_camera_files_are_their_own_target():
 
 
 def test_mix_versions_are_named_and_pipeline_needs_pairs():
-    assert str(parse_noise("mix")) == "mix-v4"
+    assert str(parse_noise("mix")) == "mix-v5"
+    assert str(parse_noise("mix-v4")) == "mix-v4"
     assert str(parse_noise("mix-v3")) == "mix-v3"
     assert str(parse_noise("mix-v2")) == "mix-v2"
     with pytest.raises(NoiseSpecError, match="noisy_pair"):
@@ -151,3 +152,16 @@ def test_pipeline_spec_for_one_camera():
     assert psnr(a[0], a[1]) < 40
     with pytest.raises(NoiseSpecError, match="did you mean"):
         parse_noise('pipeline:"Nikn D75"@12800')
+
+
+@pytest.mark.parametrize("mix", ["mix-v4", "mix-v5"])
+def test_later_mixes_give_each_part_its_declared_share(mix):
+    from denoise_core.noise import _AS_V3, _V3_PARTS, _as_v3
+    shares = _AS_V3[mix]
+    n = 100_000
+    parts = [0] * len(_V3_PARTS)
+    for k in range(n):
+        v = _as_v3((k + 0.5) / n, shares)
+        # which mix-v3 interval the draw lands in (the last part, u = 1, is a noise-free camera file)
+        parts[max(i for i, (lo, _) in enumerate(_V3_PARTS) if v >= lo)] += 1
+    assert [round(c / n, 3) for c in parts] == [round(s, 3) for s in shares]
