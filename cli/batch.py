@@ -272,9 +272,17 @@ def _process_raw(dn: Denoiser, src: Path, dst: Path, report: Report, *, strength
         key = (str(dn.path) if dn.arch == "raw" else "raw", str(dn.device), dn.precision)
         if key not in _RAW_DENOISERS:
             _RAW_DENOISERS[key] = RawDenoiser(key[0], device=key[1], precision=key[2])
-        info = process_raw(_RAW_DENOISERS[key], src, dst, strength=strength, noise_level=noise_level,
-                           out_format=out_format, quality=quality,
-                           progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
+        with warnings.catch_warnings(record=True) as said:  # e.g. EXIF that could not be copied
+            warnings.simplefilter("always", ImageWarning)
+            info = process_raw(_RAW_DENOISERS[key], src, dst, strength=strength, noise_level=noise_level,
+                               out_format=out_format, quality=quality,
+                               progress=lambda done, total: report.emit(event="progress", file=s, done=done,
+                                                                        total=total))
+        for w in said:
+            if isinstance(w.message, ImageWarning):
+                report.warn(s, w.message.reason)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except ImageReadError as e:
         report.fail(s, e.reason)
     except ImageWriteError as e:

@@ -18,8 +18,10 @@ Outputs (all written atomically; the input is only read):
 - DNG from a DNG: a byte copy of the input in which only the raw image changes: uncompressed
   16-bit raw data keeps its place and size; compressed (or other bit depths) raw data is written
   uncompressed at the end of the file and the raw IFD's Compression, BitsPerSample, Predictor and
-  strip/tile offsets and byte counts point at it. Every other tag, IFD, preview and maker note
-  stays as it was.
+  strip/tile offsets and byte counts point at it. The input's NoiseProfile is dropped and
+  NoiseReductionApplied says `strength` (so converters do not denoise again at the camera's noise
+  level; IFD0 may move to the end of the file for the added tag). Every other tag, IFD, preview
+  and maker note stays as it was.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import os
 import shutil
 import struct
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +39,7 @@ import torch
 from .atomic import atomic_path
 from .checkpoint import load_checkpoint
 from .device import autocast, precision_name
-from .imageio import Photo, write_image
+from .imageio import ImageWarning, Photo, write_image
 from .raw import RawImage, RawReadError, RawWriteError, _quiet_stderr, noise_sigma, open_raw, read_raw, unpack
 from .tiler import make_grid, read_window
 
@@ -137,7 +140,21 @@ def develop(path, mosaic: np.ndarray | None, img: RawImage, **overrides) -> np.n
 def raw_exif(path) -> bytes | None:
     """The raw file's EXIF as an APP1-style block (b"Exif\\0\\0" + TIFF) for the developed output:
     IFD0's descriptive tags and the Exif/GPS IFDs of TIFF-based raws, the embedded JPEG's EXIF of a
-    RAF, the CMT1 block of a CR3. Orientation is left out (LibRaw rotates the pixels)."""
+    RAF, the CMT1 block of a CR3. Orientation is left out (LibRaw rotates the pixels).
+
+    None when there is nothing to copy. EXIF the copy refuses (tags copying more than
+    imageio.MAX_METADATA_BYTES, a preview JPEG PIL rejects) is no reason to lose the denoised
+    result: the output is written without EXIF and an `ImageWarning` naming the file says why
+    (denoise-batch prints it as a one-line warning)."""
+    try:
+        return _raw_exif(path)
+    except (ValueError, struct.error, OSError) as e:  # _ExifTooLarge is a ValueError; PIL raises OSError
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        warnings.warn(ImageWarning(path, f"EXIF not copied to the output ({reason})"), stacklevel=2)
+        return None
+
+
+def _raw_exif(path) -> bytes | None:
     from .imageio import _IFD0_EXIF_TAGS, _pack_ifd, _read_ifd
     p = Path(path)
     try:
@@ -187,6 +204,67 @@ _T_COMPRESSION, _T_BPS, _T_PREDICTOR = 259, 258, 317
 _T_STRIP_OFF, _T_STRIP_BYTES, _T_ROWS = 273, 279, 278
 _T_TILE_OFF, _T_TILE_BYTES = 324, 325
 _T_LINEARIZATION = 50712
+_T_NR_APPLIED, _T_NOISE_PROFILE = 50935, 51041
+
+
+def _ifd_entries(f, offset: int, bo: str, dst) -> tuple[list[bytes], int]:
+    """The 12-byte entries of the classic-TIFF IFD at `offset` and its next-IFD pointer."""
+    f.seek(offset)
+    (n,) = struct.unpack(bo + "H", f.read(2))
+    raw = f.read(12 * n)
+    (nxt,) = struct.unpack(bo + "I", f.read(4))
+    if len(raw) != 12 * n:
+        raise RawWriteError(dst, "a DNG IFD runs past the end of the file")
+    return [raw[i:i + 12] for i in range(0, 12 * n, 12)], nxt
+
+
+def _entry_tag(entry: bytes, bo: str) -> int:
+    return struct.unpack(bo + "H", entry[:2])[0]
+
+
+def _mark_denoised(f, bo: str, ifd0: int, raw_ifd: int, strength: float, dst) -> None:
+    """Tell raw converters the data is denoised.
+
+    NoiseProfile (51041, IFD0 or the raw IFD) is dropped: it is the camera's per-photosite noise
+    model (variance S*x + O) of the data as captured. Left as it was, converters that read it
+    (Adobe's, for instance) would denoise the result again as if nothing had been done, at the input's
+    strength. A rewritten profile would be a guess: what the model leaves is little, spatially
+    correlated and depends on the content and `strength`, which S*x + O per photosite cannot
+    describe. Without it a converter falls back to its own defaults for the camera.
+
+    NoiseReductionApplied (50935, IFD0: "0 none, 1 the ideal amount: apply no more by default") is
+    set to `strength`. IFD0 is rewritten in place when it does not grow, else after the data at the
+    end of the file, with the header pointing at the new copy; values stay where they are.
+    """
+    if raw_ifd != ifd0:
+        entries, nxt = _ifd_entries(f, raw_ifd, bo, dst)
+        kept = [e for e in entries if _entry_tag(e, bo) != _T_NOISE_PROFILE]
+        if len(kept) < len(entries):  # shrink in place; the freed entries are zeroed
+            f.seek(raw_ifd)
+            f.write(struct.pack(bo + "H", len(kept)) + b"".join(kept) + struct.pack(bo + "I", nxt)
+                    + bytes(12 * (len(entries) - len(kept))))
+    entries, nxt = _ifd_entries(f, ifd0, bo, dst)
+    f.seek(0, os.SEEK_END)
+    pos = f.tell()
+    pos += pos & 1
+    num = int(round(min(max(strength, 0.0), 1.0) * 1000))
+    f.seek(pos)
+    f.write(struct.pack(bo + "II", num, 1000))  # the RATIONAL's value
+    kept = [e for e in entries if _entry_tag(e, bo) not in (_T_NOISE_PROFILE, _T_NR_APPLIED)]
+    kept.append(struct.pack(bo + "HHII", _T_NR_APPLIED, 5, 1, pos))
+    kept.sort(key=lambda e: _entry_tag(e, bo))
+    block = struct.pack(bo + "H", len(kept)) + b"".join(kept) + struct.pack(bo + "I", nxt)
+    if len(kept) <= len(entries):
+        f.seek(ifd0)
+        f.write(block + bytes(12 * (len(entries) - len(kept))))
+    else:
+        new = pos + 8
+        if new + len(block) >= 1 << 32:
+            raise RawWriteError(dst, "the DNG would pass 4 GB")
+        f.seek(new)
+        f.write(block)
+        f.seek(4)
+        f.write(struct.pack(bo + "I", new))
 
 
 def _raw_page(tif):
@@ -206,8 +284,10 @@ def _raw_page(tif):
     return None
 
 
-def write_dng(src, dst, mosaic: np.ndarray, img: RawImage) -> None:
-    """A copy of the DNG `src` with the raw data replaced by `mosaic` (normalized, as img.mosaic)."""
+def write_dng(src, dst, mosaic: np.ndarray, img: RawImage, *, strength: float = 1.0) -> None:
+    """A copy of the DNG `src` with the raw data replaced by `mosaic` (normalized, as img.mosaic),
+    denoised with `strength`: unless it is 0 the copy drops the input's NoiseProfile and says
+    NoiseReductionApplied = strength (see `_mark_denoised`)."""
     import tifffile
     src, dst = Path(src), Path(dst)
     raw = open_raw(src)
@@ -228,7 +308,10 @@ def write_dng(src, dst, mosaic: np.ndarray, img: RawImage) -> None:
             if page.samplesperpixel != 1 or (page.imagelength, page.imagewidth) != full.shape:
                 raise RawWriteError(dst, f"raw IFD {page.imagewidth}x{page.imagelength} does not match LibRaw's "
                                          f"{full.shape[1]}x{full.shape[0]} data; DNG output not supported, use --format tiff")
+            if tif.is_bigtiff:
+                raise RawWriteError(dst, "a BigTIFF DNG: DNG output not supported; use --format tiff")
             bo = tif.byteorder
+            ifd0_offset, raw_offset = tif.pages[0].offset, page.offset
             tiled = page.is_tiled
             if tiled:
                 th, tw = page.tilelength, page.tilewidth
@@ -297,6 +380,8 @@ def write_dng(src, dst, mosaic: np.ndarray, img: RawImage) -> None:
                     put(f, tags[_T_BPS], [16])
                     if _T_PREDICTOR in tags:
                         put(f, tags[_T_PREDICTOR], [1])
+                if strength > 0:
+                    _mark_denoised(f, bo, ifd0_offset, raw_offset, strength, dst)
     except OSError as e:
         if isinstance(e, RawWriteError):
             raise
@@ -320,7 +405,7 @@ def process_raw(rd: RawDenoiser, src, dst, *, strength: float = 1.0, noise_level
     img = read_raw(src)
     mosaic = rd.denoise(img, strength=strength, noise_level=noise_level, progress=progress)
     if out_format is None and Path(src).suffix.lower() == ".dng":
-        write_dng(src, dst, mosaic, img)
+        write_dng(src, dst, mosaic, img, strength=strength)
     else:
         write_developed(src, dst, mosaic, img, format=(out_format or "tiff").upper(), quality=quality)
     return {"noise": img.noise_source, "camera": img.meta.camera, "iso": img.meta.iso,

@@ -211,10 +211,19 @@ def test_strength_and_noise_level(tmp_path, tiny_model):
 
 
 # ----------------------------------------------------------------------------------- outputs
+NR_APPLIED, NOISE_PROFILE = 50935, 51041
+
+
 def _tags(path):
+    """IFD0's tags but the raw data's layout and what a denoised DNG changes on purpose."""
     with tifffile.TiffFile(path) as t:
         return {k: v.value for k, v in t.pages[0].tags.items()
-                if k not in (273, 279, 259, 258, 317)}
+                if k not in (273, 279, 259, 258, 317, NR_APPLIED, NOISE_PROFILE)}
+
+
+def _nr_applied(path):
+    with tifffile.TiffFile(path) as t:
+        return t.pages[0].tags[NR_APPLIED].value if NR_APPLIED in t.pages[0].tags else None
 
 
 def test_dng_out_keeps_tags_with_new_data(tmp_path, tiny_model):
@@ -232,7 +241,12 @@ def test_dng_out_keeps_tags_with_new_data(tmp_path, tiny_model):
         np.testing.assert_array_equal(r.raw_image_visible, expect)
         assert (r.raw_pattern == rawpy.imread(str(tmp_path / "in.dng")).raw_pattern).all()
     assert not np.array_equal(expect, m)
-    assert len((tmp_path / "out.dng").read_bytes()) == len(before)  # uncompressed: rewritten in place
+    with tifffile.TiffFile(tmp_path / "in.dng") as a, tifffile.TiffFile(tmp_path / "out.dng") as b:
+        assert b.pages[0].dataoffsets == a.pages[0].dataoffsets  # uncompressed: rewritten in place
+        n = len(a.pages[0].tags)
+    # only IFD0 moved to the end of the file (one tag more: NoiseReductionApplied, its 8-byte value first)
+    assert len((tmp_path / "out.dng").read_bytes()) == len(before) + (len(before) & 1) + 8 + 2 + 12 * (n + 1) + 4
+    assert _nr_applied(tmp_path / "out.dng") == (1000, 1000)
 
 
 def test_compressed_dng_out_is_rewritten_uncompressed_at_the_end(tmp_path):
@@ -343,3 +357,97 @@ def test_raw_model_is_for_raw_files_only():
     assert "raw" in shipped_models(include_raw=True) and "raw" not in shipped_models()
     with pytest.raises(ValueError, match="camera raw files"):
         Denoiser("raw", device="cpu")
+
+
+# ----------------------------------------------------------------------------------- regressions
+def _dng_with_noise_profile(path, mosaic, profile, *, nr_applied=None):
+    """A Bayer DNG whose IFD0 carries a NoiseProfile (51041, DOUBLE pairs S, O per colour plane) as
+    cameras and Adobe's converter write it, optionally a NoiseReductionApplied already."""
+    extra = [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True),
+             (50728, 5, 3, R._rationals((0.5, 1.0, 0.6)), True),
+             (NOISE_PROFILE, "d", len(profile), tuple(profile), True)]
+    if nr_applied is not None:
+        extra.append((NR_APPLIED, 5, 1, nr_applied, True))
+    tifffile.imwrite(path, mosaic, photometric=32803, extratags=sorted(_base_tags() + extra), software=False,
+                     metadata=None)
+
+
+@pytest.mark.parametrize("strength,nr", [(1.0, (1000, 1000)), (0.4, (400, 1000))])
+def test_denoised_dng_drops_the_noise_profile_and_says_noise_reduction_applied(tmp_path, tiny_model, strength, nr):
+    """The input's NoiseProfile describes noise the output no longer has: a converter reading it would
+    denoise again. The output has none, and NoiseReductionApplied = strength."""
+    A3, B3 = profile_ab3("Nikon D750", 3200)
+    profile = [float(v) for ab in zip(A3, B3) for v in ab]  # S, O for R, G, B
+    _dng_with_noise_profile(tmp_path / "in.dng", noisy_mosaic("RGGB", 64, 96, A3, B3), profile)
+    with tifffile.TiffFile(tmp_path / "in.dng") as t:  # the fixture does carry the tag
+        assert t.pages[0].tags[NOISE_PROFILE].value == pytest.approx(profile, rel=0, abs=0)
+    rd = RawDenoiser(tiny_model, precision="fp32")
+    process_raw(rd, tmp_path / "in.dng", tmp_path / "out.dng", strength=strength)
+    with tifffile.TiffFile(tmp_path / "out.dng") as t:
+        assert NOISE_PROFILE not in t.pages[0].tags
+        assert t.pages[0].tags[NR_APPLIED].value == nr
+        assert t.pages[0].tags[NR_APPLIED].dtype == 5  # RATIONAL, as the DNG specification types it
+    assert _tags(tmp_path / "out.dng") == _tags(tmp_path / "in.dng")  # everything else as it was
+    img = R.read_raw(tmp_path / "in.dng")
+    with rawpy.imread(str(tmp_path / "out.dng")) as r:  # LibRaw still reads the moved IFD0
+        np.testing.assert_array_equal(r.raw_image_visible,
+                                      img.to_raw_values(rd.denoise(img, strength=strength)))
+
+
+def test_dng_noise_reduction_applied_is_replaced_in_place(tmp_path, tiny_model):
+    """An input that already says NoiseReductionApplied (and has a NoiseProfile) keeps IFD0 where
+    it is: one tag fewer, the other's value replaced."""
+    A3, B3 = profile_ab3("Nikon D750", 3200)
+    _dng_with_noise_profile(tmp_path / "in.dng", noisy_mosaic("RGGB", 64, 64, A3, B3), [1e-4, 1e-6],
+                            nr_applied=(0, 1))
+    process_raw(RawDenoiser(tiny_model, precision="fp32"), tmp_path / "in.dng", tmp_path / "out.dng")
+    with tifffile.TiffFile(tmp_path / "in.dng") as a, tifffile.TiffFile(tmp_path / "out.dng") as b:
+        assert b.pages[0].offset == a.pages[0].offset
+        assert NOISE_PROFILE not in b.pages[0].tags and b.pages[0].tags[NR_APPLIED].value == (1000, 1000)
+        assert len(b.pages[0].tags) == len(a.pages[0].tags) - 1
+
+
+def test_noise_profile_in_a_raw_subifd_is_dropped(tmp_path, tiny_model):
+    """DNGs from converters keep the raw image in a SubIFD behind a preview in IFD0: a NoiseProfile
+    there goes too, and NoiseReductionApplied goes to IFD0."""
+    A3, B3 = profile_ab3("Nikon D750", 3200)
+    m = noisy_mosaic("RGGB", 64, 64, A3, B3)
+    raw_tags = [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True),
+                (50714, "H", 1, (BLACK,), True), (50717, "I", 1, (WHITE,), True),
+                (NOISE_PROFILE, "d", 2, (1e-4, 1e-6), True)]
+    ifd0_tags = [t for t in _base_tags() if t[0] not in (50714, 50717)]
+    with tifffile.TiffWriter(tmp_path / "in.dng") as w:
+        w.write(np.zeros((16, 16, 3), np.uint8), photometric="rgb", subifds=1, subfiletype=1,
+                extratags=ifd0_tags, software=False, metadata=None)
+        w.write(m, photometric=32803, extratags=sorted(raw_tags), software=False, metadata=None)
+    assert R.read_raw(tmp_path / "in.dng").mosaic.shape == (64, 64)  # LibRaw finds the SubIFD
+    process_raw(RawDenoiser(tiny_model, precision="fp32"), tmp_path / "in.dng", tmp_path / "out.dng")
+    with tifffile.TiffFile(tmp_path / "out.dng") as t:
+        sub = t.pages[0].pages[0]
+        assert sub.photometric == 32803 and NOISE_PROFILE not in sub.tags and 33422 in sub.tags
+        assert t.pages[0].tags[NR_APPLIED].value == (1000, 1000)
+
+
+def test_raw_exif_over_the_metadata_cap_is_a_warning_and_the_result_is_kept(tmp_path, tiny_model, monkeypatch):
+    """EXIF that the copy refuses (imageio.MAX_METADATA_BYTES, hostile or corrupt tags) used to raise
+    ValueError out of raw_exif after the denoising: a traceback through the API, a failed file in
+    the batch. Now the result is written without EXIF and one warning names the file."""
+    from denoise_core import imageio
+    from denoise_core.imageio import ImageWarning
+    from denoise_core.raw_denoise import raw_exif
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(tmp_path / "in.nef", noisy_mosaic("RGGB", 64, 64, A3, B3))
+    assert raw_exif(tmp_path / "in.nef") is not None
+    monkeypatch.setattr(imageio, "MAX_METADATA_BYTES", 20)
+    with pytest.warns(ImageWarning, match=r"in\.nef: EXIF not copied to the output \(EXIF tags copy more than 20 bytes"):
+        assert raw_exif(tmp_path / "in.nef") is None
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (tmp_path / "in.nef").rename(src / "in.nef")
+    r = CliRunner().invoke(main, [str(src), "-o", str(out), "--model", tiny_model], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 1 and "in.nef: EXIF not copied to the output" in warned[0], r.stderr
+    assert "Traceback" not in r.output
+    with tifffile.TiffFile(out / "in.tif") as t:
+        assert t.pages[0].dtype == np.uint16 and 271 not in t.pages[0].tags
