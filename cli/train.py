@@ -5,6 +5,8 @@ with synthetic noise (for example your camera's darktable noise profile).
     denoise-train --clean photos/ --noise 'camera:"Nikon D750"@12800' --out d750.safetensors
     denoise-train --init default --clean photos/ --noise 'camera:"Nikon D750"@12800' --lr 2e-4 \
         --steps 3000 --out d750-ft.safetensors      (fine-tune the shipped model: far fewer steps)
+    denoise-train --domain raw --clean photos/ --out raw-mine.safetensors --steps 20000
+        (the raw-domain model for camera raw files: the photos become noisy sensor mosaics)
     torchrun --nproc_per_node 4 -m denoise_cli.train ...same options...   (DistributedDataParallel)
 
 All input problems are reported before training starts. Exit status: 0 done, 1 training failed,
@@ -22,7 +24,7 @@ import click
 import numpy as np
 import torch
 
-from denoise_core.api import ModelNotFoundError, resolve_model
+from denoise_core.api import RAW_ARCHS, ModelNotFoundError, resolve_model
 from denoise_core.checkpoint import CheckpointError, load_checkpoint
 from denoise_core.device import DEVICES, PRECISIONS, pick_device, pick_precision, precision_name
 from denoise_core.imageio import ImageReadError, read_image
@@ -79,7 +81,15 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit(0)
 
 
+RAW_PATCH = 128  # --domain raw's default patch: 128x128 photosites, 64x64 per packed plane
+
+
 @click.command(name="denoise-train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--domain", type=click.Choice(["srgb", "raw"]), default="srgb", show_default=True,
+              help="srgb: image models (PNG, TIFF, JPEG, ...). raw: the raw-domain model that denoise-batch "
+                   "uses on camera raw files: the --clean photos are unprocessed into sensor mosaics with "
+                   "darktable camera-profile noise per photosite (ISO 800-25600), architecture 'raw', "
+                   "CPU only; no --noisy, --noise or --loss.")
 @click.option("--noisy", type=click.Path(path_type=Path), metavar="DIR", help="Folder of noisy photos (pairs mode).")
 @click.option("--clean", type=click.Path(path_type=Path), metavar="DIR", help="Folder of clean photos (in pairs mode named like the noisy ones).")
 @click.option("--noise", "noise_spec", metavar="SPEC",
@@ -93,7 +103,8 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
                    "file) instead of random ones; the architecture comes from them.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Weights file to write (.safetensors).")
 @click.option("--steps", type=click.IntRange(1), default=10000, show_default=True)
-@click.option("--patch", type=click.IntRange(8), default=64, show_default=True, help="Patch side in pixels.")
+@click.option("--patch", type=click.IntRange(8), default=64, show_default=True,
+              help=f"Patch side in pixels (--domain raw: photosites, default {RAW_PATCH}).")
 @click.option("--batch", type=click.IntRange(1), default=8, show_default=True, help="Patches per step and process.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--loss", type=click.Choice(list(LOSSES)), default="l1", show_default=True,
@@ -116,36 +127,60 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
               help="Largest misalignment (px) of a pair that is cropped away instead of rejected.")
 @click.option("--list-cameras", is_flag=True, expose_value=False, is_eager=True, callback=_list_cameras,
               help="List the cameras with noise profiles and exit.")
-def main(noisy, clean, noise_spec, arch, arch_args, init, out, steps, patch, batch, lr, loss, val_fraction,
+def main(domain, noisy, clean, noise_spec, arch, arch_args, init, out, steps, patch, batch, lr, loss, val_fraction,
          val_every, checkpoint_every, seed, resume, device, threads, precision, max_shift) -> None:
-    """Train denoising weights from noisy/clean pairs (--noisy, --clean) or from clean photos with
-    synthetic noise (--clean, --noise)."""
+    """Train denoising weights from noisy/clean pairs (--noisy, --clean), from clean photos with
+    synthetic noise (--clean, --noise), or the raw-domain model from clean photos (--domain raw --clean)."""
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+    raw = domain == "raw"
+    if raw:
+        if noisy is not None:
+            raise click.UsageError("--domain raw trains from --clean photos alone (unprocessed into noisy sensor "
+                                   "mosaics); pairs are not supported there: drop --noisy")
+        if noise_spec is not None:
+            raise click.UsageError("--domain raw draws its own noise (darktable camera profiles per photosite, "
+                                   "ISO 800-25600): drop --noise")
+        if given("loss"):
+            raise click.UsageError("--domain raw trains with its own loss (L1 after a square root, so shadows "
+                                   "count as they will after development): drop --loss")
     if noisy is not None and noise_spec is not None:
         raise click.UsageError("--noise is for training from --clean photos alone; with --noisy the noise "
                                "comes from your pairs")
     if clean is None:
         raise click.UsageError("--clean DIR is required")
-    if noisy is None and noise_spec is None:
-        raise click.UsageError("give --noisy DIR to train on pairs, or --noise SPEC for synthetic noise")
+    if noisy is None and noise_spec is None and not raw:
+        raise click.UsageError("give --noisy DIR to train on pairs, or --noise SPEC for synthetic noise "
+                               "(or --domain raw for the raw-domain model)")
     if out is None:
         raise click.UsageError("--out FILE is required")
+    if raw and not given("arch") and init is None:
+        arch = RAW_ARCHS[0]
+    if raw and not given("patch"):
+        patch = RAW_PATCH
     try:
         spec = parse_noise(noise_spec) if noise_spec is not None else None
     except NoiseSpecError as e:
         raise InputError(str(e)) from None
     init_path = ""
     if init is not None:
-        ctx = click.get_current_context()
-        given = [f"--{n.replace('_', '-')}" for n in ("arch", "arch_args")
-                 if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
-        if given:
-            raise click.UsageError(f"--init takes the architecture from its weights; drop {' and '.join(given)}")
+        named = [f"--{n.replace('_', '-')}" for n in ("arch", "arch_args") if given(n)]
+        if named:
+            raise click.UsageError(f"--init takes the architecture from its weights; drop {' and '.join(named)}")
         try:
             init_path = str(resolve_model(init))
             ck = load_checkpoint(init_path)
         except (ModelNotFoundError, CheckpointError) as e:
             raise InputError(f"--init: {e}") from None
         arch, arch_args = ck.arch, json.dumps(ck.arch_args)
+    what = f"--init {init} (a {arch!r} model)" if init is not None else f"--arch {arch!r}"
+    if raw and arch not in RAW_ARCHS:
+        raise InputError(f"--domain raw needs a raw-domain model ({', '.join(RAW_ARCHS)}); {what} is for sRGB images")
+    if not raw and arch in RAW_ARCHS:
+        raise InputError(f"{what} is a raw-domain model (camera sensor mosaics): add --domain raw")
     try:
         args = json.loads(arch_args)
         if not isinstance(args, dict):
@@ -153,6 +188,8 @@ def main(noisy, clean, noise_spec, arch, arch_args, init, out, steps, patch, bat
         multiple = int(getattr(create_model(arch, **args), "size_multiple", 1))
     except (ValueError, TypeError) as e:
         raise InputError(f"--arch-args {arch_args!r} do not fit {arch!r}: {e}") from None
+    if raw:  # the net sees half-resolution planes: the patch is twice its multiple
+        multiple *= 2
     if patch % multiple:
         raise InputError(f"--patch {patch} must be a multiple of {multiple} for {arch!r}")
     sp = state_path(out)
@@ -165,11 +202,19 @@ def main(noisy, clean, noise_spec, arch, arch_args, init, out, steps, patch, bat
         raise InputError(f"the run in {sp} already finished {done} steps; pass a larger --steps to train it further")
     if not out.parent.is_dir():
         raise InputError(f"--out: folder {out.parent} does not exist")
+    if raw and device not in ("auto", "cpu"):
+        raise InputError(f"--domain raw trains on the CPU only; drop --device {device}")
+    if raw and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("--domain raw trains in one process; run it without torchrun")
     try:
-        dev = pick_device(device)
+        dev = pick_device("cpu" if raw else device)
         pick_precision(dev, precision)
     except ValueError as e:
         raise InputError(str(e)) from None
+    if raw:
+        _run_raw(clean, out, arch, args, init_path, patch, batch, steps, lr, val_fraction, val_every,
+                 checkpoint_every, seed, threads, precision, resume)
+        return
 
     di = init_distributed(device)
     try:
@@ -211,7 +256,8 @@ def _pairs_data(noisy: Path, clean: Path, patch: int, val_fraction: float, seed:
     return train_set, val, f"{len(tr)} pairs from {noisy} / {clean}; validation: {names}"
 
 
-def _synthetic_data(clean: Path, spec, patch: int, val_fraction: float, seed: int):
+def _read_photos(clean: Path, patch: int) -> tuple[list[Path], list[np.ndarray]]:
+    """The photos of --clean, every problem (unreadable, smaller than the patch) reported at once."""
     try:
         files = image_files(clean)
     except PairError as e:
@@ -225,6 +271,11 @@ def _synthetic_data(clean: Path, spec, patch: int, val_fraction: float, seed: in
     if problems:
         raise InputError(f"{len(problems)} file(s) cannot be read:\n" + "\n".join(problems))
     _check_sizes([(f.name, im) for f, im in zip(files, images)], patch)
+    return files, images
+
+
+def _synthetic_data(clean: Path, spec, patch: int, val_fraction: float, seed: int):
+    files, images = _read_photos(clean, patch)
     tr, va = split_by_image(len(images), val_fraction, seed)
     val = fixed_val_set([images[i] for i in va], spec)
     names = ", ".join(files[i].name for i in va) or "none"
@@ -236,6 +287,49 @@ def _check_sizes(named, patch: int, when: str = "") -> None:
     if small:
         raise InputError(f"{len(small)} image(s) are {when}smaller than the {patch}x{patch} patch "
                          f"(use a smaller --patch):\n" + "\n".join(small))
+
+
+def _run_raw(clean: Path, out: Path, arch: str, args: dict, init_path: str, patch: int, batch: int, steps: int,
+             lr: float, val_fraction: float, val_every: int | None, checkpoint_every: int, seed: int, threads: int,
+             precision: str, resume: bool) -> None:
+    """--domain raw: denoise_core.raw_train on the --clean photos, split by whole images."""
+    from denoise_core.raw_train import RAW_LOSS, noise_description, noisy_psnr, train_raw, val_set
+
+    files, images = _read_photos(clean, patch)
+    tr, va = split_by_image(len(images), val_fraction, seed)
+    val_pairs = val_set([images[i] for i in va])
+    names = ", ".join(files[i].name for i in va) or "none"
+    pixels = sum(images[i].shape[0] * images[i].shape[1] for i in tr)
+    val_every = val_every or int(np.clip(pixels // (batch * patch * patch), 50, 1000))
+    cfg = TrainConfig(arch=arch, arch_args=args, noise=noise_description(), patch=patch // 2, batch=batch,
+                      steps=steps, lr=lr, loss=RAW_LOSS, seed=seed, val_every=val_every,
+                      checkpoint_every=checkpoint_every, device="cpu",
+                      data=f"{len(tr)} photos from {clean} unprocessed into sensor mosaics; validation: {names}",
+                      threads=threads, init=init_path, precision=precision)
+    amp = precision_name(pick_precision(torch.device("cpu"), precision))
+    _say(f"training {arch} (raw domain){f' from {init_path}' if init_path else ''} on {cfg.data}; {steps} steps "
+         f"of {batch} mosaics of {patch}x{patch} photosites with {cfg.noise}; device cpu, {amp}")
+    if val_pairs:
+        _say(f"validation: {len(val_pairs)} fixed crops, developed to sRGB; the noisy input scores "
+             f"{noisy_psnr(val_pairs):.2f} dB PSNR")
+    else:
+        _say("note: only one image, so nothing is held out for validation; the last weights are kept")
+    t0 = time.time()
+    try:
+        res = train_raw(cfg, out, images=[images[i] for i in tr], val_pairs=val_pairs, resume=resume,
+                        card={"trained_with": "denoise-train --domain raw"}, log=_say)
+    except TrainingError as e:
+        raise TrainingFailed(str(e)) from None
+    except KeyboardInterrupt:
+        sp = state_path(out)
+        _say(f"\ninterrupted; run the same command with --resume to continue from the state in {sp}"
+             if sp.exists() else "\ninterrupted before the first state was saved; nothing to resume")
+        sys.exit(130)
+    card = res["card"]
+    curves, compare = report_paths(out)
+    best = (f"best validation PSNR {card['val_psnr']:.2f} dB, SSIM {card['val_ssim']:.4f} at step {card['steps']}"
+            if val_pairs else f"no validation, final loss {res['history'][-1]['loss']:.5f} ({RAW_LOSS})")
+    _say(f"done in {time.time() - t0:.0f} s; {best}\nwrote {out}" + (f", {curves}, {compare}" if val_pairs else f", {curves}"))
 
 
 def _run(cfg: TrainConfig, out: Path, train_set, spec, val_pairs, resume: bool) -> None:

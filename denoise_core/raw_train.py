@@ -46,10 +46,18 @@ from .noise import CameraProfile
 from .noise import _interp_profile, _norm, _profiles
 from .pipeline import (Development, Settings, _camera_keys, add_sensor_noise, demosaic_malvar, develop,
                        draw_development, unprocess)
-from .train import TrainConfig, _lr_at, random_patches, report_paths, save_comparison, save_curves, state_path
+from .train import (TrainConfig, TrainingError, _load_init, _lr_at, random_patches, report_paths, save_comparison,
+                    save_curves, state_path)
 
 RAW_SETTINGS = Settings(iso=(800, 25600), cameras="train")
 SIGMA_JITTER = 0.1
+RAW_LOSS = "sqrt-l1"
+
+
+def noise_description(settings: Settings = RAW_SETTINGS) -> str:
+    """What the noise of raw training is, for TrainConfig.noise and the weights card."""
+    return (f"darktable profiles of {settings.cameras} cameras at ISO {settings.iso[0]:g}-{settings.iso[1]:g} "
+            "per photosite on unprocessed mosaics")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -152,6 +160,12 @@ def sqrt_l1(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torc
 
 
 # ----------------------------------------------------------------------------------- loop
+def noisy_psnr(pairs) -> float:
+    """Mean PSNR (dB) of the noisy crops of a `val_set`, developed as `evaluate` develops the
+    model's output: the figure a trained model must beat."""
+    return float(np.mean([psnr(develop_planes(noisy, d), develop_planes(clean, d)) for noisy, clean, _, d in pairs]))
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, pairs, amp_dtype=None) -> tuple[float, float]:
     model.eval()
@@ -169,11 +183,17 @@ def evaluate(model: nn.Module, pairs, amp_dtype=None) -> tuple[float, float]:
 def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray], val_pairs: list,
               resume: bool = False, max_seconds: float | None = None, card: dict | None = None,
               log: Callable[[str], None] = print) -> dict:
-    """Train the `raw` model; stops at cfg.steps or after `max_seconds` (state saved, resumable)."""
+    """Train the `raw` model on the CPU; stops at cfg.steps or after `max_seconds` (state saved,
+    resumable). `cfg.init` starts from those weights (same arch and arch_args; ignored on resume).
+    Without `val_pairs` nothing is validated: the weights of every validation step are kept (the
+    last ones in the end). Problems with the state, the init weights or the loss raise TrainingError."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, **cfg.arch_args).to(memory_format=torch.channels_last)  # 2x faster on CPU
+    model = create_model(cfg.arch, **cfg.arch_args)
+    if cfg.init and not resume:
+        _load_init(model, cfg)
+    model = model.to(memory_format=torch.channels_last)  # 2x faster on CPU
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     amp_dtype = pick_precision(torch.device("cpu"), cfg.precision)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -181,8 +201,9 @@ def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray]
     sp = state_path(out)
     if resume and sp.exists():
         st = torch.load(sp, map_location="cpu", weights_only=True)
-        if st["config"]["arch_args"] != cfg.arch_args:
-            raise ValueError(f"{sp} was trained with arch_args {st['config']['arch_args']}, not {cfg.arch_args}")
+        if (st["config"]["arch"], st["config"]["arch_args"]) != (cfg.arch, cfg.arch_args):
+            raise TrainingError(f"{sp} holds a {st['config']['arch']!r} run with arch_args "
+                                f"{st['config']['arch_args']}, not {cfg.arch!r} with {cfg.arch_args}")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
@@ -192,6 +213,8 @@ def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray]
         log(f"resumed at step {step} (best {best:.3f} dB, {spent / 60:.1f} min trained)")
     batches = raw_batches(images, cfg.patch, cfg.batch)
     card = dict(card or {})
+    if cfg.init:
+        card.setdefault("init", Path(cfg.init).name)
     curve_png, compare_png = report_paths(out)
     t0 = time.time()
 
@@ -213,7 +236,7 @@ def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray]
             pred = model(noisy, sigma)
         loss = sqrt_l1(pred.float(), clean)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"loss became {float(loss)} at step {step + 1}; last good state: {sp}")
+            raise TrainingError(f"loss became {float(loss)} at step {step + 1}; last good state: {sp}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -224,7 +247,16 @@ def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray]
         if step % 10 == 0:
             losses.append([step, loss_ema])
         stop = max_seconds is not None and time.time() - t0 >= max_seconds
-        if step % cfg.val_every == 0 or step == cfg.steps or stop:
+        if (step % cfg.val_every == 0 or step == cfg.steps or stop) and not val_pairs:
+            log(f"step {step}: loss {loss_ema:.5f} ({RAW_LOSS}), "
+                f"{step / max(spent + time.time() - t0, 1e-6):.2f} steps/s overall")
+            history.append({"step": step, "loss": loss_ema})
+            card.update({"steps": step, "loss": RAW_LOSS, "patch": cfg.patch, "batch": cfg.batch,
+                         "precision": precision_name(amp_dtype), "data": cfg.data, "noise": cfg.noise})
+            save_checkpoint(out, model, card)  # nothing to select on: the latest weights
+            save_curves(curve_png, losses, history, loss=RAW_LOSS)
+            save_state()
+        elif step % cfg.val_every == 0 or step == cfg.steps or stop:
             vp, vs = evaluate(model, val_pairs, amp_dtype)
             history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "val_ssim": vs})
             elapsed = spent + time.time() - t0
@@ -233,7 +265,7 @@ def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray]
             if vp > best:
                 best = vp
                 card.update({"steps": step, "val_psnr": round(vp, 3), "val_ssim": round(vs, 4),
-                             "loss": "sqrt-l1", "patch": cfg.patch, "batch": cfg.batch,
+                             "loss": RAW_LOSS, "patch": cfg.patch, "batch": cfg.batch,
                              "precision": precision_name(amp_dtype), "data": cfg.data, "noise": cfg.noise})
                 save_checkpoint(out, model, card)
                 noisy0, clean0, sigma0, d0 = val_pairs[0]
@@ -242,7 +274,7 @@ def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray]
                 model.train()
                 save_comparison(compare_png, develop_planes(noisy0, d0), develop_planes(den0, d0),
                                 develop_planes(clean0, d0))
-            save_curves(curve_png, losses, history, loss="sqrt-l1")
+            save_curves(curve_png, losses, history, loss=RAW_LOSS)
             save_state()
         elif step % cfg.checkpoint_every == 0:
             save_state()

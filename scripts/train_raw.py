@@ -1,8 +1,12 @@
-"""Train the raw-domain model (`raw`) on the allowed photos unprocessed into noisy sensor mosaics
-(see denoise_core/raw_train.py). Resumable: run it again with --resume to continue.
+"""Reproduce the shipped raw-domain weights (`raw`): denoise_core/raw_train.py on the allowed
+package photos (denoise_core/photos.py) with their fixed split (TRAIN; SELECTION validates), and a
+time limit per session. Resumable: run it again with --resume to continue.
 
     python scripts/train_raw.py --out training/raw/raw.safetensors --steps 20000 --minutes 30 --threads 1
     python scripts/train_raw.py --out training/raw/raw.safetensors --steps 20000 --minutes 30 --resume
+
+To train the raw model on your own clean photos, use the installed command instead:
+    denoise-train --domain raw --clean photos/ --out raw-mine.safetensors --steps 20000
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import time
 from pathlib import Path
 
 from denoise_core.photos import PACKAGES, SELECTION, TRAIN, load_photos
-from denoise_core.raw_train import RAW_SETTINGS, train_raw, val_set
+from denoise_core.raw_train import RAW_LOSS, noise_description, train_raw, val_set
 from denoise_core.train import TrainConfig
 
 
@@ -36,10 +40,9 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     train_imgs = load_photos(a.photos, TRAIN)
     val_pairs = val_set(load_photos(a.photos, SELECTION))
-    noise = (f"darktable profiles of {RAW_SETTINGS.cameras} cameras at ISO {RAW_SETTINGS.iso[0]:g}-"
-             f"{RAW_SETTINGS.iso[1]:g} per photosite on unprocessed mosaics")
-    cfg = TrainConfig(arch="raw", arch_args=json.loads(a.arch_args), noise=noise, patch=a.patch, batch=a.batch,
-                      steps=a.steps, lr=a.lr, val_every=a.val_every, checkpoint_every=250, device="cpu",
+    cfg = TrainConfig(arch="raw", arch_args=json.loads(a.arch_args), noise=noise_description(), patch=a.patch,
+                      batch=a.batch, steps=a.steps, lr=a.lr, loss=RAW_LOSS, val_every=a.val_every,
+                      checkpoint_every=250, device="cpu",
                       data=f"{len(TRAIN)} photos from {', '.join(PACKAGES)} (2x box-downscaled); "
                            f"selection: {', '.join(SELECTION)}",
                       threads=a.threads, precision=a.precision, seed=a.seed)

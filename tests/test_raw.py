@@ -451,3 +451,115 @@ def test_raw_exif_over_the_metadata_cap_is_a_warning_and_the_result_is_kept(tmp_
     assert "Traceback" not in r.output
     with tifffile.TiffFile(out / "in.tif") as t:
         assert t.pages[0].dtype == np.uint16 and 271 not in t.pages[0].tags
+
+
+# ----------------------------------------------------------------------------------- denoise-train --domain raw
+TINY_RAW = '{"widths": [8, 16, 16], "mid_blocks": 1}'
+
+
+@pytest.fixture(scope="module")
+def clean_photos(tmp_path_factory):
+    """Three small clean photos (scikit-image's, allowed in tests) as PNG files, as a user brings them."""
+    from PIL import Image
+    from skimage import data
+    d = tmp_path_factory.mktemp("photos")
+    for name, im in [("astronaut", data.astronaut()[100:228, 150:278]), ("coffee", data.coffee()[60:188, 200:328]),
+                     ("chelsea", data.chelsea()[50:178, 100:228])]:
+        Image.fromarray(np.ascontiguousarray(im)).save(d / f"{name}.png")
+    return d
+
+
+def _train_raw_cli(args):
+    from cli.train import main as train_main
+    return CliRunner().invoke(train_main, [str(a) for a in args])
+
+
+def test_denoise_train_domain_raw_writes_a_raw_model_that_learns(tmp_path, clean_photos):
+    """`denoise-train --domain raw` on a folder of clean photos: reports the noisy input's and the
+    model's validation PSNR on the raw training noise, and the weights it writes are a raw-domain
+    checkpoint that RawDenoiser loads, scores what was reported, and denoises a DNG with."""
+    import re
+
+    from PIL import Image
+
+    from denoise_core.checkpoint import load_checkpoint
+    from denoise_core.raw_train import evaluate, noise_description, noisy_psnr, val_set
+    from denoise_core.train import state_path
+    out = tmp_path / "mine.safetensors"
+    r = _train_raw_cli(["--domain", "raw", "--clean", clean_photos, "--out", out, "--steps", 200, "--batch", 4,
+                        "--patch", 64, "--val-every", 50, "--lr", 3e-3, "--val-fraction", 0.34, "--threads", 1,
+                        "--arch-args", TINY_RAW])
+    assert r.exit_code == 0, r.output
+    noisy_db = float(re.search(r"the noisy input scores ([\d.]+) dB PSNR", r.output).group(1))
+    steps = [(int(s), float(v)) for s, v in re.findall(r"step (\d+): loss [\d.]+, validation ([\d.]+) dB", r.output)]
+    assert [s for s, _ in steps] == [50, 100, 150, 200]
+    best = float(re.search(r"best validation PSNR ([\d.]+) dB", r.output).group(1))
+    assert best == pytest.approx(max(v for _, v in steps), abs=0.006)
+    assert best > noisy_db + 0.3, r.output  # it learnt to denoise the raw noise (+0.8 dB here)
+
+    ck = load_checkpoint(out)
+    assert ck.arch == "raw" and ck.arch_args == {"widths": [8, 16, 16], "mid_blocks": 1}
+    assert ck.card["noise"] == noise_description() and ck.card["trained_with"] == "denoise-train --domain raw"
+    assert ck.card["patch"] == 32  # packed planes: half the 64 photosites asked for
+    val_name = ck.card["data"].rsplit("validation: ", 1)[1]
+    pairs = val_set([np.array(Image.open(clean_photos / val_name).convert("RGB"))])
+    assert noisy_psnr(pairs) == pytest.approx(noisy_db, abs=0.006)  # the baseline is the same noise
+    rd = RawDenoiser(out)
+    assert evaluate(rd.model, pairs, rd.amp_dtype)[0] == pytest.approx(ck.card["val_psnr"], abs=0.05)
+    hist = torch.load(state_path(out), weights_only=True)["history"]
+    assert hist[-1]["step"] == 200 and np.isfinite(hist[-1]["loss"])
+
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(tmp_path / "in.dng", noisy_mosaic("RGGB", 64, 64, A3, B3))
+    process_raw(rd, tmp_path / "in.dng", tmp_path / "out.dng")
+    with rawpy.imread(str(tmp_path / "out.dng")) as a, rawpy.imread(str(tmp_path / "in.dng")) as b:
+        assert a.raw_image_visible.shape == b.raw_image_visible.shape
+        assert not np.array_equal(a.raw_image_visible, b.raw_image_visible)
+
+
+def test_denoise_train_domain_raw_one_photo_keeps_the_last_weights_and_resumes(tmp_path, clean_photos):
+    """One photo: nothing to validate on, so the loss is reported and the last weights kept; --resume
+    continues the run; --init raw fine-tunes the shipped raw weights."""
+    from denoise_core.checkpoint import load_checkpoint
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "coffee.png").write_bytes((clean_photos / "coffee.png").read_bytes())
+    out = tmp_path / "one.safetensors"
+    base = ["--domain", "raw", "--clean", one, "--out", out, "--batch", 2, "--patch", 64, "--val-every", 3,
+            "--threads", 1, "--arch-args", TINY_RAW]
+    r = _train_raw_cli(base + ["--steps", 3])
+    assert r.exit_code == 0, r.output
+    assert "nothing is held out for validation" in r.output and "no validation, final loss" in r.output
+    assert load_checkpoint(out).card["steps"] == 3
+    r = _train_raw_cli(base + ["--steps", 6, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert "resumed at step 3" in r.output and load_checkpoint(out).card["steps"] == 6
+    ft = tmp_path / "ft.safetensors"
+    r = _train_raw_cli(["--domain", "raw", "--init", "raw", "--clean", clean_photos, "--out", ft, "--steps", 2,
+                        "--batch", 2, "--patch", 64, "--val-every", 2, "--threads", 1, "--lr", 1e-5])
+    assert r.exit_code == 0, r.output
+    card = load_checkpoint(ft).card
+    assert card["init"] == "raw.safetensors" and card["val_psnr"] > float(
+        r.output.split("the noisy input scores ")[1].split(" dB")[0]) + 1  # the shipped weights denoise already
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--domain", "raw", "--arch", "unet"], "--domain raw needs a raw-domain model (raw); --arch 'unet' is for sRGB images"),
+    (["--domain", "raw", "--arch", "fast"], "--arch 'fast' is for sRGB images"),
+    (["--domain", "raw", "--init", "default"], "--init default (a 'unet' model) is for sRGB images"),
+    (["--arch", "raw", "--noise", "gaussian:25"], "--arch 'raw' is a raw-domain model (camera sensor mosaics): add --domain raw"),
+    (["--init", "raw", "--noise", "gaussian:25"], "--init raw (a 'raw' model) is a raw-domain model"),
+    (["--domain", "raw", "--noise", "gaussian:25"], "--domain raw draws its own noise"),
+    (["--domain", "raw", "--noisy", "NOISY"], "pairs are not supported there: drop --noisy"),
+    (["--domain", "raw", "--loss", "l2"], "drop --loss"),
+    (["--domain", "raw", "--device", "cuda"], "--domain raw trains on the CPU only"),
+    (["--domain", "raw", "--patch", 60], "--patch 60 must be a multiple of 8 for 'raw'"),
+    (["--domain", "raw", "--patch", 256], "3 image(s) are smaller than the 256x256 patch"),
+])
+def test_denoise_train_domain_raw_bad_combinations_fail_before_training(tmp_path, clean_photos, args, message):
+    out = tmp_path / "x.safetensors"
+    args = [tmp_path if a == "NOISY" else a for a in args]
+    r = _train_raw_cli(args + ["--clean", clean_photos, "--out", out, "--steps", 2])
+    assert r.exit_code == 2, r.output
+    assert message in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output and not out.exists()
