@@ -81,6 +81,8 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit(0)
 
 
+# the arguments weights/unet.safetensors was built with (tests/test_train.py checks them against its metadata)
+SHIPPED_UNET_ARGS = '{"dec_blocks": [2, 2], "enc_blocks": [2, 2], "level_input": true}'
 RAW_PATCH = 128  # --domain raw's default patch: 128x128 photosites, 64x64 per packed plane
 
 
@@ -96,8 +98,14 @@ RAW_PATCH = 128  # --domain raw's default patch: 128x128 photosites, 64x64 per p
               help='Synthetic noise instead of pairs: gaussian:SIGMA, gaussian:LO-HI, poisson-gaussian, '
                    'camera:"MAKER MODEL"@ISO, camera:random, pipeline (camera developments: demosaic, '
                    'sharpening, JPEG, ...), mix (what the shipped weights use; mix-v1/v2/v3 by version).')
-@click.option("--arch", type=click.Choice(list_models()), default="unet", show_default=True)
-@click.option("--arch-args", default="{}", metavar="JSON", help='Architecture arguments, e.g. \'{"width": 48}\'.')
+@click.option("--arch", type=click.Choice(list_models()), default="unet", show_default=True,
+              help="Network to train from scratch. 'unet' alone is the registry's base U-Net (blind; blocks "
+                   "per stage: encoder 1, 2, decoder 2, 1); the shipped 'unet' (default) weights are that class "
+                   "built with --arch-args '" + SHIPPED_UNET_ARGS + "', as their metadata records. To fine-tune "
+                   "the shipped weights, use --init default instead.")
+@click.option("--arch-args", default="{}", metavar="JSON",
+              help='Architecture arguments, e.g. \'{"widths": [48, 96, 192]}\' for unet/fast, '
+                   '\'{"width": 48}\' for seed.')
 @click.option("--init", "init", metavar="MODEL",
               help="Start from these weights (a shipped model name such as 'default', or a .safetensors "
                    "file) instead of random ones; the architecture comes from them.")

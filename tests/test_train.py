@@ -326,3 +326,18 @@ def test_training_with_psnr_loss_raises_validation_psnr(tmp_path):
     assert hist[-1]["val_psnr"] > hist[0]["val_psnr"] + 0.5
     assert load_checkpoint(out).card["loss"] == "psnr"
     assert Image.open(report_paths(out)[0]).size[0] > 300
+
+
+def test_arch_help_names_the_shipped_unet_arguments():
+    """`--arch unet` alone builds the registry's base U-Net; the help must give the arguments the
+    shipped `unet` weights were built with, and they must be the ones their metadata records."""
+    import json
+
+    from cli.train import SHIPPED_UNET_ARGS
+    shipped = load_checkpoint(REPO / "weights/unet.safetensors")
+    assert json.loads(SHIPPED_UNET_ARGS) == shipped.arch_args
+    assert create_model("unet", **shipped.arch_args).state_dict().keys() == shipped.state_dict.keys()
+    assert create_model("unet").state_dict().keys() != shipped.state_dict.keys()  # not the same network
+    r = _invoke(train_main, ["--help"])
+    assert r.exit_code == 0
+    assert f"--arch-args '{SHIPPED_UNET_ARGS}'" in " ".join(r.output.split())
