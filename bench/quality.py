@@ -61,7 +61,7 @@ from pipelines import HELD_OUT, describe, develop_pair  # noqa: E402
 from denoise_core.api import DEFAULT_MODEL, Denoiser, shipped_models  # noqa: E402
 from denoise_core.metrics import psnr, ssim  # noqa: E402
 from denoise_core.noise import NoiseSpec, apply_noise, find_camera  # noqa: E402
-from denoise_core.photos import BENCHMARK, download_packages, prepare  # noqa: E402
+from denoise_core.photos import BENCHMARK, SELECTION, download_packages, prepare  # noqa: E402
 
 DEFAULT_PHOTOS = Path(os.environ.get("DENOISE_PHOTOS", "~/.cache/denoise-cnn/photos")).expanduser()
 CAMERAS = ("Canon EOS 5D Mark III", "Nikon D750", "Sony ILCE-7M3", "Panasonic DC-G9")
@@ -77,7 +77,7 @@ CLEAN_JPEG_Q = 95
 # --------------------------------------------------------------------------- data
 def ensure_photos(folder: Path) -> Path:
     """The prepared validation photos; downloaded (apt-get download) and prepared if missing."""
-    missing = [n for n in BENCHMARK if not (folder / f"{n}.png").is_file()]
+    missing = [n for n in BENCHMARK + SELECTION if not (folder / f"{n}.png").is_file()]
     if missing:
         print(f"{folder}: {len(missing)} validation photos missing; fetching the Debian photo packages "
               "(apt-get download, no root needed) and preparing them ...", file=sys.stderr, flush=True)
@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                          "scored against itself)")
     ap.add_argument("--no-cbm3d", action="store_true", help="skip CBM3D (about 27 s per 512x512 crop on 2 cores)")
     ap.add_argument("--cbm3d-camera", action="store_true", help="also run CBM3D on camera noise, at FFDNet's oracle sigma")
+    ap.add_argument("--photo-set", choices=("benchmark", "selection"), default="benchmark",
+                    help="benchmark: the photos the README reports (never trained on, never used to pick "
+                         "weights); selection: the model-selection photos (never trained on), to choose "
+                         "between candidate weights without looking at the benchmark (default benchmark)")
     ap.add_argument("--quick", action="store_true", help="2 photos, 1 crop of 256 px, 2 cameras")
     ap.add_argument("--out", type=Path, default=None,
                     help="where quality.md, quality.json, the plot and the crops go (default docs/bench; "
@@ -197,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.developments == ";".join(DEVELOPMENTS):
             args.developments = ";".join(DEVELOPMENTS[:3])
     if args.out is None:
-        args.out = (Path(tempfile.gettempdir()) / "denoise-bench-quick") if args.quick else ROOT / "docs" / "bench"
+        if args.quick or args.photo_set != "benchmark":  # never overwrite the README's results
+            args.out = Path(tempfile.gettempdir()) / f"denoise-bench-{'quick' if args.quick else args.photo_set}"
+        else:
+            args.out = ROOT / "docs" / "bench"
     torch.manual_seed(0)
 
     # methods
@@ -233,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {main_model} has no noise-level input; no level rows", file=sys.stderr)
 
     photos_dir = ensure_photos(args.photos.expanduser())
-    photo_names = BENCHMARK[:args.max_photos] if args.max_photos else BENCHMARK
+    photo_set = BENCHMARK if args.photo_set == "benchmark" else SELECTION
+    photo_names = photo_set[:args.max_photos] if args.max_photos else photo_set
     items = []  # (photo, crop index, y, x, clean uint8)
     for name in photo_names:
         img = np.asarray(Image.open(photos_dir / f"{name}.png").convert("RGB"))
