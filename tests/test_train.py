@@ -128,6 +128,28 @@ def test_torchrun_two_processes_train(tmp_path):
     assert len(hist["gens"]) == 2 and not torch.equal(hist["gens"][0], hist["gens"][1])
 
 
+def test_torchrun_ranks_see_different_data_and_end_with_equal_weights(tmp_path):
+    """Each rank draws its own batches, so only DDP's gradient averaging keeps the two copies equal:
+    without it (or with a rank skipping an all-reduce) the ranks' weights part after one step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(REPO / "tests/ddp_ranks.py"),
+                        str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert (r0["rank"], r1["rank"], r0["world"], r1["world"]) == (0, 1, 2, 2)
+    assert r0["seen"].shape == r1["seen"].shape == (12, 4)  # 12 steps of 4 patches on each rank
+    assert (r0["seen"] != r1["seen"]).any(dim=1).all()      # different data at every step
+    torch.manual_seed(0)                                    # the helper's starting weights
+    fresh = create_model("seed").state_dict()
+    assert r0["model"].keys() == r1["model"].keys() == fresh.keys()
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), f"{k}: the ranks' weights differ"
+        assert not torch.equal(r0["model"][k], fresh[k]), f"{k}: never trained"
+    shipped = load_checkpoint(tmp_path / "ddp.safetensors")  # rank 0's checkpoint holds those weights
+    assert all(torch.equal(shipped.state_dict[k], r0["model"][k]) for k in r0["model"])
+
+
 # --------------------------------------------------------------------------- camera lookup
 def test_camera_lookup_tolerates_case_and_spacing_and_suggests():
     want = find_camera("Nikon D750", 6400)
