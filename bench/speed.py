@@ -93,9 +93,9 @@ def child(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from denoise_core.device import pick_device
+    from denoise_core.device import use_all_cores
 
-    pick_device("cpu")  # all cores, as the Denoiser does
+    use_all_cores()  # as denoise-batch does
     h, w = spec["h"], spec["w"]
     kind = spec["kind"]
     if kind == "ffdnet":

@@ -25,7 +25,7 @@ import click
 from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, RAW_ARCHS, Denoiser, ModelNotFoundError
 from denoise_core.atomic import Terminated, remove_stale_parts, signals_as_interrupts
 from denoise_core.checkpoint import CheckpointError
-from denoise_core.device import DEVICES, PRECISIONS
+from denoise_core.device import DEVICES, PRECISIONS, use_all_cores
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
                                   read_image, write_image)
 
@@ -166,6 +166,7 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
         sys.exit(1)
     for stale in remove_stale_parts(outdir):
         click.echo(one_line(f"removed {stale}: the temp file of an earlier run that was killed"), err=True)
+    use_all_cores()  # this command owns its process: every core (a Denoiser leaves the count alone)
     try:
         # a raw-domain --model serves the raw files (see _process_raw); image files then fail by name
         dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision, allow_raw=True)

@@ -21,7 +21,7 @@ import torch
 from denoise_core.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
 from denoise_core.atomic import Terminated, signals_as_interrupts
 from denoise_core.checkpoint import CheckpointError
-from denoise_core.device import DEVICES, PRECISIONS
+from denoise_core.device import DEVICES, PRECISIONS, use_all_cores
 from denoise_core.metrics import ssim
 from denoise_core.pairs import PairCheck, PairError, load_pairs, to_unit
 from denoise_core.train import save_comparison
@@ -71,6 +71,7 @@ def _center_crop(a: np.ndarray, size: int = 1024) -> np.ndarray:
               help="Largest misalignment (px) of a pair that is cropped away instead of rejected.")
 def main(noisy, clean, model, compare_dir, device, precision, tile, max_shift) -> None:
     """Per-image and mean PSNR/SSIM of noisy input and denoised output against clean references."""
+    use_all_cores()
     try:
         dn = Denoiser(model, device=device, tile=tile, precision=precision)
     except (ModelNotFoundError, CheckpointError, ValueError) as e:

@@ -26,7 +26,7 @@ import torch
 
 from denoise_core.api import RAW_ARCHS, ModelNotFoundError, resolve_model
 from denoise_core.checkpoint import CheckpointError, load_checkpoint
-from denoise_core.device import DEVICES, PRECISIONS, pick_device, pick_precision, precision_name
+from denoise_core.device import DEVICES, PRECISIONS, pick_device, pick_precision, precision_name, use_all_cores
 from denoise_core.imageio import ImageReadError, read_image
 from denoise_core.metrics import psnr
 from denoise_core.models import create_model, list_models
@@ -220,6 +220,8 @@ def main(domain, noisy, clean, noise_spec, arch, arch_args, init, out, steps, pa
     except ValueError as e:
         raise InputError(str(e)) from None
     if raw:
+        if not threads:
+            use_all_cores()  # --threads 0: every core (picking the device no longer sets it)
         _run_raw(clean, out, arch, args, init_path, patch, batch, steps, lr, val_fraction, val_every,
                  checkpoint_every, seed, threads, precision, resume)
         return

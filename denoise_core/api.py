@@ -100,7 +100,14 @@ def build_for_inference(ckpt, device: str, precision: str) -> tuple[nn.Module, t
 class Denoiser:
     def __init__(self, model: str | os.PathLike = "default", *, device: str = "auto",
                  tile: int = DEFAULT_TILE, overlap: int | None = None, border: int = DEFAULT_BORDER,
-                 precision: str = "auto", allow_raw: bool = False) -> None:
+                 precision: str = "auto", allow_raw: bool = False, threads: int | None = None) -> None:
+        """`threads`, when given, sets torch's CPU thread count, which is one setting for the whole
+        process; by default the Denoiser leaves it as it is (torch's own default, or what the program
+        chose: denoise-batch and the plug-in worker use every core)."""
+        if threads is not None:
+            if int(threads) < 1:
+                raise ValueError(f"threads must be at least 1, got {threads}")
+            torch.set_num_threads(int(threads))
         self.path = resolve_model(model)
         ckpt = load_checkpoint(self.path)
         if ckpt.arch in RAW_ARCHS and not allow_raw:

@@ -1,6 +1,8 @@
 """Device and precision choice.
 
-`auto` device picks CUDA, then Apple MPS, then the CPU (all cores). `auto` precision runs the
+`auto` device picks CUDA, then Apple MPS, then the CPU. Picking a device leaves torch's thread
+count alone (it is one setting for the whole process); the commands that own their process
+(denoise-batch, denoise-eval, the plug-in worker) call `use_all_cores()`. `auto` precision runs the
 convolutions in float16 on CUDA, in bfloat16 on a CPU that has native bfloat16 instructions
 (AVX512-BF16 or AMX: 2.4-2.6x the float32 speed of `unet` on this project's Xeon) and in float32
 elsewhere.
@@ -48,6 +50,19 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which schedulers and `taskset` narrow)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def use_all_cores() -> int:
+    """Set torch's (process-wide) intra-op thread count to every available core; returns it. For
+    programs that own their process; the library (`Denoiser`, `pick_device`) never changes it."""
+    n = available_cores()
+    torch.set_num_threads(n)
+    return n
+
+
 def pick_device(name: str = "auto") -> torch.device:
     name = (name or "auto").lower()
     if name == "auto":
@@ -60,8 +75,6 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto")
-    if name == "cpu":
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
     try:
         return torch.device(name)
     except RuntimeError:

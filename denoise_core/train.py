@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
 from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
-from .device import autocast, pick_device, pick_precision, precision_name
+from .device import autocast, available_cores, pick_device, pick_precision, precision_name
 from .metrics import psnr, ssim
 from .models import create_model
 from .noise import NoiseSpec, noisy_pair
@@ -316,9 +316,8 @@ def train(
     device = pick_device(cfg.device)
     if device.type == "cuda" and di.world > 1:
         device = torch.device("cuda", di.local_rank)
-    if device.type == "cpu" and (cfg.threads or di.local_world > 1):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(cfg.threads or max(1, cores // di.local_world))
+    if device.type == "cpu":  # every core, shared among this machine's ranks, unless cfg.threads says
+        torch.set_num_threads(cfg.threads or max(1, available_cores() // di.local_world))
     torch.manual_seed(cfg.seed)
     model = model or create_model(cfg.arch, **cfg.arch_args)
     if cfg.init and not resume:

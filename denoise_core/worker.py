@@ -187,15 +187,16 @@ def _rgba8(img: np.ndarray, linear: bool) -> bytes:
 
 def _denoiser(cache: dict | None, model, device, precision, tile):
     from .api import Denoiser, resolve_model
+    from .device import available_cores
 
-    if cache is None:
-        return Denoiser(model, device=device, tile=tile, precision=precision)
+    if cache is None:  # the worker owns its process: every core (a Denoiser alone leaves the count)
+        return Denoiser(model, device=device, tile=tile, precision=precision, threads=available_cores())
     path = resolve_model(model)
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size, str(device), str(precision), int(tile))
     dn = cache.pop(key, None)  # re-inserted last: the dict's order is least recently used first
     if dn is None:
-        dn = Denoiser(path, device=device, tile=tile, precision=precision)
+        dn = Denoiser(path, device=device, tile=tile, precision=precision, threads=available_cores())
         while len(cache) >= MAX_CACHED:
             cache.pop(next(iter(cache)))
     cache[key] = dn

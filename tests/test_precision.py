@@ -85,3 +85,27 @@ def test_training_in_bf16_learns_and_says_so(tmp_path):
     print(f"validation: noisy {noisy:.2f} dB, after 150 bf16 steps {res['best_psnr']:.2f} dB")
     assert res["card"]["precision"] == "bf16"
     assert res["best_psnr"] > noisy + 3.0
+
+
+def test_denoiser_leaves_torch_thread_count_alone(tmp_path, monkeypatch):
+    """torch's thread count is one setting for the whole process: a library object must not change
+    it unless asked (threads=); denoise-batch, which owns its process, sets every available core."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(devmod, "available_cores", lambda: 3)  # not 1, not this test's setting
+    try:
+        torch.set_num_threads(1)
+        for dev in ("cpu", "auto"):
+            Denoiser("seed", device=dev, precision="fp32")
+            assert torch.get_num_threads() == 1, dev
+        Denoiser("seed", device="cpu", threads=2)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="threads must be at least 1"):
+            Denoiser("seed", threads=0)
+        torch.set_num_threads(1)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+        r = CliRunner().invoke(batch_main, [str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", "seed",
+                                            "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
