@@ -41,9 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from denoise_core.api import Denoiser  # noqa: E402
+from denoise_core.device import use_all_cores  # noqa: E402
 from denoise_core.metrics import psnr, ssim  # noqa: E402
 from denoise_core.noise import find_camera  # noqa: E402
-from denoise_core.photos import BENCHMARK, load_photos  # noqa: E402
+from denoise_core.photos import BENCHMARK, load_photos, require_prepared  # noqa: E402
 from denoise_core.pipeline import draw_development, unprocess  # noqa: E402
 from denoise_core.raw import read_raw, write_bayer_dng  # noqa: E402
 from denoise_core.raw_denoise import RawDenoiser, develop, write_dng  # noqa: E402
@@ -151,7 +152,9 @@ def time_24mp(rd: RawDenoiser, folder: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", default="/work/data/prepared")
+    ap.add_argument("--photos", default=None,
+                    help="folder of the prepared photos (<name>.png; default $DENOISE_PHOTOS, else "
+                         "~/.cache/denoise-cnn/photos)")
     ap.add_argument("--size", type=int, default=512, help="crop side in pixels (= photosites)")
     ap.add_argument("--model", default="raw", help="raw-domain weights (shipped name or file)")
     ap.add_argument("--no-darktable", action="store_true")
@@ -161,12 +164,14 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    else:
+        use_all_cores()  # what denoise-batch does (a Denoiser leaves torch's thread count alone)
     rd = RawDenoiser(a.model)
     srgb = Denoiser("default")
     have_dt = not a.no_darktable and shutil.which("darktable-cli") is not None
     dt_reason = ("skipped (--no-darktable)" if a.no_darktable else
                  "darktable-cli not found (apt-get install -y --no-install-recommends darktable)")
-    photos = load_photos(a.photos, BENCHMARK)
+    photos = load_photos(require_prepared(a.photos, BENCHMARK), BENCHMARK)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

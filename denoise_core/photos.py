@@ -1,7 +1,13 @@
 """The clean training photos: which files from which Debian packages, the fixed train/validation
-split, and preparation (2x box downscale to hide JPEG artefacts, saved as PNG)."""
+split, and preparation (2x box downscale to hide JPEG artefacts, saved as PNG).
+
+None of the commands or the API uses this module; it is the record of the shipped weights' data
+(the split their cards name) for scripts/ and bench/, and ships in the wheel so that both import
+one copy without path tricks. It runs nothing on import: `download_packages` calls `apt-get
+download` only when called."""
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -69,6 +75,27 @@ def prepare(root: str | Path, out: str | Path, *, factor: int = 2) -> list[Path]
                 im.save(dst, compress_level=1)
         written.append(dst)
     return written
+
+
+def default_folder() -> Path:
+    """Where the prepared photos are looked for: $DENOISE_PHOTOS, else ~/.cache/denoise-cnn/photos
+    (where bench/quality.py builds them when they are missing)."""
+    return Path(os.environ.get("DENOISE_PHOTOS") or "~/.cache/denoise-cnn/photos").expanduser()
+
+
+def require_prepared(folder: str | Path | None, names: tuple[str, ...]) -> Path:
+    """`folder` (or `default_folder()` when None) if it holds `<name>.png` for every name; otherwise
+    SystemExit naming the folder, what is missing and how to build it."""
+    folder = Path(folder).expanduser() if folder else default_folder()
+    missing = [n for n in names if not (folder / f"{n}.png").is_file()]
+    if missing:
+        raise SystemExit(
+            f"{folder}: {len(missing)} of {len(names)} prepared photos missing (e.g. {missing[0]}.png). Pass "
+            f"--photos DIR or set DENOISE_PHOTOS to a folder of them, or build them there (apt-get download "
+            f"of {', '.join(PACKAGES)}; no root needed):\n  python -c \"from denoise_core.photos import "
+            f"download_packages, prepare; import tempfile; prepare(download_packages(tempfile.mkdtemp()), "
+            f"'{folder}')\"")
+    return folder
 
 
 def load_photos(folder: str | Path, names: tuple[str, ...]) -> list[np.ndarray]:

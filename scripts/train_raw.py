@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from denoise_core.photos import PACKAGES, SELECTION, TRAIN, load_photos
+from denoise_core.photos import PACKAGES, SELECTION, TRAIN, load_photos, require_prepared
 from denoise_core.raw_train import RAW_LOSS, noise_description, train_raw, val_set
 from denoise_core.train import TrainConfig
 
@@ -24,7 +24,9 @@ from denoise_core.train import TrainConfig
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="weights file (.safetensors); state goes to <out>.state.pt")
-    ap.add_argument("--photos", default="/work/data/prepared")
+    ap.add_argument("--photos", default=None,
+                    help="folder of the prepared photos (<name>.png; default $DENOISE_PHOTOS, else "
+                         "~/.cache/denoise-cnn/photos)")
     ap.add_argument("--steps", type=int, default=20000, help="length of the learning-rate schedule")
     ap.add_argument("--minutes", type=float, default=None, help="stop (state saved) after this much time")
     ap.add_argument("--patch", type=int, default=64, help="patch side in packed pixels (mosaic: twice that)")
@@ -38,8 +40,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    train_imgs = load_photos(a.photos, TRAIN)
-    val_pairs = val_set(load_photos(a.photos, SELECTION))
+    photos = require_prepared(a.photos, TRAIN + SELECTION)
+    train_imgs = load_photos(photos, TRAIN)
+    val_pairs = val_set(load_photos(photos, SELECTION))
     cfg = TrainConfig(arch="raw", arch_args=json.loads(a.arch_args), noise=noise_description(), patch=a.patch,
                       batch=a.batch, steps=a.steps, lr=a.lr, loss=RAW_LOSS, val_every=a.val_every,
                       checkpoint_every=250, device="cpu",

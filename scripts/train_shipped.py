@@ -19,7 +19,7 @@ import torch
 from denoise_core.checkpoint import load_checkpoint
 from denoise_core.levels import training_levels
 from denoise_core.noise import noisy_pair, parse_noise
-from denoise_core.photos import SELECTION, TRAIN, load_photos
+from denoise_core.photos import SELECTION, TRAIN, load_photos, require_prepared
 from denoise_core.train import TrainConfig, fixed_val_set, random_patches, state_path, train
 
 
@@ -27,7 +27,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="unet")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--photos", default="/work/data/prepared")
+    ap.add_argument("--photos", default=None,
+                    help="folder of the prepared photos (<name>.png; default $DENOISE_PHOTOS, else "
+                         "~/.cache/denoise-cnn/photos)")
     ap.add_argument("--steps", type=int, default=16000)
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--batch", type=int, default=8)
@@ -52,8 +54,9 @@ def main() -> None:
         arch_args = load_checkpoint(a.init).arch_args
     else:
         arch_args = {}
-    train_imgs = load_photos(a.photos, TRAIN)
-    val_imgs = load_photos(a.photos, SELECTION)
+    photos = require_prepared(a.photos, TRAIN + SELECTION)
+    train_imgs = load_photos(photos, TRAIN)
+    val_imgs = load_photos(photos, SELECTION)
     noise = str(parse_noise(a.noise))  # 'mix' -> the versioned name, so the card says which
     cfg = TrainConfig(arch=a.arch, arch_args=arch_args, grow=a.grow, noise=noise, patch=a.patch,
                       batch=a.batch, steps=a.steps, lr=a.lr,
