@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import numpy as np
@@ -331,15 +332,19 @@ def _run_raw(clean: Path, out: Path, arch: str, args: dict, init_path: str, patc
     except TrainingError as e:
         raise TrainingFailed(str(e)) from None
     except KeyboardInterrupt:
-        sp = state_path(out)
-        _say(f"\ninterrupted; run the same command with --resume to continue from the state in {sp}"
-             if sp.exists() else "\ninterrupted before the first state was saved; nothing to resume")
-        sys.exit(130)
+        _interrupted(out)
     card = res["card"]
     curves, compare = report_paths(out)
     best = (f"best validation PSNR {card['val_psnr']:.2f} dB, SSIM {card['val_ssim']:.4f} at step {card['steps']}"
             if val_pairs else f"no validation, final loss {res['history'][-1]['loss']:.5f} ({RAW_LOSS})")
     _say(f"done in {time.time() - t0:.0f} s; {best}\nwrote {out}" + (f", {curves}, {compare}" if val_pairs else f", {curves}"))
+
+
+def _interrupted(out: Path) -> NoReturn:
+    sp = state_path(out)
+    _say(f"\ninterrupted; run the same command with --resume to continue from the state in {sp}"
+         if sp.exists() else "\ninterrupted before the first state was saved; nothing to resume")
+    sys.exit(130)
 
 
 def _run(cfg: TrainConfig, out: Path, train_set, spec, val_pairs, resume: bool) -> None:
@@ -380,10 +385,7 @@ def _run(cfg: TrainConfig, out: Path, train_set, spec, val_pairs, resume: bool) 
     except TrainingError as e:
         raise TrainingFailed(str(e)) from None
     except KeyboardInterrupt:
-        sp = state_path(out)
-        _say(f"\ninterrupted; run the same command with --resume to continue from the state in {sp}"
-             if sp.exists() else "\ninterrupted before the first state was saved; nothing to resume")
-        sys.exit(130)
+        _interrupted(out)
     finally:
         if bar is not None:
             bar.close()
