@@ -67,6 +67,7 @@ def card(name: str, path: Path, quality: dict | None) -> str:
            if c.get("init") else "")
         + (f"; grown {c['grown']}" if c.get("grown") else "")
         + (f"; {c['history']}" if c.get("history") else ""),
+        *([f"- averaged: {c['averaged']}"] if c.get("averaged") else []),
         *([f"- noise-level input: a map of the local noise (in units of 25/255) and a given-flag; half the "
            f"training patches were told their true map, half nothing (blind, the default at inference); "
            f"`noise_level` / `--noise-level` sets it (`denoise_core/levels.py`)"]

@@ -318,6 +318,36 @@ def test_export_state_writes_the_last_steps_weights(tmp_path):
     assert ck.card["data"] == load_checkpoint(run).card["data"]
 
 
+def test_average_weights_interpolates_parameter_by_parameter(tmp_path):
+    """scripts/average_weights.py made the shipped unet (run 10 and run 11, half each)."""
+    torch.manual_seed(0)
+    a, b = create_model("seed", width=8), create_model("seed", width=8)
+    save_checkpoint(tmp_path / "a.safetensors", a, {"steps": 1})
+    save_checkpoint(tmp_path / "b.safetensors", b, {"steps": 2, "data": "b's photos"})
+    save_checkpoint(tmp_path / "w.safetensors", create_model("seed", width=16))
+
+    def average(alpha, second="b.safetensors"):
+        dest = tmp_path / f"avg{alpha}.safetensors"
+        r = subprocess.run([sys.executable, str(REPO / "scripts" / "average_weights.py"), str(tmp_path / "a.safetensors"),
+                            str(tmp_path / second), str(dest), "--alpha", str(alpha), "--card", "selection=mean"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        return r, dest
+
+    for alpha, want in ((0, a), (1, b)):
+        r, dest = average(alpha)
+        assert r.returncode == 0, r.stderr
+        got = load_checkpoint(dest).state_dict
+        assert all(torch.equal(got[k], v) for k, v in want.state_dict().items())
+    r, dest = average(0.25)
+    ck = load_checkpoint(dest)
+    sa, sb = a.state_dict(), b.state_dict()
+    for k in sa:
+        torch.testing.assert_close(ck.state_dict[k], 0.75 * sa[k] + 0.25 * sb[k], rtol=0, atol=1e-7)
+    assert ck.card["data"] == "b's photos" and ck.card["selection"] == "mean" and "0.25 x" in ck.card["averaged"]
+    r, _ = average(0.5, "w.safetensors")
+    assert r.returncode != 0 and "only checkpoints of the same network can be averaged" in r.stderr
+
+
 # --------------------------------------------------------------------------- losses
 def test_psnr_loss_is_minus_the_mean_image_psnr_and_weighs_light_noise_like_heavy():
     gen = torch.Generator().manual_seed(0)
