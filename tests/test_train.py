@@ -326,10 +326,10 @@ def test_average_weights_interpolates_parameter_by_parameter(tmp_path):
     save_checkpoint(tmp_path / "b.safetensors", b, {"steps": 2, "data": "b's photos"})
     save_checkpoint(tmp_path / "w.safetensors", create_model("seed", width=16))
 
-    def average(alpha, second="b.safetensors"):
+    def average(alpha, second="b.safetensors", *extra):
         dest = tmp_path / f"avg{alpha}.safetensors"
         r = subprocess.run([sys.executable, str(REPO / "scripts" / "average_weights.py"), str(tmp_path / "a.safetensors"),
-                            str(tmp_path / second), str(dest), "--alpha", str(alpha), "--card", "selection=mean"],
+                            str(tmp_path / second), str(dest), "--alpha", str(alpha), "--card", "selection=mean", *extra],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         return r, dest
 
@@ -343,9 +343,21 @@ def test_average_weights_interpolates_parameter_by_parameter(tmp_path):
     sa, sb = a.state_dict(), b.state_dict()
     for k in sa:
         torch.testing.assert_close(ck.state_dict[k], 0.75 * sa[k] + 0.25 * sb[k], rtol=0, atol=1e-7)
-    assert ck.card["data"] == "b's photos" and ck.card["selection"] == "mean" and "0.25 x" in ck.card["averaged"]
+    assert ck.card["steps"] == 1 and ck.card["selection"] == "mean" and "0.25 x" in ck.card["averaged"]
     r, _ = average(0.5, "w.safetensors")
     assert r.returncode != 0 and "only checkpoints of the same network can be averaged" in r.stderr
+    # --grow: a blind U-Net averaged into one with the noise-level input, grown exactly first
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "a.safetensors", create_model("unet", level_input=True))
+    blind = create_model("unet").eval()
+    save_checkpoint(tmp_path / "blind.safetensors", blind)
+    r, _ = average(1, "blind.safetensors")
+    assert r.returncode != 0 and "--grow" in r.stderr
+    r, dest = average(1, "blind.safetensors", "--grow")
+    assert r.returncode == 0, r.stderr
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(dest).build()(x), blind(x))
 
 
 # --------------------------------------------------------------------------- losses
