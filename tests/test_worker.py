@@ -278,13 +278,15 @@ def test_socket_worker_cancel_stops_at_once_and_cleans_up(tmp_path, monkeypatch)
     try:
         dc._WORKERS.clear()
         w = dc.host_worker("gimp", host.pid, sys.executable, str(ROOT))
-        # large enough (about a thousand 64 px tiles) that the job is still running when the first
-        # progress event cancels it: a job that has already finished leaves the daemon up, as it should
+        # the default model on about a thousand 64 px tiles, each read with its 98 px of context: a
+        # minute of work, so the job is still running when the first progress event cancels it even
+        # on a starved CI machine (a job that has already finished leaves the daemon up, as it should;
+        # with the seed model it sometimes finished before the client saw its first progress event)
         size = 2048
         img = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
         seen = []
         with pytest.raises(dc.Cancelled):
-            dc.run_denoise(img.tobytes(), size, size, 3, python=sys.executable, model="seed", tile=64,
+            dc.run_denoise(img.tobytes(), size, size, 3, python=sys.executable, model="default", tile=64,
                            worker=w, on_progress=seen.append, is_cancelled=lambda: bool(seen))
         assert seen and seen[0] < 1.0, seen  # cancelled mid-job
         pid = w._ready_pid
