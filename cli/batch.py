@@ -11,6 +11,7 @@ outright (SIGKILL, power loss) are removed by the next run into the same folder.
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import glob
 import json
@@ -121,6 +122,11 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+# The interpreter's last collection at exit walks every object torch's modules made (about 0.35 s
+# of a one-photo run, bench/io.py); frozen at exit, it skips them: the process is ending anyway.
+atexit.register(gc.freeze)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
@@ -168,9 +174,6 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
     for stale in remove_stale_parts(outdir):
         click.echo(one_line(f"removed {stale}: the temp file of an earlier run that was killed"), err=True)
     use_all_cores()  # this command owns its process: every core (a Denoiser leaves the count alone)
-    # torch's modules are never garbage: leave them out of every collection and of the one at exit
-    # (about 0.35 s of a one-photo run, bench/io.py)
-    gc.freeze()
     try:
         # a raw-domain --model serves the raw files (see _process_raw); image files then fail by name
         dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision, allow_raw=True)

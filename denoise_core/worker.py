@@ -47,6 +47,7 @@ client disconnects during a job (see serve_socket).
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import os
@@ -366,7 +367,7 @@ def serve_socket(path: str, host_pid: int | None, idle_s: float = IDLE_S) -> int
 
 
 def main(argv: list[str] | None = None) -> int:
-    gc.freeze()  # the imported modules are never garbage: no collection walks them again
+    atexit.register(gc.freeze)  # the last collection at exit skips torch's objects (cli/batch.py)
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--serve"]:
         opts = dict(zip(args[1::2], args[2::2]))
