@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"folder of prepared photos (<name>.png); built if missing (default {DEFAULT_PHOTOS}, or $DENOISE_PHOTOS)")
     ap.add_argument("--models", default="shipped",
                     help="our models: shipped names and/or checkpoint paths, comma-separated (default: every shipped model)")
-    ap.add_argument("--crops", type=int, default=2, help="crops per photo (1-5, default 2)")
+    ap.add_argument("--crops", type=int, default=None,
+                    help="crops per photo (1-5; default 2, and 5 with --photo-set selection: its 3 photos x 2 "
+                         "crops could not separate candidates a few tenths of a dB apart)")
     ap.add_argument("--size", type=int, default=512, help="crop side, at most (default 512)")
     ap.add_argument("--max-photos", type=int, default=0, help="use only the first N validation photos")
     ap.add_argument("--sigmas", default=",".join(map(str, SIGMAS)), help="Gaussian sigmas (default 15,25,50)")
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="throughput from `bench/speed.py --json FILE` (full-size images) for the plot and the "
                          "speed target, instead of the throughput timed on the crops")
     args = ap.parse_args(argv)
+    if args.crops is None:
+        args.crops = 5 if args.photo_set == "selection" else 2
     if args.quick:
         args.max_photos, args.crops, args.size = args.max_photos or 2, 1, min(args.size, 256)
         if args.cameras == ";".join(CAMERAS):
