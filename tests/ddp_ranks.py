@@ -43,7 +43,7 @@ def main(outdir: Path) -> None:
     torch.save({"world": di.world, "rank": di.rank, "seen": torch.stack(seen),
                 "model": {k: v.detach().clone() for k, v in model.state_dict().items()}},
                outdir / f"rank{di.rank}.pt")
-    shutdown_distributed()
+    shutdown_distributed(finished=True)
 
 
 if __name__ == "__main__":
