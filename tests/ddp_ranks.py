@@ -6,6 +6,7 @@ final weights and a fingerprint of every batch that rank drew, to OUTDIR/rank<R>
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -48,3 +49,7 @@ def main(outdir: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    # as denoise-train does under torchrun: torch's teardown after a gloo run sometimes aborts
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
