@@ -65,16 +65,19 @@ def _demosaic_fn(name: str):
     return libraw_demosaic(name.split("-", 1)[1]) if name.startswith("libraw-") else P.DEMOSAICS[name]
 
 
-def develop_pair(clean_u8: np.ndarray, condition: str, seed: int) -> tuple[np.ndarray, np.ndarray, Development]:
-    """(noisy uint8, reference float HxWx3 in [0, 1], the development) for one crop."""
+def develop_pair(clean_u8: np.ndarray, condition: str, seed: int, *, cameras: str = "heldout",
+                 overrides: dict | None = None) -> tuple[np.ndarray, np.ndarray, Development]:
+    """(noisy uint8, reference float HxWx3 in [0, 1], the development) for one crop. For a held-out
+    condition, `overrides` replaces some of its fixed settings and `cameras` is the camera set drawn
+    from (`bench/factors.py` swaps one held-out factor at a time back to what training draws)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(clean_u8.astype(np.float32) / 255).permute(2, 0, 1)[None]
     if condition == "training settings":
         d = P.draw_development(gen)  # everything as training draws it (photos are still unseen)
         demosaic = P.DEMOSAICS[d.demosaic]
     else:
-        fixed = HELD_OUT[condition]
-        base = P.draw_development(gen, replace(P.TRAIN_SETTINGS, cameras="heldout", iso=HELD_OUT_ISO))
+        fixed = {**HELD_OUT[condition], **(overrides or {})}
+        base = P.draw_development(gen, replace(P.TRAIN_SETTINGS, cameras=cameras, iso=HELD_OUT_ISO))
         q = int(torch.randint(HELD_OUT_JPEG_Q[0], HELD_OUT_JPEG_Q[1] + 1, (1,), generator=gen))
         d = replace(base, ev_push=HELD_OUT_EV, clip_black=True, downscale=1.0, jpeg_quality=q,
                     curve_param=fixed.get("curve_param", 0.0), **{k: v for k, v in fixed.items() if k != "curve_param"})
