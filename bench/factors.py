@@ -9,7 +9,7 @@ development as training draws it: where generalization is not in question, how f
 from FFDNet's oracle says what is left to the network itself.
 
     DENOISE_PHOTOS=/work/data/prepared .venv/bin/python bench/factors.py        # ~5 min, 2 cores
-    .venv/bin/python bench/factors.py --model training/run11/unet_v5.safetensors --crops 2
+    .venv/bin/python bench/factors.py --model my_weights.safetensors --crops 2
 
 Prints a Markdown table: per condition and swap, the noisy input, our blind model, the model told
 noise level `--level`, FFDNet (oracle sigma), and ours minus FFDNet.
@@ -35,12 +35,13 @@ from quality import _seed, crops_of, ensure_photos, oracle_search, score, to_t, 
 from denoise_core.api import Denoiser  # noqa: E402
 from denoise_core.photos import SELECTION  # noqa: E402
 
+# each swap: the keyword arguments of `develop_pair` that put one factor back
 SWAPS = {
     "as held out": {},
-    "demosaic: Hamilton-Adams": {"demosaic": "hamilton-adams"},
-    "sharpening: USM r1.0": {"sharpen": "usm", "sharpen_radius": 1.0, "sharpen_luma": True},
-    "JPEG 4:2:0": {"jpeg_subsampling": "4:2:0"},
-    "cameras: training's": "train",
+    "demosaic: Hamilton-Adams": {"overrides": {"demosaic": "hamilton-adams"}},
+    "sharpening: USM r1.0": {"overrides": {"sharpen": "usm", "sharpen_radius": 1.0, "sharpen_luma": True}},
+    "JPEG 4:2:0": {"overrides": {"jpeg_subsampling": "4:2:0"}},
+    "cameras: training's": {"cameras": "train"},
 }
 
 
@@ -65,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [("training settings", None)]
     for cond, fixed in HELD_OUT.items():
-        for swap, change in SWAPS.items():
-            if isinstance(change, dict) and change and all(fixed.get(k) == v for k, v in change.items()):
+        for swap, kwargs in SWAPS.items():
+            change = kwargs.get("overrides", {})
+            if change and all(fixed.get(k) == v for k, v in change.items()):
                 continue  # nothing held out to put back
-            if "jpeg_subsampling" in (change or {}) and fixed.get("output") != "jpeg":
+            if "jpeg_subsampling" in change and fixed.get("output") != "jpeg":
                 continue
             rows.append((cond, swap))
     t0 = time.perf_counter()
@@ -77,12 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         vals = []
         for name, k, clean in crops:
             seed = _seed(name, k, cond)  # the same draws for every swap of a condition
-            if swap is None:
-                noisy, ref, _ = develop_pair(clean, cond, seed)
-            else:
-                change = SWAPS[swap]
-                noisy, ref, _ = develop_pair(clean, cond, seed, **(
-                    {"cameras": change} if isinstance(change, str) else {"overrides": change}))
+            noisy, ref, _ = develop_pair(clean, cond, seed, **(SWAPS[swap] if swap else {}))
             ref_t = to_t(ref)
             best = oracle_search(lambda s: to_u8(ffd(noisy.astype(np.float32) / 255, s)), ref_t)
             vals.append((score(noisy, ref_t)[0], score(dn.denoise(noisy), ref_t)[0],
