@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, RAW_ARCHS, Denoiser, ModelNotFoundError
+from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, MAX_SIGMA, RAW_ARCHS, Denoiser, ModelNotFoundError
 from denoise_core.atomic import Terminated, remove_stale_parts, signals_as_interrupts
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS, use_all_cores
@@ -140,6 +140,11 @@ atexit.register(gc.freeze)
                    "[default: automatic, one pass]. 1 is about automatic, 2 assumes twice the "
                    "noise (removes what automatic leaves), 0.5 half; costs a second pass. Models "
                    "with a noise-level input only (the default has one).")
+@click.option("--sigma", type=click.FloatRange(0.0, MAX_SIGMA), default=None,
+              help="The noise as an absolute standard deviation on the 0-255 scale, as FFDNet and "
+                   "G'MIC take it (mild camera noise is about 3-8, strong 15-50) [default: "
+                   "automatic]. One pass; excludes --noise-level. Images only: raw files use their "
+                   "camera's noise profile.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Arithmetic of the convolutions: auto is fp16 on CUDA, bf16 on CPUs with native "
@@ -154,7 +159,7 @@ atexit.register(gc.freeze)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise they are skipped).")
 @click.option("--shard", default=None, metavar="K/N", help="Take every N-th file starting at K (0-based).")
 @click.option("--json", "json_mode", is_flag=True, help="One JSON object per line on stdout.")
-def main(inputs, outdir: Path, model, strength, noise_level, device, precision, tile, overlap, out_format,
+def main(inputs, outdir: Path, model, strength, noise_level, sigma, device, precision, tile, overlap, out_format,
          quality, overwrite, shard, json_mode) -> None:
     """Denoise photos (files, folders or globs) into OUTPUT."""
     report = Report(json_mode=json_mode)
@@ -178,7 +183,9 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
         # a raw-domain --model serves the raw files (see _process_raw); image files then fail by name
         dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision, allow_raw=True)
         if dn.arch not in RAW_ARCHS:  # raw files scale their camera profile instead
-            dn.check_noise_level(noise_level)
+            dn.check_noise_level(noise_level, sigma)
+        elif sigma is not None:
+            raise ValueError("--sigma is for images; a raw model takes --noise-level")
     except (ModelNotFoundError, CheckpointError, ValueError) as e:
         click.echo(one_line(f"error: {e}"), err=True)
         sys.exit(2)
@@ -201,7 +208,7 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
                 if bar:
                     bar.set_postfix_str(one_line(src.name))
                 _process(dn, src, dst, report, claimed, inputs_real, strength=strength,
-                         noise_level=noise_level, out_format=out_format,
+                         noise_level=noise_level, sigma=sigma, out_format=out_format,
                          quality=quality, overwrite=overwrite)
                 if bar:
                     bar.update(1)
@@ -218,8 +225,8 @@ def main(inputs, outdir: Path, model, strength, noise_level, device, precision, 
 
 
 def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[str, str],
-             inputs_real: set[str], *, strength: float, noise_level: float | None, out_format: str | None,
-             quality: int | None, overwrite: bool) -> None:
+             inputs_real: set[str], *, strength: float, noise_level: float | None, sigma: float | None,
+             out_format: str | None, quality: int | None, overwrite: bool) -> None:
     s = str(src)
     real_dst = os.path.realpath(dst)
     if real_dst in inputs_real:
@@ -233,6 +240,10 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         report.skip(s, f"output {dst} exists (use --overwrite to replace it)")
         return
     if is_raw(src):
+        if sigma is not None:
+            report.fail(s, "--sigma is for developed images; for a raw file use --noise-level (relative to "
+                           "its camera's noise profile)")
+            return
         _process_raw(dn, src, dst, report, strength=strength, noise_level=noise_level, out_format=out_format,
                      quality=quality)
         return
@@ -249,7 +260,7 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
                 report.warn(s, w.message.reason)
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level,
+        pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level, sigma=sigma,
                             progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
         result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
                        exif=photo.exif, info=photo.info)

@@ -4,13 +4,16 @@
     dn = Denoiser("default", device="auto")
     out = dn.denoise(pixels, strength=0.8, progress=lambda done, total: ..., cancel=event.is_set)
     out = dn.denoise(pixels, noise_level=1.5)   # assume 1.5x the noise the blind pass finds
+    out = dn.denoise(pixels, sigma=8)           # the noise is sigma 8 on the 0-255 scale
 
 `strength` blends the result with the input (0 keeps it, 1 is the full result). `noise_level`
 (models with a noise-level input, the default among them; see `denoise_core.levels`) tells the
 net how much noise to remove, relative to what it finds by itself: None (default) is blind and
 one pass; a number runs a blind pass, maps the noise it removed, and runs again told that map
 times the number: 0 keeps the image, 1 is about the blind result, 2 removes noise the blind pass
-left. Both can be combined.
+left. `sigma` gives the noise instead as an absolute standard deviation on the 0-255 scale (what
+FFDNet and G'MIC users know), the same everywhere in the image, in one pass told that level.
+`noise_level` and `sigma` exclude each other; `strength` combines with either.
 
 Arrays are (H, W), (H, W, 1) or (H, W, 3) — colour only, alpha is the caller's to keep — in
 uint8, uint16 or float (0..1, sRGB-encoded); the result has the input's shape and dtype. The image
@@ -29,7 +32,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import autocast, pick_device, pick_precision, precision_name
-from .levels import LEVEL_RADIUS, level_map, level_planes
+from .levels import LEVEL_RADIUS, LEVEL_UNIT, level_map, level_planes
 from .models import list_models
 from .tiler import make_grid, read_window
 
@@ -37,6 +40,7 @@ DEFAULT_MODEL = "unet"
 DEFAULT_TILE = 1024  # a model call sees (tile + 2 * overlap)^2 pixels: ~300 MB for `unet` on the CPU
 DEFAULT_BORDER = 16  # mirrored context past the image edge (see tiler); the full overlap costs time, not quality
 MAX_NOISE_LEVEL = 4.0
+MAX_SIGMA = 100.0  # absolute noise level, 0-255 scale
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 
@@ -127,39 +131,50 @@ class Denoiser:
         self.border = int(border)
 
     def context(self, noise_level: float | None = None) -> int:
-        """Pixels of context each output pixel depends on: the receptive radius, or with a noise
-        level, two passes of it plus the level map's window."""
+        """Pixels of context each output pixel depends on: the receptive radius, or with a relative
+        noise level, two passes of it plus the level map's window. (An absolute sigma is one pass.)"""
         return self.receptive if noise_level is None else 2 * self.receptive + LEVEL_RADIUS
 
     @torch.inference_mode()
-    def run_tensor(self, x: torch.Tensor, noise_level: float | None = None) -> torch.Tensor:
+    def run_tensor(self, x: torch.Tensor, noise_level: float | None = None,
+                   sigma: float | None = None) -> torch.Tensor:
         """Model on a float (N, 3, H, W) batch whose sides are multiples of `self.multiple`;
-        with `noise_level`, the two passes described in the module docstring."""
+        with `noise_level`, the two passes described in the module docstring; with `sigma`, one
+        pass told that level everywhere."""
         x = x.to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            y = self.model(x)
+            if sigma is not None:
+                levels = torch.full((x.shape[0], 1, x.shape[2], x.shape[3]), float(sigma) / 255.0 / LEVEL_UNIT)
+                y = self.model(x, level_planes(levels, tuple(x.shape)).to(self.device, x.dtype))
+            else:
+                y = self.model(x)
             if noise_level is not None:
                 planes = level_planes(level_map(x - y.float()) * float(noise_level), tuple(x.shape))
                 y = self.model(x, planes.to(self.device, x.dtype))
         return y.float().cpu()
 
-    def check_noise_level(self, noise_level: float | None) -> None:
-        if noise_level is None:
+    def check_noise_level(self, noise_level: float | None, sigma: float | None = None) -> None:
+        """ValueError naming the problem when the level options cannot be used with this model."""
+        if noise_level is None and sigma is None:
             return
+        if noise_level is not None and sigma is not None:
+            raise ValueError("give a relative noise level or an absolute sigma, not both")
         if not self.has_levels:
             raise ValueError(f"model {self.path.name} ({self.arch}) has no noise-level input; use "
                              f"strength, or a model that has one (the default)")
-        if not 0.0 <= float(noise_level) <= MAX_NOISE_LEVEL:
+        if noise_level is not None and not 0.0 <= float(noise_level) <= MAX_NOISE_LEVEL:
             raise ValueError(f"noise level must be within 0..{MAX_NOISE_LEVEL:g}, got {noise_level}")
+        if sigma is not None and not 0.0 <= float(sigma) <= MAX_SIGMA:
+            raise ValueError(f"sigma must be within 0..{MAX_SIGMA:g} (0-255 scale), got {sigma}")
 
     def denoise(self, image: np.ndarray, *, strength: float = 1.0, noise_level: float | None = None,
-                progress: ProgressFn | None = None, cancel: CancelFn | None = None, tile: int | None = None,
+                sigma: float | None = None, progress: ProgressFn | None = None, cancel: CancelFn | None = None, tile: int | None = None,
                 overlap: int | None = None) -> np.ndarray:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be within 0..1, got {strength}")
-        self.check_noise_level(noise_level)
+        self.check_noise_level(noise_level, sigma)
         arr = np.asarray(image)
         squeeze = arr.ndim == 2
         if squeeze:
@@ -192,7 +207,7 @@ class Denoiser:
             x = torch.from_numpy(np.ascontiguousarray(win)).permute(2, 0, 1)[None]
             if c == 1:
                 x = x.expand(1, 3, *x.shape[2:])
-            y = self.run_tensor(x, noise_level)[0]
+            y = self.run_tensor(x, noise_level, sigma)[0]
             if c == 1:
                 y = y.mean(0, keepdim=True)
             y = y.permute(1, 2, 0).numpy()

@@ -12,8 +12,11 @@ draws from an explicit `torch.Generator` so runs are reproducible. Specs are str
                          (`denoise_core.pipeline`: demosaic, tone curve, sharpening, chroma NR,
                          scaling, JPEG); the target is the noise-free development
     pipeline:"Nikon D750"@12800   the same with that camera's profile at that ISO (your camera)
-    mix-v1 ... mix-v5    the training mixtures of the shipped weights, by version
-    mix                  the current mixture (mix-v5)
+    mild-camera          what cameras write at moderate ISO after their own processing: mild
+                         (luma sigma 1-9), spatially correlated, blotchy, chroma 0.3-1.3x luma,
+                         signal-dependent, JPEG-compressed most of the time; target the clean input
+    mix-v1 ... mix-v6    the training mixtures of the shipped weights, by version
+    mix                  the current mixture (mix-v6)
 
 `noisy_pair` gives (noisy, target) for every spec; `apply_noise` only the noisy image, for specs
 whose target is the clean input itself (all but `pipeline` and `mix-v3` onwards).
@@ -37,9 +40,9 @@ class NoiseSpecError(ValueError):
     pass
 
 
-MIX_VERSIONS = ("mix-v1", "mix-v2", "mix-v3", "mix-v4", "mix-v5")
-CURRENT_MIX = "mix-v5"
-_PAIRED = ("pipeline", "mix-v3", "mix-v4", "mix-v5")  # kinds whose target is a development, not the input
+MIX_VERSIONS = ("mix-v1", "mix-v2", "mix-v3", "mix-v4", "mix-v5", "mix-v6")
+CURRENT_MIX = "mix-v6"
+_PAIRED = ("pipeline", "mix-v3", "mix-v4", "mix-v5", "mix-v6")  # kinds whose target is a development, not the input
 
 
 # --------------------------------------------------------------------------- transfer curves
@@ -269,7 +272,7 @@ def parse_noise(spec: str) -> NoiseSpec:
     low = s.lower()
     if low == "mix":
         return NoiseSpec(kind=CURRENT_MIX)
-    if low in ("none", "poisson-gaussian", "pipeline", *MIX_VERSIONS):
+    if low in ("none", "poisson-gaussian", "pipeline", "mild-camera", *MIX_VERSIONS):
         return NoiseSpec(kind=low)
     if low.startswith("gaussian:"):
         body = s.split(":", 1)[1]
@@ -292,7 +295,7 @@ def parse_noise(spec: str) -> NoiseSpec:
         return NoiseSpec(kind=m.group(1).lower(), camera=name, iso=iso)
     raise NoiseSpecError(
         f"unknown noise spec {spec!r}; use gaussian:SIGMA, gaussian:LO-HI, poisson-gaussian, "
-        f'camera:"MAKER MODEL"@ISO, camera:random, pipeline, pipeline:"MAKER MODEL"@ISO, mix or '
+        f'camera:"MAKER MODEL"@ISO, camera:random, pipeline, pipeline:"MAKER MODEL"@ISO, mild-camera, mix or '
         f'{", ".join(MIX_VERSIONS)}')
 
 
@@ -329,6 +332,8 @@ def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
                 ni, ti = pipeline.pipeline_pair(xi, gen, camera=cam)
             elif u < 0.93:
                 ni, ti = _mix_v3_simple(xi, gen, u), xi
+            elif u >= _MILD:  # mix-v6 on: mild in-camera noise on the clean photo
+                ni, ti = mild_camera_noise(xi, gen), xi
             elif u < 1.0:  # a clean photo saved as JPEG: must come back as it is
                 q = int(round(75 + 23 * float(torch.rand((), generator=gen))))
                 ni = pipeline.jpeg(xi, q, "4:2:0" if float(torch.rand((), generator=gen)) < 0.5 else "4:4:4")
@@ -348,6 +353,8 @@ def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
         y = add_gaussian(x, sig, gen)
     elif spec.kind == "poisson-gaussian":
         y = add_poisson_gaussian(x, gen)
+    elif spec.kind == "mild-camera":
+        y = torch.cat([mild_camera_noise(x[i:i + 1], gen) for i in range(n)])
     elif spec.kind == "camera":
         y = _camera_batch(x, spec, gen)
     elif spec.kind in ("mix-v1", "mix-v2"):
@@ -411,13 +418,19 @@ def _mix_v2_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tenso
 # developments, [.45, .55) v2 camera, [.55, .83) Gaussian, [.83, .87) Poisson-Gaussian, [.87, .93)
 # clean, [.93, 1) clean JPEG; u >= 1 is a noise-free camera file (v4 on). A later mix gives each part
 # its own share and maps its draw linearly into that part's interval.
-_V3_PARTS = ((0.0, 0.45), (0.45, 0.10), (0.55, 0.28), (0.83, 0.04), (0.87, 0.06), (0.93, 0.07), (1.0, 0.0))
+_MILD = 2.0  # u >= 2 is mild in-camera noise (v6 on)
+_V3_PARTS = ((0.0, 0.45), (0.45, 0.10), (0.55, 0.28), (0.83, 0.04), (0.87, 0.06), (0.93, 0.07), (1.0, 0.0),
+             (_MILD, 0.0))
 _AS_V3 = {
     # v4 (session 8, run 10): 24% left as they are, so the clean JPEG crops come back unchanged
     "mix-v4": (0.38, 0.10, 0.24, 0.04, 0.08, 0.08, 0.08),
     # v5 (session 9, run 11): more of the v2 camera simulator and Gaussian noise, whose benchmark
     # rows run 10 lost (-1.6 dB and -0.3 to -0.5 dB), fewer developments; 23% clean
     "mix-v5": (0.36, 0.13, 0.25, 0.03, 0.07, 0.08, 0.08),
+    # v6: a third mild in-camera noise (what cameras write at ISO 800-6400 after their own
+    # processing); the clean parts shrink from 23% to 9%, so mild correlated noise is not taught
+    # to pass as texture
+    "mix-v6": (0.26, 0.10, 0.20, 0.02, 0.03, 0.03, 0.03, 0.33),
 }
 
 
@@ -427,7 +440,47 @@ def _as_v3(u: float, shares: tuple[float, ...]) -> float:
         if u < lo + share:
             return v3_lo + (u - lo) / share * v3_width
         lo += share
-    return _V3_PARTS[-1][0]
+    return _V3_PARTS[len(shares) - 1][0]  # rounding at the top end: the mix's last part
+
+
+def _blurred_unit(shape: tuple[int, ...], sigma: float, gen: torch.Generator) -> torch.Tensor:
+    """White Gaussian noise blurred by a Gaussian of `sigma` px, scaled back to unit variance."""
+    from .pipeline import gaussian_blur  # local: pipeline imports this module
+    w = torch.randn(shape, generator=gen)
+    if sigma > 0:
+        w = gaussian_blur(w, sigma)
+    return w / w.std().clamp_min(1e-6)
+
+
+def mild_camera_noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Noise as a camera leaves it at moderate ISO after demosaicing, its own noise reduction and
+    JPEG: drawn in YCbCr, each plane a fine grain (white noise blurred 0.45-0.95 px, chroma 0.6-1.6)
+    plus blotches (blurred 2-5 px) holding 2-25% of the luma's energy and 10-50% of the chroma's, luma sigma 1-9 on 0-255 (log-uniform), chroma
+    0.3-1.3x luma and smoother, scaled with the square root of the signal, then 8-bit and, 70% of
+    the time, JPEG q80-98. One image (1, 3, H, W) in [0, 1]."""
+    from .pipeline import _from_ycc, _to_ycc, jpeg  # local: pipeline imports this module
+    _, _, h, w = x.shape
+
+    def u(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+    luma = math.exp(u(math.log(1.0), math.log(9.0))) / 255.0
+    chroma = luma * u(0.3, 1.3)
+    planes = []
+    for k, sigma in enumerate((luma, chroma, chroma)):
+        fine = _blurred_unit((1, 1, h, w), u(0.45, 0.95) if k == 0 else u(0.6, 1.6), gen)
+        blot = _blurred_unit((1, 1, h, w), u(2.0, 5.0), gen)
+        share = u(0.02, 0.25) if k == 0 else u(0.1, 0.5)
+        planes.append(sigma * (math.sqrt(1 - share) * fine + math.sqrt(share) * blot))
+    n = torch.cat(planes, 1)
+    ycc = _to_ycc(x)
+    floor = u(0.3, 0.7)  # the signal-independent share (read noise)
+    amp = floor + (1 - floor) * ycc[:, :1].clamp(0, 1).sqrt() / math.sqrt(0.5)  # 1 at mid-grey
+    y = _from_ycc(ycc + n * amp).clamp(0, 1)
+    y = quantize(y)
+    if float(torch.rand((), generator=gen)) < 0.7:
+        y = jpeg(y, int(round(u(80, 98))), "4:2:0" if float(torch.rand((), generator=gen)) < 0.6 else "4:4:4")
+    return y
 
 
 def _mix_v3_simple(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:

@@ -4,7 +4,8 @@
 Protocol (the plugins' side is plugins/common/denoise_client.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
              "output": "out.raw", "transfer": "srgb" | "linear", "model": "default" | name | path,
-             "strength": 0..1, "noise_level": null or 0..4 (optional, see api.py), "device": "auto",
+             "strength": 0..1, "noise_level": null or 0..4 (optional, see api.py),
+             "sigma": null or 0..100 (optional: absolute, 0-255 scale; excludes noise_level), "device": "auto",
              "tile": 1024, "precision": "auto" (optional),
              "parent_pipe": true (optional)}
   in.raw    float32 little-endian, interleaved H x W x channels; 2 and 4 channels carry alpha last,
@@ -30,7 +31,7 @@ exits at once, removing the job folder when it is the client's private `denoise-
 Persistent mode, `--serve [--idle SECONDS]`: requests are JSON lines on stdin, events JSON lines on
 stdout, each answering the request's "id"; loaded models stay in memory (per model file, device,
 precision, tile), so later requests skip torch's import and the model load.
-  {"cmd": "info", "id": N, "model", "device", "precision", "noise_level"}
+  {"cmd": "info", "id": N, "model", "device", "precision", "noise_level", "sigma"}
         -> {"event": "info", "id": N, "context": px, "multiple": m, "has_levels": bool, "pid": ...}
            context: pixels of input each output pixel depends on (Denoiser.context(noise_level));
            a region read with that much context around it, its origin on the model's `multiple`
@@ -134,9 +135,10 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
                    int(job.get("tile", DEFAULT_TILE)))
     _emit(event="start", model=str(dn.path), arch=dn.arch, device=str(dn.device), precision=dn.precision,
           pid=os.getpid(), **reply)
-    level = job.get("noise_level")
+    level, sigma = job.get("noise_level"), job.get("sigma")
     out = dn.denoise(np.ascontiguousarray(colour, dtype=np.float32), strength=float(job.get("strength", 1.0)),
                      noise_level=None if level is None else float(level),
+                     sigma=None if sigma is None else float(sigma),
                      progress=lambda done, total: _emit(event="progress", done=done, total=total, **reply))
     if linear:
         out = _srgb_decode(out)
@@ -212,7 +214,8 @@ def _info(req: dict, cache: dict) -> dict:
                    int(req.get("tile", DEFAULT_TILE)))
     level = req.get("noise_level")
     level = None if level is None else float(level)
-    dn.check_noise_level(level)
+    sigma = req.get("sigma")
+    dn.check_noise_level(level, None if sigma is None else float(sigma))
     return {"context": int(dn.context(level)), "multiple": int(dn.multiple), "has_levels": dn.has_levels,
             "model": str(dn.path), "arch": dn.arch, "device": str(dn.device), "precision": dn.precision}
 

@@ -42,6 +42,7 @@ MODEL = "seed"
 SIGMA = 25  # gaussian noise, 0-255 scale
 MIN_GAIN_DB = 3.0
 LEVEL = 2.0  # the noise level the level case sets
+SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
 
 
 def load_plugin_module():
@@ -65,7 +66,9 @@ def test_helpers_formats_and_settings(tmp_path):
     assert m.pixel_format(False, False) == ("R'G'B' float", 3)
     assert m.pixel_format(True, True) == ("Y'A float", 2)
     assert m.pixel_format(True, False) == ("Y' float", 1)
-    assert m.noise_level(False, 2.5) is None and m.noise_level(True, 2.5) == 2.5 and m.noise_level(True, 0) == 0.0
+    assert m.noise_levels(False, 2.5, False, 6) == (None, None)
+    assert m.noise_levels(True, 2.5, False, 6) == (2.5, None) and m.noise_levels(True, 0, False, 6) == (0.0, None)
+    assert m.noise_levels(True, 2.5, True, 6) == (None, 6.0)  # an absolute sigma takes the level's place
     # a missing or broken config still lets GIMP register the procedure
     assert m.read_settings(str(tmp_path)) == {"models": [], "default_model": "default"}
     (tmp_path / "denoise_worker.json").write_text("{not json")
@@ -119,7 +122,7 @@ if proc is not None:
     out["arguments"] = [a.get_name() for a in proc.get_arguments()]
     cfg = proc.create_config()
     out["defaults"] = {k: cfg.get_property(k) for k in ("strength", "model", "set-noise-level", "noise-level",
-                                                        "new-layer")}
+                                                        "set-sigma", "sigma", "new-layer")}
 
 def dump(drawable, fmt, path):
     buf = drawable.get_buffer()
@@ -163,6 +166,9 @@ for case in P["cases"] if proc is not None else []:
         if "noise_level" in case:
             config.set_property("set-noise-level", True)
             config.set_property("noise-level", case["noise_level"])
+        if "sigma" in case:
+            config.set_property("set-sigma", True)
+            config.set_property("sigma", case["sigma"])
         result = proc.run(config)
         status = result.index(0)
         r["status"] = status.value_nick
@@ -333,6 +339,8 @@ def gimp(photo_rgb):
              "raw": "nl.raw", "raw_top": "nl.raw.top", "raw_format": "R'G'B' u8"},
             {"name": "level", "input": "noisy8.png", "output": "out-level.png", "strength": 1.0,
              "model": levels_inner, "noise_level": LEVEL},
+            {"name": "sigma", "input": "noisy8.png", "output": "out-sigma.png", "strength": 1.0,
+             "model": levels_inner, "sigma": SIGMA},
             {"name": "level-blind-model", "input": "noisy8.png", "output": "out-level-blind.png",
              "strength": 1.0, "model": MODEL, "noise_level": 1.0},
             {"name": "missing-model", "input": "noisy8.png", "output": "out-err.png", "strength": 1.0,
@@ -384,9 +392,10 @@ def test_registered_in_filters_enhance(gimp):
     assert res["menu_label"] == "Denoise (CNN)…"
     assert "<Image>/Filters/Enhance" in res["menu_paths"]
     assert res["image_types"] == "RGB*, GRAY*"
-    assert {"strength", "model", "set-noise-level", "noise-level", "new-layer"} <= set(res["arguments"])
+    assert {"strength", "model", "set-noise-level", "noise-level", "set-sigma", "sigma",
+            "new-layer"} <= set(res["arguments"])
     assert res["defaults"] == {"strength": 1.0, "model": "default", "set-noise-level": False, "noise-level": 1.0,
-                               "new-layer": False}
+                               "set-sigma": False, "sigma": 6.0, "new-layer": False}
     cfg = gimp["config"]
     assert cfg["python"] == sys.executable and MODEL in cfg["models"]
 
@@ -498,6 +507,18 @@ def test_noise_level_gives_the_cores_result(gimp):
     auto = dn.denoise(n8).astype(int)
     assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
     assert np.abs(got - auto).mean() > 0.5, np.abs(got - auto).mean()  # an ignored level gives 0
+
+
+def test_absolute_sigma_gives_the_cores_result(gimp):
+    """`set-sigma` + `sigma` reach the model: GIMP's result is the core's
+    `Denoiser.denoise(same pixels, sigma=SIGMA)` (to 1 level at 8 bit), not the automatic one."""
+    _ok(gimp, "sigma")
+    n8 = gimp["data"]["n8"]
+    got = read_image(gimp["work"] / "out-sigma.png").pixels.astype(int)
+    dn = Denoiser(gimp["level_model"])
+    want = dn.denoise(n8, sigma=SIGMA).astype(int)
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
+    assert np.abs(got - dn.denoise(n8).astype(int)).mean() > 0.5  # an ignored sigma gives 0
 
 
 def test_noise_level_with_a_blind_model_is_an_error(gimp):

@@ -35,6 +35,7 @@ from denoise_core.noise import apply_noise
 
 REPO = Path(__file__).resolve().parent.parent
 LEVEL = 2.0  # the noise level the level case sets in the dialog
+SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
 PW, PH = 608, 576  # the preview case's document
 KRITA_TIMEOUT = 900
 W, H = 256, 192
@@ -166,6 +167,8 @@ def run_case(app, win, job, case):
         if case.get("set_model"):
             dlg.set_model(case["set_model"])
         dlg.set_noise_level(case.get("noise_level"))
+        if "sigma" in case:
+            dlg.set_sigma(case["sigma"])
         dlg.tile.setValue(case.get("tile", 1024))
         dlg.new_layer.setChecked(bool(case.get("new_layer")))
         if case.get("preview"):
@@ -385,6 +388,7 @@ def krita_run(tmp_path_factory, photo_rgb):
         {"name": "gray16", "depth": "U16", "model": "GRAYA", "set_model": "seed"},
         {"name": "level", "depth": "U8", "set_model": levels, "noise_level": LEVEL},
         {"name": "level_blind", "depth": "U8", "set_model": "seed", "noise_level": 1.0},
+        {"name": "sigma", "depth": "U8", "set_model": levels, "noise_level": 1.0, "sigma": SIGMA},
         {"name": "group", "depth": "U8", "group": True},
         {"name": "cmyk", "depth": "U8", "model": "CMYKA"},
     ]
@@ -582,6 +586,23 @@ def test_noise_level_gives_the_cores_result(krita_run):
     np.testing.assert_array_equal(a1, a0)
     # the next dialog opens with the level that was accepted
     assert krita_run["results"]["level_blind"]["loaded"]["noise_level"] == LEVEL
+
+
+def test_absolute_sigma_gives_the_cores_result(krita_run):
+    """The dialog's absolute sigma reaches the model: Krita's result is the core's
+    `Denoiser.denoise(same pixels, sigma=SIGMA)` (to 1 level at 8 bit); setting it cleared the
+    relative level the case set first."""
+    res = krita_run["results"]["sigma"]
+    assert res["state"] == "done", res
+    assert res["settings"]["sigma"] == SIGMA and res["settings"]["noise_level"] is None, res["settings"]
+    before, _ = _read(krita_run, "sigma", "in")
+    after, _ = _read(krita_run, "sigma")
+    u8 = np.rint(before * 255).astype(np.uint8)
+    got = np.rint(after * 255).astype(int)
+    dn = Denoiser(krita_run["level_model"])
+    want = dn.denoise(u8, sigma=SIGMA).astype(int)
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
+    assert np.abs(got - dn.denoise(u8).astype(int)).mean() > 0.5  # an ignored sigma gives 0
 
 
 def test_noise_level_with_a_blind_model_says_so(krita_run):

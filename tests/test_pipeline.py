@@ -132,7 +132,8 @@ def test_noise_free_camera_files_are_their_own_target():
 
 
 def test_mix_versions_are_named_and_pipeline_needs_pairs():
-    assert str(parse_noise("mix")) == "mix-v5"
+    assert str(parse_noise("mix")) == "mix-v6"
+    assert str(parse_noise("mix-v5")) == "mix-v5"
     assert str(parse_noise("mix-v4")) == "mix-v4"
     assert str(parse_noise("mix-v3")) == "mix-v3"
     assert str(parse_noise("mix-v2")) == "mix-v2"
@@ -154,7 +155,7 @@ def test_pipeline_spec_for_one_camera():
         parse_noise('pipeline:"Nikn D75"@12800')
 
 
-@pytest.mark.parametrize("mix", ["mix-v4", "mix-v5"])
+@pytest.mark.parametrize("mix", ["mix-v4", "mix-v5", "mix-v6"])
 def test_later_mixes_give_each_part_its_declared_share(mix):
     from denoise_core.noise import _AS_V3, _V3_PARTS, _as_v3
     shares = _AS_V3[mix]
@@ -162,6 +163,25 @@ def test_later_mixes_give_each_part_its_declared_share(mix):
     parts = [0] * len(_V3_PARTS)
     for k in range(n):
         v = _as_v3((k + 0.5) / n, shares)
-        # which mix-v3 interval the draw lands in (the last part, u = 1, is a noise-free camera file)
+        # which mix-v3 interval the draw lands in (u = 1 is a noise-free camera file, u = 2 mild noise)
         parts[max(i for i, (lo, _) in enumerate(_V3_PARTS) if v >= lo)] += 1
+    shares = tuple(shares) + (0.0,) * (len(_V3_PARTS) - len(shares))
     assert [round(c / n, 3) for c in parts] == [round(s, 3) for s in shares]
+
+
+def test_mild_camera_noise_is_mild_correlated_and_colour():
+    """What cameras write at moderate ISO: a few levels on 0-255, neighbouring pixels correlated
+    (white noise has ~0 correlation at 1 px), chroma present; measured on flat grey, no JPEG draw."""
+    from denoise_core.noise import mild_camera_noise
+    x = torch.full((1, 3, 256, 256), 0.5)
+    sig, corr, chroma = [], [], []
+    for seed in range(40):
+        r = (mild_camera_noise(x, torch.Generator().manual_seed(seed)) - x)[0] * 255
+        y = 0.299 * r[0] + 0.587 * r[1] + 0.114 * r[2]
+        y = y - y.mean()
+        sig.append(float(r.std()))
+        corr.append(float((y[:, 1:] * y[:, :-1]).mean() / y.var()))
+        chroma.append(float((r[0] - r[1]).std()))
+    assert 0.7 < min(sig) and max(sig) < 16
+    assert 0.3 < float(np.median(corr)) < 0.8
+    assert min(chroma) > 0.2

@@ -27,6 +27,7 @@ import time
 CONFIG_NAME = "denoise_worker.json"
 PROTOCOL_VERSION = 1
 MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL
+MAX_SIGMA = 100.0  # denoise_core.api.MAX_SIGMA: absolute noise level on the 0-255 scale
 SAMPLE_BYTES = {"f32": 4, "f16": 2, "u16": 2, "u8": 1}
 IDLE_S = 600  # the worker exits after this long without a request (denoise_core.worker.IDLE_S)
 
@@ -55,8 +56,9 @@ def load_config(plugin_dir: str) -> dict:
 
 def job_settings(settings: dict | None = None, **overrides) -> dict:
     """What a run asks the worker for, checked and with defaults: model, strength (0..1), noise_level
-    (None = automatic, or 0..MAX_NOISE_LEVEL), device, tile, precision. Both plugins build their
-    jobs with it, so a setting means the same in both hosts."""
+    (None = automatic, or 0..MAX_NOISE_LEVEL, relative), sigma (None = automatic, or 0..MAX_SIGMA on
+    the 0-255 scale, absolute; excludes noise_level), device, tile, precision. Both plugins build
+    their jobs with it, so a setting means the same in both hosts."""
     s = dict(settings or {}, **overrides)
     model = str(s.get("model") or "").strip() or "default"
     strength = float(s.get("strength", 1.0))
@@ -67,7 +69,14 @@ def job_settings(settings: dict | None = None, **overrides) -> dict:
         level = float(level)
         if not 0.0 <= level <= MAX_NOISE_LEVEL:
             raise WorkerError(f"noise level must be within 0..{MAX_NOISE_LEVEL:g}, got {level:g}")
-    return {"model": model, "strength": strength, "noise_level": level,
+    sigma = s.get("sigma")
+    if sigma is not None:
+        sigma = float(sigma)
+        if not 0.0 <= sigma <= MAX_SIGMA:
+            raise WorkerError(f"sigma must be within 0..{MAX_SIGMA:g}, got {sigma:g}")
+        if level is not None:
+            raise WorkerError("give a relative noise level or an absolute sigma, not both")
+    return {"model": model, "strength": strength, "noise_level": level, "sigma": sigma,
             "device": str(s.get("device") or "auto"), "tile": int(s.get("tile") or 1024),
             "precision": str(s.get("precision") or "auto")}
 
@@ -316,7 +325,8 @@ class Worker:
         """The worker's "info" for these settings: context (px), multiple, has_levels, model."""
         s = job_settings(settings)
         return self.request({"cmd": "info", "model": s["model"], "device": s["device"],
-                             "precision": s["precision"], "tile": s["tile"], "noise_level": s["noise_level"]},
+                             "precision": s["precision"], "tile": s["tile"], "noise_level": s["noise_level"],
+                             "sigma": s["sigma"]},
                             is_cancelled=is_cancelled)
 
     def kill(self) -> None:
@@ -420,6 +430,7 @@ def run_denoise(
     model: str = "default",
     strength: float = 1.0,
     noise_level: float | None = None,
+    sigma: float | None = None,
     device: str = "auto",
     tile: int = 1024,
     precision: str = "auto",
@@ -446,7 +457,8 @@ def run_denoise(
     is called from this thread; `is_cancelled()` is polled and, when true, the worker is killed
     (the next call starts another) and Cancelled raised. Errors raise WorkerError with a readable
     message. `noise_level` None is automatic (one blind pass); a number 0..4 is passed on to the
-    model (see denoise_core/levels.py); a model without a noise-level input makes the worker say so.
+    model (see denoise_core/levels.py); `sigma` instead is the noise's standard deviation on the
+    0-255 scale; a model without a noise-level input makes the worker say so.
     """
     size = SAMPLE_BYTES[dtype]
     if len(pixels) != width * height * channels * size:
@@ -455,8 +467,8 @@ def run_denoise(
     expected = cw * ch * channels * size
     if mask is not None and len(mask) != cw * ch:
         raise WorkerError(f"internal error: {len(mask)} mask bytes for {cw}x{ch}")
-    s = job_settings(model=model, strength=strength, noise_level=noise_level, device=device, tile=tile,
-                     precision=precision)
+    s = job_settings(model=model, strength=strength, noise_level=noise_level, sigma=sigma, device=device,
+                     tile=tile, precision=precision)
     if worker is None:
         if not os.path.exists(python):
             raise WorkerError(f"the denoiser's Python {python} no longer exists: reinstall with "

@@ -24,6 +24,7 @@ PROC_NAME = "plug-in-denoise-cnn"
 PLUGIN_DIR = os.path.dirname(os.path.realpath(__file__))
 CONFIG_NAME = "denoise_worker.json"
 MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL (no torch here, so not imported)
+MAX_SIGMA = 100.0  # denoise_core.api.MAX_SIGMA
 
 
 def read_settings(plugin_dir=PLUGIN_DIR):
@@ -51,9 +52,12 @@ def pixel_format(is_gray, has_alpha):
     return ("R'G'B'A float", 4) if has_alpha else ("R'G'B' float", 3)
 
 
-def noise_level(set_level, level):
-    """The worker's noise_level: None (automatic) unless "Set noise level" is on."""
-    return float(level) if set_level else None
+def noise_levels(set_level, level, set_sigma, sigma):
+    """The worker's (noise_level, sigma): each None (automatic) unless its switch is on; an absolute
+    sigma, when on, takes the place of the relative level."""
+    if set_sigma:
+        return None, float(sigma)
+    return (float(level) if set_level else None), None
 
 
 def main():
@@ -74,10 +78,11 @@ def main():
         return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
 
     def job_settings(config, cfg):
+        level, sigma = noise_levels(config.get_property("set-noise-level"), config.get_property("noise-level"),
+                                    config.get_property("set-sigma"), config.get_property("sigma"))
         return denoise_client.job_settings(
             model=config.get_property("model"), strength=config.get_property("strength"),
-            noise_level=noise_level(config.get_property("set-noise-level"), config.get_property("noise-level")),
-            device=cfg.get("device", "auto"), tile=cfg.get("tile", 1024))
+            noise_level=level, sigma=sigma, device=cfg.get("device", "auto"), tile=cfg.get("tile", 1024))
 
     def host_worker(cfg):
         # GIMP starts this script anew for every run; the worker (model loaded) stays up between
@@ -223,7 +228,9 @@ def main():
             dialog.get_spin_scale("noise-level", 1.0)
             # the level slider only counts (and is only editable) when "Set noise level" is on
             dialog.set_sensitive("noise-level", True, config, "set-noise-level", False)
-            names = ["strength", "model", "set-noise-level", "noise-level", "new-layer"]
+            dialog.get_spin_scale("sigma", 1.0)
+            dialog.set_sensitive("sigma", True, config, "set-sigma", False)
+            names = ["strength", "model", "set-noise-level", "noise-level", "set-sigma", "sigma", "new-layer"]
             preview = None
             if drawables:
                 widget = dialog.get_drawable_preview("preview", drawables[0])
@@ -348,6 +355,15 @@ def main():
                                             "by itself: 1 is about automatic, 2 also removes noise that "
                                             "automatic leaves, 0 keeps the image"),
                                           0.0, MAX_NOISE_LEVEL, 1.0, GObject.ParamFlags.READWRITE)
+            procedure.add_boolean_argument("set-sigma", _("Set noise _sigma"),
+                                           _("Off: automatic. On: use Noise sigma instead of the noise level; "
+                                             "needs a model with a noise-level input"),
+                                           False, GObject.ParamFlags.READWRITE)
+            procedure.add_double_argument("sigma", _("Noise s_igma (0-255)"),
+                                          _("The noise's standard deviation on the 0-255 scale, as FFDNet "
+                                            "and G'MIC take it, the same over the whole image: mild camera "
+                                            "noise is about 3-8, strong 15-50"),
+                                          0.0, MAX_SIGMA, 6.0, GObject.ParamFlags.READWRITE)
             procedure.add_boolean_argument("new-layer", _("Result on a ne_w layer"),
                                            _("Put the result on a copy of each layer, above it, and keep "
                                              "the original (layers only: channels and masks change in place)"),

@@ -9,6 +9,8 @@ more; none is killed, so the worker keeps its model.
 
 Noise level: unchecked is automatic (the model judges the noise, one pass); checked sends a value
 0..4 (1 about automatic, 2 removes noise automatic leaves, 0 keeps the image; denoise_core/levels.py).
+Noise sigma: the noise as an absolute standard deviation on the 0-255 scale (one pass). Setting one
+of the two clears the other.
 
 The preview runs the worker on a centred crop of at most 256x256 pixels in a background thread
 (job.RegionRun), polled by a QTimer, so the dialog stays responsive.
@@ -31,9 +33,14 @@ PREVIEW = 512  # the preview box's largest side, in layer pixels (shown 1:1)
 OVERVIEW = 200  # the overview's largest side, in screen pixels
 PREVIEW_DELAY_MS = 250  # after the last control change, before the preview updates
 MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL (no torch here, so not imported)
+MAX_SIGMA = 100.0  # denoise_core.api.MAX_SIGMA
+SIGMA_SLIDER = 40.0  # the slider's top; the box takes up to MAX_SIGMA
 LEVEL_TIP = ("Off: automatic, the model judges the noise (one pass). On: tell it how much to remove, "
              "relative to what it finds by itself: 1 is about automatic, 2 also removes noise that "
              "automatic leaves, 0 keeps the image. Needs a model with a noise-level input.")
+SIGMA_TIP = ("Off: automatic. On: the noise's standard deviation on the 0-255 scale, as FFDNet and "
+             "G'MIC take it, the same over the whole layer: mild camera noise is about 3-8, strong "
+             "15-50. Higher removes more. Needs a model with a noise-level input.")
 SETTINGS_GROUP = "denoise_cnn"
 
 
@@ -111,6 +118,28 @@ class DenoiseDialog(QDialog):
         level_row.addWidget(self.level)
         self._level_toggled(False)
 
+        self.sigma_check = QCheckBox("Set")
+        self.sigma_check.setObjectName("set_sigma")
+        self.sigma_slider = QSlider(Qt.Horizontal)
+        self.sigma_slider.setRange(0, round(SIGMA_SLIDER * 2))
+        self.sigma = QDoubleSpinBox()
+        self.sigma.setObjectName("sigma")
+        self.sigma.setRange(0.0, MAX_SIGMA)
+        self.sigma.setSingleStep(0.5)
+        self.sigma.setDecimals(1)
+        self.sigma.setValue(6.0)
+        self.sigma_slider.setValue(12)
+        self.sigma_slider.valueChanged.connect(lambda v: self.sigma.setValue(v / 2.0))
+        self.sigma.valueChanged.connect(lambda v: self.sigma_slider.setValue(round(min(v, SIGMA_SLIDER) * 2)))
+        self.sigma_check.toggled.connect(self._sigma_toggled)
+        for w in (self.sigma_check, self.sigma_slider, self.sigma):
+            w.setToolTip(SIGMA_TIP)
+        sigma_row = QHBoxLayout()
+        sigma_row.addWidget(self.sigma_check)
+        sigma_row.addWidget(self.sigma_slider, 1)
+        sigma_row.addWidget(self.sigma)
+        self._sigma_toggled(False)
+
         self.new_layer = QCheckBox("Put the result on a new layer above")
         self.new_layer.setObjectName("new_layer")
         self.new_layer.setToolTip("Keeps the original layer as it is (one undo step removes the result). "
@@ -120,6 +149,7 @@ class DenoiseDialog(QDialog):
         form.addRow("Model:", self.model)
         form.addRow("Strength:", strength_row)
         form.addRow("Noise level:", level_row)
+        form.addRow("Noise σ (0-255):", sigma_row)
         form.addRow("", self.new_layer)
 
         # --- advanced (collapsed by default)
@@ -198,7 +228,8 @@ class DenoiseDialog(QDialog):
         self._load_settings()
         self._show_before()
         for signal in (self.model.currentIndexChanged, self.strength.valueChanged, self.level.valueChanged,
-                       self.level_check.toggled, self.device.currentIndexChanged):
+                       self.level_check.toggled, self.sigma.valueChanged, self.sigma_check.toggled,
+                       self.device.currentIndexChanged):
             signal.connect(self.schedule_preview)
         self.schedule_preview()
 
@@ -216,6 +247,12 @@ class DenoiseDialog(QDialog):
             self.level_check.setChecked(True)
         except ValueError:  # "auto"
             self.level_check.setChecked(False)
+        sigma = _read_setting("sigma", "auto")
+        try:
+            self.sigma.setValue(min(max(float(sigma), 0.0), MAX_SIGMA))
+            self.sigma_check.setChecked(True)
+        except ValueError:  # "auto"
+            self.sigma_check.setChecked(False)
         self.new_layer.setChecked(_read_setting("new_layer", "false") == "true")
         dev = _read_setting("device", "auto")
         self.device.setCurrentIndex(max(0, self.device.findText(dev)))
@@ -225,9 +262,10 @@ class DenoiseDialog(QDialog):
             self.tile.setValue(1024)
 
     def settings(self) -> dict:
-        """What the job gets; `noise_level` is None for automatic."""
+        """What the job gets; `noise_level` and `sigma` are None for automatic."""
         return {"model": self.model.currentData() or "default", "strength": self.strength.value(),
                 "noise_level": self.level.value() if self.level_check.isChecked() else None,
+                "sigma": self.sigma.value() if self.sigma_check.isChecked() else None,
                 "device": self.device.currentText(), "tile": self.tile.value(),
                 "new_layer": self.new_layer.isChecked()}
 
@@ -237,9 +275,23 @@ class DenoiseDialog(QDialog):
             self.level.setValue(min(max(float(level), 0.0), MAX_NOISE_LEVEL))
         self.level_check.setChecked(level is not None)
 
+    def set_sigma(self, sigma) -> None:
+        """None: automatic; a number: that sigma on the 0-255 scale (clamped to 0..MAX_SIGMA)."""
+        if sigma is not None:
+            self.sigma.setValue(min(max(float(sigma), 0.0), MAX_SIGMA))
+        self.sigma_check.setChecked(sigma is not None)
+
     def _level_toggled(self, on: bool) -> None:
         self.level_slider.setEnabled(on)
         self.level.setEnabled(on)
+        if on and getattr(self, "sigma_check", None) is not None:
+            self.sigma_check.setChecked(False)
+
+    def _sigma_toggled(self, on: bool) -> None:
+        self.sigma_slider.setEnabled(on)
+        self.sigma.setEnabled(on)
+        if on:
+            self.level_check.setChecked(False)
 
     def set_model(self, name_or_path: str, remember_missing: bool = True) -> None:
         """Select a shipped model by name or a checkpoint file by path (added to the list)."""
@@ -363,6 +415,7 @@ class DenoiseDialog(QDialog):
             for k in ("model", "strength", "device", "tile"):
                 _write_setting(k, s[k])
             _write_setting("noise_level", "auto" if s["noise_level"] is None else s["noise_level"])
+            _write_setting("sigma", "auto" if s["sigma"] is None else s["sigma"])
             _write_setting("new_layer", "true" if s["new_layer"] else "false")
         super().done(result)
 
