@@ -74,6 +74,10 @@ def read_rgb(path: Path) -> np.ndarray:
 GRID = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50)  # sigma on 0-255, for the oracle searches
 
 
+def _name(m: str) -> str:
+    return Path(m).stem if m.endswith(".safetensors") else m
+
+
 def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), 0, 255)
 
@@ -140,16 +144,16 @@ def evaluate(folder: Path, models: list[str], *, fixed_sigma: float, levels: tup
         noisy, clean = read_rgb(p.noisy), read_rgb(p.clean)
         n8 = noisy.astype(np.uint8)
         put("noisy input", p.name, noisy, clean)
-        for m, dn in dns.items():
-            put(f"`{m}` blind", p.name, dn.denoise(n8).astype(np.float64), clean)
-            if dn.has_levels:
+        for k, (m, dn) in enumerate(dns.items()):
+            put(f"`{_name(m)}` blind", p.name, dn.denoise(n8).astype(np.float64), clean)
+            if dn.has_levels and k == 0:  # the main model: also told levels
                 for lv in levels:
-                    put(f"`{m}` noise level {lv:g}", p.name, dn.denoise(n8, noise_level=lv).astype(np.float64), clean)
-                put(f"`{m}` sigma {fixed_sigma:g} (one value for all)", p.name,
+                    put(f"`{_name(m)}` noise level {lv:g}", p.name, dn.denoise(n8, noise_level=lv).astype(np.float64), clean)
+                put(f"`{_name(m)}` sigma {fixed_sigma:g} (one value for all)", p.name,
                     dn.denoise(n8, sigma=fixed_sigma).astype(np.float64), clean)
                 best = _oracle(lambda s: dn.denoise(n8, sigma=s).astype(np.float64), clean)
-                put(f"`{m}` best sigma per image", p.name, best[2], clean)
-                sigmas.append((p.name, m, best[1]))
+                put(f"`{_name(m)}` best sigma per image", p.name, best[2], clean)
+                sigmas.append((p.name, _name(m), best[1]))
         if ff is not None:
             x = noisy.astype(np.float32) / 255.0
             if est is not None:
@@ -185,7 +189,8 @@ def report(pairs: list[Pair], order: list[str], res, *, by: str = "camera") -> s
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="folder of noisy/clean pairs")
-    ap.add_argument("--models", default="default,fast,seed", help="comma-separated models or checkpoint files")
+    ap.add_argument("--models", default="default,fast,seed",
+                    help="comma-separated models or checkpoint files; the first is also run told levels")
     ap.add_argument("--sigma", type=float, default=6.0, help="the one absolute sigma tried on every image")
     ap.add_argument("--levels", default="1.5,2", help="relative noise levels tried")
     ap.add_argument("--no-ffdnet", action="store_true", help="leave FFDNet out (fast comparisons of our weights)")

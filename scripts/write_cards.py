@@ -34,6 +34,13 @@ NOISE_TEXT = {
                      f"JPEG and all, is its own target), 13% {_CAMERA}, 25% Gaussian (half with sigma 0-55, "
                      f"half 5-30), 3% Poisson-Gaussian, 7% no noise, 8% a clean patch saved as JPEG q75-98 "
                      f"(target: itself); patches cut 16 px inside a larger development",
+    "mix-v6 mix-v6": f"per patch: 33% mild in-camera noise (`mild-camera`: drawn in YCbCr, luma sigma 1-9 on 0-255 "
+                     f"log-uniform, chroma 0.3-1.3x luma; fine grain blurred 0.45-0.95 px (chroma 0.6-1.6) plus "
+                     f"blotches blurred 2-5 px; scaled with the square root of the signal; 8-bit, JPEG q80-98 70% of "
+                     f"the time; target: the clean photo), 26% {_DEVELOP}, 3% the same developments without noise "
+                     f"(their own target), 10% {_CAMERA}, 20% Gaussian (half with sigma 0-55, half 5-30), 2% "
+                     f"Poisson-Gaussian, 3% no noise, 3% a clean patch saved as JPEG q75-98 (target: itself); "
+                     f"patches cut 16 px inside a larger development",
     "mix v1": f"per patch: 45% {_CAMERA}, 40% Gaussian with sigma uniform in 0-55, 10% Poisson-Gaussian "
               f"in linear light, 5% no noise; all clipped and quantized to 8 bits",
     "mix v2": f"per patch: 40% {_CAMERA}, 45% Gaussian (half with sigma uniform in 0-55, half in 5-30), "

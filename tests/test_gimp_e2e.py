@@ -42,7 +42,7 @@ MODEL = "seed"
 SIGMA = 25  # gaussian noise, 0-255 scale
 MIN_GAIN_DB = 3.0
 LEVEL = 2.0  # the noise level the level case sets
-SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
+ABS_SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
 
 
 def load_plugin_module():
@@ -340,7 +340,7 @@ def gimp(photo_rgb):
             {"name": "level", "input": "noisy8.png", "output": "out-level.png", "strength": 1.0,
              "model": levels_inner, "noise_level": LEVEL},
             {"name": "sigma", "input": "noisy8.png", "output": "out-sigma.png", "strength": 1.0,
-             "model": levels_inner, "sigma": SIGMA},
+             "model": levels_inner, "sigma": ABS_SIGMA},
             {"name": "level-blind-model", "input": "noisy8.png", "output": "out-level-blind.png",
              "strength": 1.0, "model": MODEL, "noise_level": 1.0},
             {"name": "missing-model", "input": "noisy8.png", "output": "out-err.png", "strength": 1.0,
@@ -511,12 +511,12 @@ def test_noise_level_gives_the_cores_result(gimp):
 
 def test_absolute_sigma_gives_the_cores_result(gimp):
     """`set-sigma` + `sigma` reach the model: GIMP's result is the core's
-    `Denoiser.denoise(same pixels, sigma=SIGMA)` (to 1 level at 8 bit), not the automatic one."""
+    `Denoiser.denoise(same pixels, sigma=ABS_SIGMA)` (to 1 level at 8 bit), not the automatic one."""
     _ok(gimp, "sigma")
     n8 = gimp["data"]["n8"]
     got = read_image(gimp["work"] / "out-sigma.png").pixels.astype(int)
     dn = Denoiser(gimp["level_model"])
-    want = dn.denoise(n8, sigma=SIGMA).astype(int)
+    want = dn.denoise(n8, sigma=ABS_SIGMA).astype(int)
     assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
     assert np.abs(got - dn.denoise(n8).astype(int)).mean() > 0.5  # an ignored sigma gives 0
 

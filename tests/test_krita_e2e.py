@@ -35,7 +35,7 @@ from denoise_core.noise import apply_noise
 
 REPO = Path(__file__).resolve().parent.parent
 LEVEL = 2.0  # the noise level the level case sets in the dialog
-SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
+ABS_SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
 PW, PH = 608, 576  # the preview case's document
 KRITA_TIMEOUT = 900
 W, H = 256, 192
@@ -388,7 +388,7 @@ def krita_run(tmp_path_factory, photo_rgb):
         {"name": "gray16", "depth": "U16", "model": "GRAYA", "set_model": "seed"},
         {"name": "level", "depth": "U8", "set_model": levels, "noise_level": LEVEL},
         {"name": "level_blind", "depth": "U8", "set_model": "seed", "noise_level": 1.0},
-        {"name": "sigma", "depth": "U8", "set_model": levels, "noise_level": 1.0, "sigma": SIGMA},
+        {"name": "sigma", "depth": "U8", "set_model": levels, "noise_level": 1.0, "sigma": ABS_SIGMA},
         {"name": "group", "depth": "U8", "group": True},
         {"name": "cmyk", "depth": "U8", "model": "CMYKA"},
     ]
@@ -590,17 +590,17 @@ def test_noise_level_gives_the_cores_result(krita_run):
 
 def test_absolute_sigma_gives_the_cores_result(krita_run):
     """The dialog's absolute sigma reaches the model: Krita's result is the core's
-    `Denoiser.denoise(same pixels, sigma=SIGMA)` (to 1 level at 8 bit); setting it cleared the
+    `Denoiser.denoise(same pixels, sigma=ABS_SIGMA)` (to 1 level at 8 bit); setting it cleared the
     relative level the case set first."""
     res = krita_run["results"]["sigma"]
     assert res["state"] == "done", res
-    assert res["settings"]["sigma"] == SIGMA and res["settings"]["noise_level"] is None, res["settings"]
+    assert res["settings"]["sigma"] == ABS_SIGMA and res["settings"]["noise_level"] is None, res["settings"]
     before, _ = _read(krita_run, "sigma", "in")
     after, _ = _read(krita_run, "sigma")
     u8 = np.rint(before * 255).astype(np.uint8)
     got = np.rint(after * 255).astype(int)
     dn = Denoiser(krita_run["level_model"])
-    want = dn.denoise(u8, sigma=SIGMA).astype(int)
+    want = dn.denoise(u8, sigma=ABS_SIGMA).astype(int)
     assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
     assert np.abs(got - dn.denoise(u8).astype(int)).mean() > 0.5  # an ignored sigma gives 0
 
