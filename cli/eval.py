@@ -26,6 +26,8 @@ from denoise_core.metrics import ssim
 from denoise_core.pairs import PairCheck, PairError, load_pairs, to_unit
 from denoise_core.train import save_comparison
 
+from .suggest import did_you_mean
+
 
 class InputError(click.ClickException):
     exit_code = 2
@@ -74,7 +76,9 @@ def main(noisy, clean, model, compare_dir, device, precision, tile, max_shift) -
     use_all_cores()
     try:
         dn = Denoiser(model, device=device, tile=tile, precision=precision)
-    except (ModelNotFoundError, CheckpointError, ValueError) as e:
+    except ModelNotFoundError as e:
+        raise InputError(f"{e}{did_you_mean(model)}") from None
+    except (CheckpointError, ValueError) as e:
         raise InputError(str(e)) from None
     try:
         pairs = load_pairs(noisy, clean, PairCheck(max_shift=max_shift))

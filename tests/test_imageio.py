@@ -1,5 +1,6 @@
 import functools
 import os
+import warnings
 
 import imagecodecs
 import numpy as np
@@ -232,6 +233,34 @@ def test_jpeg_keeps_icc_exif_and_subsampling(tmp_path):
     assert read_image(tmp_path / "gray.jpg").pixels.shape == (H, W, 1)
 
 
+def test_jpeg_output_of_exif_too_large_for_jpeg_is_written_without_it_and_warns(tmp_path):
+    """A PNG may carry 200 kB of EXIF; one JPEG APP1 segment holds 65,533 bytes. The denoised
+    result is written without the EXIF and a warning names the file, instead of failing."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestMaker"
+    exif[0x9286] = b"ASCII\0\0\0" + b"x" * 200_000  # a UserComment that big
+    big = exif.tobytes()
+    assert len(big) > 200_000
+    rgb = _samples(np.uint8, (H, W, 3))
+    Image.fromarray(rgb).save(tmp_path / "a.png", exif=big, icc_profile=_icc())
+    photo = read_image(tmp_path / "a.png")
+    assert len(photo.exif) > 200_000
+    with pytest.warns(imageio.ImageWarning, match=r"out\.jpg: EXIF not copied to the output \(JPEG holds at "
+                                                   r"most 65,533 bytes of it, this photo has 200,"):
+        write_image(tmp_path / "out.jpg", photo)
+    back = read_image(tmp_path / "out.jpg")
+    assert back.exif is None and back.icc_profile == _icc() and back.pixels.shape == (H, W, 3)
+    # EXIF that fits is kept, with no warning; the other formats keep the large one
+    small = Image.Exif()
+    small[0x010F] = "TestMaker"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_image(tmp_path / "fits.jpg", Photo(rgb, exif=b"Exif\0\0" + small.tobytes()))
+        write_image(tmp_path / "out.png", photo)
+    assert read_image(tmp_path / "fits.jpg").exif == b"Exif\0\0" + small.tobytes()
+    assert read_image(tmp_path / "out.png").exif == photo.exif
+
+
 def test_webp_lossless_stays_lossless_with_metadata(tmp_path):
     rgba = _samples(np.uint8, (H, W, 4))
     Image.fromarray(rgba).save(tmp_path / "l.webp", lossless=True, exact=True, icc_profile=_icc(), exif=_exif())
@@ -305,7 +334,11 @@ def test_missing_empty_directory_and_extension(tmp_path):
     (tmp_path / "x.bmp").write_bytes(b"BM....")
     _assert_rejected(tmp_path / "x.bmp", "unsupported file extension '.bmp'")
     (tmp_path / "x.NEF").write_bytes(b"II*\0")
-    _assert_rejected(tmp_path / "x.NEF", "camera raw")
+    _assert_rejected(tmp_path / "x.NEF", "a camera raw file: denoise it with denoise-batch")
+    # a raw format the raw path does not read either: said so, without claiming raw is unsupported
+    (tmp_path / "x.KDC").write_bytes(b"II*\0")
+    e = _assert_rejected(tmp_path / "x.KDC", "KDC camera raw files are not supported", "DNG", "NEF")
+    assert "KDC" not in e.reason.split("reads", 1)[1]
 
 
 @pytest.mark.parametrize("ext", [".png", ".tif", ".jpg", ".webp"])

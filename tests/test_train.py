@@ -223,6 +223,23 @@ def test_bad_synthetic_input_fails_before_training(tmp_path, folders, args, mess
     assert message in r.output
 
 
+@pytest.mark.parametrize("out", ["x.png", "weights", "mine.pt"])
+def test_out_must_name_a_safetensors_file(tmp_path, folders, out):
+    """`--out x.png` would write weights under an image's name: refused before anything is made."""
+    args = ["--clean", folders / "clean", "--noise", "gaussian:25", "--arch", "seed", "--steps", 5,
+            "--device", "cpu", "--out", tmp_path / out]
+    r = _invoke(train_main, args)
+    assert r.exit_code == 2, r.output
+    assert f"--out {tmp_path / out}: the weights are written as a .safetensors file" in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_init_model_suggests_the_near_name(tmp_path, folders):
+    r = _invoke(train_main, ["--clean", folders / "clean", "--noise", "gaussian:25", "--init", "defualt",
+                             "--out", tmp_path / "m.safetensors", "--steps", 5, "--device", "cpu"])
+    assert r.exit_code == 2 and "did you mean 'default'?" in r.output, r.output
+
+
 def test_noise_with_pairs_is_a_usage_error(tmp_path, folders):
     r = _invoke(train_main, ["--noisy", folders / "noisy", "--clean", folders / "clean", "--noise", "mix",
                              *_train_args(tmp_path)])
@@ -256,6 +273,9 @@ def test_init_fine_tunes_from_shipped_weights(tmp_path, folders):
     assert "training seed from" in r.output
     r = _invoke(train_main, [*common, "--arch", "seed", "--out", scratch])
     assert r.exit_code == 0, r.output
+    # the finished run says what its training state is for (the weights do not need it)
+    assert (f"{state_path(scratch)} ({state_path(scratch).stat().st_size / 1e6:.1f} MB) is only needed to train "
+            f"this run further") in r.output
     assert load_checkpoint(tuned).card["init"] == "seed.safetensors"
     assert _card_psnr(tuned) > _card_psnr(scratch) + 5.0
 
