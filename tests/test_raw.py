@@ -69,6 +69,34 @@ def tiny_model(tmp_path_factory) -> str:
     return str(path)
 
 
+K_RGB = (100, 200, 300)  # raw units the offset model adds to red, green and blue photosites
+
+
+@pytest.fixture(scope="module")
+def offset_model(tmp_path_factory) -> str:
+    """A `raw` net whose output is known without running it: its head's weights are zero, so it
+    returns the mosaic minus the head's bias / detail_scale, and that bias adds K_RGB raw units to
+    every photosite of each colour (white - black = 16127 units is 1.0). Expected outputs then come
+    from the input's raw numbers (expected_raw), not from RawDenoiser."""
+    torch.manual_seed(0)
+    m = create_model("raw", widths=(8, 16, 16), mid_blocks=1)
+    k = torch.tensor([K_RGB[0], K_RGB[1], K_RGB[1], K_RGB[2]], dtype=torch.float32) / (WHITE - BLACK)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.05)  # the rest of the net computes something; the zero head ignores it
+        m.outro.weight.zero_()
+        m.outro.bias.copy_(-k * m.detail_scale)
+    path = tmp_path_factory.mktemp("model") / "offset_raw.safetensors"
+    save_checkpoint(path, m, {"test": "adds K_RGB raw units"})
+    return str(path)
+
+
+def expected_raw(m: np.ndarray, cfa: str, strength: float = 1.0) -> np.ndarray:
+    """What the offset model makes of raw values `m` with `cfa`'s colours, worked out by hand."""
+    add = np.rint(strength * np.asarray(K_RGB, np.float64)[site_colours(cfa, *m.shape)])
+    return np.clip(m.astype(np.int64) + add.astype(np.int64), 0, 65535).astype(np.uint16)
+
+
 # ----------------------------------------------------------------------------------- reading
 @pytest.mark.parametrize("cfa", list(CFAS))
 def test_round_trip_every_cfa_phase(tmp_path, cfa):
@@ -226,21 +254,18 @@ def _nr_applied(path):
         return t.pages[0].tags[NR_APPLIED].value if NR_APPLIED in t.pages[0].tags else None
 
 
-def test_dng_out_keeps_tags_with_new_data(tmp_path, tiny_model):
+def test_dng_out_keeps_tags_with_new_data(tmp_path, offset_model):
     A3, B3 = profile_ab3("Nikon D750", 6400)
     m = noisy_mosaic("BGGR", 64, 96, A3, B3)
     write(tmp_path / "in.dng", m, "BGGR")
     before = (tmp_path / "in.dng").read_bytes()
-    info = process_raw(RawDenoiser(tiny_model, precision="fp32"), tmp_path / "in.dng", tmp_path / "out.dng")
+    info = process_raw(RawDenoiser(offset_model, precision="fp32"), tmp_path / "in.dng", tmp_path / "out.dng")
     assert (tmp_path / "in.dng").read_bytes() == before  # the input is never touched
     assert info["noise"].startswith("darktable profile Nikon D750")
     assert _tags(tmp_path / "out.dng") == _tags(tmp_path / "in.dng")
-    img = R.read_raw(tmp_path / "in.dng")
-    expect = img.to_raw_values(RawDenoiser(tiny_model, precision="fp32").denoise(img))
-    with rawpy.imread(str(tmp_path / "out.dng")) as r:
-        np.testing.assert_array_equal(r.raw_image_visible, expect)
+    with rawpy.imread(str(tmp_path / "out.dng")) as r:  # each photosite moved by its own colour's offset
+        np.testing.assert_array_equal(r.raw_image_visible, expected_raw(m, "BGGR"))
         assert (r.raw_pattern == rawpy.imread(str(tmp_path / "in.dng")).raw_pattern).all()
-    assert not np.array_equal(expect, m)
     with tifffile.TiffFile(tmp_path / "in.dng") as a, tifffile.TiffFile(tmp_path / "out.dng") as b:
         assert b.pages[0].dataoffsets == a.pages[0].dataoffsets  # uncompressed: rewritten in place
         n = len(a.pages[0].tags)
@@ -267,10 +292,17 @@ def test_compressed_dng_out_is_rewritten_uncompressed_at_the_end(tmp_path):
         np.testing.assert_array_equal(r.raw_image_visible, img.to_raw_values(new))
 
 
-def test_tiff_out_is_16_bit_srgb_with_icc_and_exif(tmp_path, tiny_model):
+# what the README promises of a developed raw file: camera white balance, LibRaw's default (AHD)
+# demosaic, sRGB primaries and tone curve, 16 bits, the camera's exposure (no automatic brightening)
+DOCUMENTED_DEVELOPMENT = dict(output_bps=16, use_camera_wb=True, no_auto_bright=True, gamma=(2.4, 12.92),
+                              adjust_maximum_thr=0.0)
+
+
+def test_tiff_out_is_16_bit_srgb_with_icc_and_exif(tmp_path, offset_model):
     A3, B3 = profile_ab3("Nikon D750", 6400)
-    write(tmp_path / "in.nef", noisy_mosaic("RGGB", 64, 96, A3, B3))  # a DNG named .nef reads the same
-    process_raw(RawDenoiser(tiny_model, precision="fp32"), tmp_path / "in.nef", tmp_path / "out.tif",
+    m = noisy_mosaic("RGGB", 64, 96, A3, B3)
+    write(tmp_path / "in.nef", m)  # a DNG named .nef reads the same
+    process_raw(RawDenoiser(offset_model, precision="fp32"), tmp_path / "in.nef", tmp_path / "out.tif",
                 out_format="tiff")
     with tifffile.TiffFile(tmp_path / "out.tif") as t:
         p = t.pages[0]
@@ -279,7 +311,12 @@ def test_tiff_out_is_16_bit_srgb_with_icc_and_exif(tmp_path, tiny_model):
         assert p.tags[271].value == "NIKON CORPORATION" and p.tags[272].value == "NIKON D750"
         assert 274 not in p.tags  # LibRaw has rotated already
         out = p.asarray()
-    assert out.max() > 1000  # a development, not an empty image
+    # the oracle: LibRaw itself developing a file that holds the expected raw numbers
+    write(tmp_path / "expected.dng", expected_raw(m, "RGGB"))
+    with rawpy.imread(str(tmp_path / "expected.dng")) as r:
+        np.testing.assert_array_equal(out, r.postprocess(**DOCUMENTED_DEVELOPMENT))
+    with rawpy.imread(str(tmp_path / "in.nef")) as r:  # and the offsets did reach the development
+        assert np.abs(out.astype(int) - r.postprocess(**DOCUMENTED_DEVELOPMENT)).mean() > 100
 
 
 def test_batch_continues_past_bad_raw_files(tmp_path, tiny_model):
@@ -373,25 +410,24 @@ def _dng_with_noise_profile(path, mosaic, profile, *, nr_applied=None):
 
 
 @pytest.mark.parametrize("strength,nr", [(1.0, (1000, 1000)), (0.4, (400, 1000))])
-def test_denoised_dng_drops_the_noise_profile_and_says_noise_reduction_applied(tmp_path, tiny_model, strength, nr):
+def test_denoised_dng_drops_the_noise_profile_and_says_noise_reduction_applied(tmp_path, offset_model, strength, nr):
     """The input's NoiseProfile describes noise the output no longer has: a converter reading it would
     denoise again. The output has none, and NoiseReductionApplied = strength."""
     A3, B3 = profile_ab3("Nikon D750", 3200)
     profile = [float(v) for ab in zip(A3, B3) for v in ab]  # S, O for R, G, B
-    _dng_with_noise_profile(tmp_path / "in.dng", noisy_mosaic("RGGB", 64, 96, A3, B3), profile)
+    m = noisy_mosaic("RGGB", 64, 96, A3, B3)
+    _dng_with_noise_profile(tmp_path / "in.dng", m, profile)
     with tifffile.TiffFile(tmp_path / "in.dng") as t:  # the fixture does carry the tag
         assert t.pages[0].tags[NOISE_PROFILE].value == pytest.approx(profile, rel=0, abs=0)
-    rd = RawDenoiser(tiny_model, precision="fp32")
+    rd = RawDenoiser(offset_model, precision="fp32")
     process_raw(rd, tmp_path / "in.dng", tmp_path / "out.dng", strength=strength)
     with tifffile.TiffFile(tmp_path / "out.dng") as t:
         assert NOISE_PROFILE not in t.pages[0].tags
         assert t.pages[0].tags[NR_APPLIED].value == nr
         assert t.pages[0].tags[NR_APPLIED].dtype == 5  # RATIONAL, as the DNG specification types it
     assert _tags(tmp_path / "out.dng") == _tags(tmp_path / "in.dng")  # everything else as it was
-    img = R.read_raw(tmp_path / "in.dng")
     with rawpy.imread(str(tmp_path / "out.dng")) as r:  # LibRaw still reads the moved IFD0
-        np.testing.assert_array_equal(r.raw_image_visible,
-                                      img.to_raw_values(rd.denoise(img, strength=strength)))
+        np.testing.assert_array_equal(r.raw_image_visible, expected_raw(m, "RGGB", strength))
 
 
 def test_dng_noise_reduction_applied_is_replaced_in_place(tmp_path, tiny_model):
@@ -603,4 +639,19 @@ def test_real_camera_raw_file(tmp_path, path):
     else:
         with tifffile.TiffFile(dst) as t:
             assert t.pages[0].dtype == np.uint16 and t.pages[0].shape[2] == 3
-            assert t.pages[0].asarray().max() > 1000
+            out = t.pages[0].asarray().astype(np.float64)
+        with rawpy.imread(str(path)) as r:  # LibRaw's development of the file as it is
+            ref = r.postprocess(**DOCUMENTED_DEVELOPMENT).astype(np.float64)
+        assert out.shape == ref.shape
+        h, w = (s - s % 16 for s in out.shape[:2])
+
+        def coarse(a):  # 16x16 block means of each channel: the picture without its noise
+            return a[:h, :w].reshape(h // 16, 16, w // 16, 16, 3).mean(axis=(1, 3))
+        # the same picture, white balance and exposure (denoising before the tone curve brightens
+        # noisy shadows a little, so levels are compared by correlation, channel by channel)
+        for c in range(3):
+            assert np.corrcoef(coarse(out)[..., c].ravel(), coarse(ref)[..., c].ravel())[0, 1] > 0.9, c
+
+        def grain(a):  # median step between neighbouring pixels of the green channel: noise dominates it
+            return float(np.median(np.abs(np.diff(a[..., 1], axis=1))))
+        assert grain(out) < grain(ref), (grain(out), grain(ref))
