@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Selection photos {', '.join(SELECTION)}: {len(crops)} crops of {args.size} px; model "
           f"{args.model}; FFDNet sigma chosen per crop by an oracle. PSNR in dB.\n")
-    print(f"| condition | held-out factor put back | noisy | ours | ours @ level {args.level:g} | FFDNet | ours − FFDNet |")
+    print(f"| condition | held-out factor put back | noisy | ours | ours @ level {args.level:g} | FFDNet "
+          "| ours − FFDNet |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for cond, swap, n, o, lv, f in table:
         print(f"| {cond} | {swap} | {n:.2f} | {o:.2f} | {lv:.2f} | {f:.2f} | {o - f:+.2f} |")

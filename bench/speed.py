@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         best = min(r["times"])
         r["seconds"], r["mp_s"], r["mp"] = best, mp / best, mp
         r["images_mb"] = 2 * r["h"] * r["w"] * 3 / 2**20  # the uint8 input and output arrays
-        print(f"| {r['arch']} | {r['weights']} | {r['params']:,} | {r['precision']} | {r['w']}x{r['h']} | {mp:.1f} | {best:.2f} | "
-              f"{mp / best:.2f} | {r['peak_mb']:.0f} | {r['images_mb']:.0f} |")
+        print(f"| {r['arch']} | {r['weights']} | {r['params']:,} | {r['precision']} | {r['w']}x{r['h']} | {mp:.1f} "
+              f"| {best:.2f} | {mp / best:.2f} | {r['peak_mb']:.0f} | {r['images_mb']:.0f} |")
     print("\npeak MB: peak resident memory (VmHWM) of the whole case's process, as measured: interpreter, "
           "torch, model, tiler and the uint8 input and output images. in+out images MB: the size of those "
           "two arrays alone (6 MB per MP), which any caller holds anyway; the rest should not grow with the image.")

@@ -96,7 +96,8 @@ RAW_PATCH = 128  # --domain raw's default patch: 128x128 photosites, 64x64 per p
                    "darktable camera-profile noise per photosite (ISO 800-25600), architecture 'raw', "
                    "CPU only; no --noisy, --noise or --loss.")
 @click.option("--noisy", type=click.Path(path_type=Path), metavar="DIR", help="Folder of noisy photos (pairs mode).")
-@click.option("--clean", type=click.Path(path_type=Path), metavar="DIR", help="Folder of clean photos (in pairs mode named like the noisy ones).")
+@click.option("--clean", type=click.Path(path_type=Path), metavar="DIR",
+              help="Folder of clean photos (in pairs mode named like the noisy ones).")
 @click.option("--noise", "noise_spec", metavar="SPEC",
               help='Synthetic noise instead of pairs: gaussian:SIGMA, gaussian:LO-HI, poisson-gaussian, '
                    'camera:"MAKER MODEL"@ISO, camera:random, pipeline (camera developments: demosaic, '
@@ -248,7 +249,8 @@ def main(domain, noisy, clean, noise_spec, arch, arch_args, init, out, steps, pa
                           batch=batch, steps=steps, lr=lr, loss=loss, seed=seed, val_every=val_every,
                           checkpoint_every=checkpoint_every, device=device, data=data, threads=threads,
                           init=init_path, precision=precision)
-        _say(f"training {arch}{f' from {init_path}' if init_path else ''} on {data}; {steps} steps of {batch}x{patch}x{patch} patches"
+        _say(f"training {arch}{f' from {init_path}' if init_path else ''} on {data}; {steps} steps of "
+             f"{batch}x{patch}x{patch} patches"
              f"{f' on each of {di.world} processes' if di.world > 1 else ''}, device {dev.type}, "
              f"{precision_name(pick_precision(dev, precision))}")
         if val_pairs:
@@ -354,7 +356,7 @@ def _run_raw(clean: Path, out: Path, arch: str, args: dict, init_path: str, patc
     curves, compare = report_paths(out)
     best = (f"best validation PSNR {card['val_psnr']:.2f} dB, SSIM {card['val_ssim']:.4f} at step {card['steps']}"
             if val_pairs else f"no validation, final loss {res['history'][-1]['loss']:.5f} ({RAW_LOSS})")
-    _say(f"done in {time.time() - t0:.0f} s; {best}\nwrote {out}" + (f", {curves}, {compare}" if val_pairs else f", {curves}"))
+    _say(f"done in {time.time() - t0:.0f} s; {best}\nwrote {out}, {curves}" + (f", {compare}" if val_pairs else ""))
     _say(_state_note(out))
 
 
@@ -421,7 +423,7 @@ def _run(cfg: TrainConfig, out: Path, train_set, spec, val_pairs, resume: bool) 
         curves, compare = report_paths(out)
         best = (f"best validation PSNR {card['val_psnr']:.2f} dB, SSIM {card['val_ssim']:.4f} at step {card['steps']}"
                 if val_pairs else "no validation")
-        _say(f"done in {dt:.0f} s; {best}\nwrote {out}" + (f", {curves}, {compare}" if val_pairs else f", {curves}"))
+        _say(f"done in {dt:.0f} s; {best}\nwrote {out}, {curves}" + (f", {compare}" if val_pairs else ""))
         _say(_state_note(out))
 
 

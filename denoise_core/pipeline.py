@@ -129,11 +129,11 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def _directional_green(m: torch.Tensor):
     """Hamilton-Adams horizontal and vertical green estimates and their gradients at every site."""
-    l, rr, u, d = _shift(m, 0, -1), _shift(m, 0, 1), _shift(m, -1, 0), _shift(m, 1, 0)
+    lf, rr, u, d = _shift(m, 0, -1), _shift(m, 0, 1), _shift(m, -1, 0), _shift(m, 1, 0)
     l2, r2, u2, d2 = _shift(m, 0, -2), _shift(m, 0, 2), _shift(m, -2, 0), _shift(m, 2, 0)
     lap_h, lap_v = 2 * m - l2 - r2, 2 * m - u2 - d2
-    gh, gv = (l + rr) / 2 + lap_h / 4, (u + d) / 2 + lap_v / 4
-    dh, dv = (l - rr).abs() + lap_h.abs(), (u - d).abs() + lap_v.abs()
+    gh, gv = (lf + rr) / 2 + lap_h / 4, (u + d) / 2 + lap_v / 4
+    dh, dv = (lf - rr).abs() + lap_h.abs(), (u - d).abs() + lap_v.abs()
     return gh, gv, dh, dv
 
 
@@ -491,4 +491,5 @@ def _random_crop(a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generat
 
 
 __all__ = ["DEMOSAICS", "Development", "HELDOUT_MAKERS", "Settings", "TONE_CURVES", "TRAIN_SETTINGS",
-           "clean_development_pair", "develop", "draw_camera", "draw_development", "finish", "pipeline_pair", "simulate", "unprocess"]
+           "clean_development_pair", "develop", "draw_camera", "draw_development", "finish", "pipeline_pair",
+           "simulate", "unprocess"]

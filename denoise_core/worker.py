@@ -341,7 +341,7 @@ def serve_socket(path: str, host_pid: int | None, idle_s: float = IDLE_S) -> int
     while True:
         try:
             conn, _ = srv.accept()
-        except socket.timeout:
+        except TimeoutError:
             log(f"idle for {idle_s:g} s")
             bye()
             return 0

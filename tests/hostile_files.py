@@ -53,7 +53,7 @@ def valid_png() -> bytes:
 
 def valid_png16() -> bytes:
     import imagecodecs
-    return imagecodecs.png_encode((RGB[:, :, 0].astype(np.uint16) * 257 + 3))
+    return imagecodecs.png_encode(RGB[:, :, 0].astype(np.uint16) * 257 + 3)
 
 
 def valid_jpeg() -> bytes:

@@ -155,7 +155,8 @@ def test_newline_in_file_name_stays_one_line(tmp_path):
 def test_libpng_warning_names_the_file(tmp_path, capfd, caplog):
     r, out = batch(tmp_path, "extra.png", hf.png_with_extra_image_data(), expect_ok=True)
     warned = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
-    assert len(warned) == 1 and warned[0].startswith(f"warning: {tmp_path / 'in' / 'extra.png'}: libpng warning: "), r.output
+    assert len(warned) == 1, r.output
+    assert warned[0].startswith(f"warning: {tmp_path / 'in' / 'extra.png'}: libpng warning: "), r.output
     assert "Too much image data" in warned[0]
     assert "Too much image data" not in capfd.readouterr().err + caplog.text    # nothing unnamed logged
     with pytest.warns(imageio.ImageWarning, match="extra.png: libpng warning: IDAT: Too much image data"):

@@ -17,8 +17,8 @@ def test_unknown_name_lists_valid_ones():
 
 def test_seed_is_the_original_three_layer_net():
     m = create_model("seed")
-    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
-    relus = [l for l in m.modules() if isinstance(l, torch.nn.ReLU)]
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    relus = [x for x in m.modules() if isinstance(x, torch.nn.ReLU)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
         (3, 32, (3, 3), (1, 1)), (32, 32, (3, 3), (1, 1)), (32, 3, (3, 3), (1, 1))]
     assert len(relus) == 2

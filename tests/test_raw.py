@@ -475,7 +475,8 @@ def test_raw_exif_over_the_metadata_cap_is_a_warning_and_the_result_is_kept(tmp_
     write(tmp_path / "in.nef", noisy_mosaic("RGGB", 64, 64, A3, B3))
     assert raw_exif(tmp_path / "in.nef") is not None
     monkeypatch.setattr(imageio, "MAX_METADATA_BYTES", 20)
-    with pytest.warns(ImageWarning, match=r"in\.nef: EXIF not copied to the output \(EXIF tags copy more than 20 bytes"):
+    with pytest.warns(ImageWarning,
+                      match=r"in\.nef: EXIF not copied to the output \(EXIF tags copy more than 20 bytes"):
         assert raw_exif(tmp_path / "in.nef") is None
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
@@ -580,10 +581,12 @@ def test_denoise_train_domain_raw_one_photo_keeps_the_last_weights_and_resumes(t
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--domain", "raw", "--arch", "unet"], "--domain raw needs a raw-domain model (raw); --arch 'unet' is for sRGB images"),
+    (["--domain", "raw", "--arch", "unet"],
+     "--domain raw needs a raw-domain model (raw); --arch 'unet' is for sRGB images"),
     (["--domain", "raw", "--arch", "fast"], "--arch 'fast' is for sRGB images"),
     (["--domain", "raw", "--init", "default"], "--init default (a 'unet' model) is for sRGB images"),
-    (["--arch", "raw", "--noise", "gaussian:25"], "--arch 'raw' is a raw-domain model (camera sensor mosaics): add --domain raw"),
+    (["--arch", "raw", "--noise", "gaussian:25"],
+     "--arch 'raw' is a raw-domain model (camera sensor mosaics): add --domain raw"),
     (["--init", "raw", "--noise", "gaussian:25"], "--init raw (a 'raw' model) is a raw-domain model"),
     (["--domain", "raw", "--noise", "gaussian:25"], "--domain raw draws its own noise"),
     (["--domain", "raw", "--noisy", "NOISY"], "pairs are not supported there: drop --noisy"),

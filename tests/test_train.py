@@ -22,7 +22,7 @@ from cli.train import main as train_main
 from denoise_core.checkpoint import load_checkpoint, save_checkpoint
 from denoise_core.metrics import psnr, ssim
 from denoise_core.models import create_model
-from denoise_core.noise import NoiseSpecError, apply_noise, find_camera, noisy_pair, parse_noise
+from denoise_core.noise import NoiseSpecError, find_camera, noisy_pair, parse_noise
 from denoise_core.pairs import load_pairs
 from denoise_core.train import (TrainConfig, TrainingError, fixed_val_set, loss_function, pair_val_set,
                                 random_patches, report_paths, state_path, train)
@@ -285,8 +285,8 @@ def test_init_fine_tunes_from_shipped_weights(tmp_path, folders):
     (["--init", "nosuchmodel"], "--init: unknown model 'nosuchmodel'"),
 ])
 def test_bad_init_fails_before_training(tmp_path, folders, args, message):
-    r = _invoke(train_main, ["--clean", folders / "clean", "--noise", "gaussian:25", "--out", tmp_path / "m.safetensors",
-                             "--steps", 2, "--device", "cpu", *args])
+    r = _invoke(train_main, ["--clean", folders / "clean", "--noise", "gaussian:25",
+                             "--out", tmp_path / "m.safetensors", "--steps", 2, "--device", "cpu", *args])
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert not (tmp_path / "m.safetensors").exists()
@@ -348,8 +348,9 @@ def test_average_weights_interpolates_parameter_by_parameter(tmp_path):
 
     def average(alpha, second="b.safetensors", *extra):
         dest = tmp_path / f"avg{alpha}.safetensors"
-        r = subprocess.run([sys.executable, str(REPO / "scripts" / "average_weights.py"), str(tmp_path / "a.safetensors"),
-                            str(tmp_path / second), str(dest), "--alpha", str(alpha), "--card", "selection=mean", *extra],
+        r = subprocess.run([sys.executable, str(REPO / "scripts" / "average_weights.py"),
+                            str(tmp_path / "a.safetensors"), str(tmp_path / second), str(dest),
+                            "--alpha", str(alpha), "--card", "selection=mean", *extra],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         return r, dest
 

@@ -175,7 +175,7 @@ class Task:
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="denoise-cnn", daemon=True)
 
-    def start(self) -> "Task":
+    def start(self) -> Task:
         self._thread.start()
         return self
 
@@ -243,7 +243,7 @@ class RegionRun:
         self.user_cancelled = False
         self.task = None
 
-    def start(self) -> "RegionRun":
+    def start(self) -> RegionRun:
         self.task = InfoRun(self.cfg, self.settings).start()
         return self
 
