@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             tl.append(f"| {m} | throughput ({where}) | ≥ 5× FFDNet | {mps(m):.3g} vs {mps('FFDNet'):.3g} MP/s "
                       f"| {r:.2f}× | {'met' if r >= 5 else 'missed'} ({r - 5:+.2f}×) |")
     if tl:
-        lines += ["", "Targets (issue 4; margin = ours minus the target):", "",
+        lines += ["", "Targets (margin = ours minus the target):", "",
                   "| model | condition | target | ours vs target | margin | result |",
                   "| --- | --- | --- | --- | ---: | --- |", *tl]
     if level_methods:
@@ -564,7 +564,7 @@ def plot(path: Path, methods, conds, cameras, mean, mps, xlabel: str) -> list[Pa
                 continue
             ax.scatter(mps(m), np.mean(vals), s=60, color=colours.get(m, "tab:blue"), zorder=3)
             ax.annotate(m, (mps(m), np.mean(vals)), textcoords="offset points", xytext=(6, 4))
-        # issue 4's target region: at least 5x FFDNet's throughput and the PSNR bar
+        # the target region: at least 5x FFDNet's throughput and the PSNR bar
         f = [mean("FFDNet", k) for k in keys]
         if mps("FFDNet") and all(v is not None for v in f):
             bar = np.mean(f) + (0.5 if keys == ["camera"] else 0.0)

@@ -238,7 +238,7 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     The benchmark judges mean PSNR over photos: a 10% smaller error lowers this loss as much on a
     lightly noisy image as on a heavily noisy one, where L1 drops in proportion to the noise (L2 to
     its square). The cap keeps noise-free patches from taking over. (On the shipped net's blind
-    mix it helped at high noise and cost 0.09-0.14 dB at sigma 15-25: training/README.md, run 7.)
+    mix it helped at high noise and cost 0.09-0.14 dB at sigma 15-25: training/README.md.)
     """
     mse = (pred - target).pow(2).flatten(1).mean(1)
     return 10.0 * torch.log10(mse + PSNR_FLOOR_MSE).mean()

@@ -1,4 +1,4 @@
-"""Small valid photo and checkpoint files, the hostile variants issue 16 found, and the mutators the
+"""Small valid photo and checkpoint files, the hostile variants found so far, and the mutators the
 fuzz test applies to them. Everything is built in memory from a seed; nothing is downloaded."""
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def valid_safetensors() -> bytes:
     return save({k: v.contiguous() for k, v in m.state_dict().items()}, metadata=meta)
 
 
-# ------------------------------------------------------------------------------- issue 16's cases
+# ---------------------------------------------------------------------------------- known hostile cases
 
 def jpeg_qtables_1_2() -> bytes:
     """A valid JPEG whose quantisation tables are numbered 1 and 2 instead of 0 and 1."""

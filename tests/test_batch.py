@@ -199,8 +199,7 @@ def test_glob_and_missing_input(tmp_path, photo_rgb):
 
 def test_clean_photo_passes_nearly_unchanged(photo_rgb, photo_coffee):
     """A denoiser that repaints clean pixels is worse than none: the shipped default must leave a
-    noise-free photo within two 8-bit levels on average (measured 1.6-1.8 with the session-1
-    weights)."""
+    noise-free photo within two 8-bit levels on average (measured 1.6-1.8 with unet 0.1)."""
     from denoise_core.api import Denoiser
     dn = Denoiser("default", device="cpu")
     for img in (photo_rgb, photo_coffee):

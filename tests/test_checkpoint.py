@@ -142,7 +142,7 @@ def test_nan_weights_rejected(tmp_path):
         load_checkpoint(p).build()
 
 
-# ------------------------------------------------------------- hostile headers and metadata (issue 16)
+# ---------------------------------------------------------------------- hostile headers and metadata
 
 def _raw(path, header: bytes, data: bytes = b""):
     path.write_bytes(struct.pack("<Q", len(header)) + header + data)

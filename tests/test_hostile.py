@@ -1,4 +1,4 @@
-"""Issue 16's hostile inputs, each run through denoise-batch beside a good photo: one error line that
+"""Hostile inputs, each run through denoise-batch beside a good photo: one error line that
 names the file and the reason (or a correct output where the file is valid), the batch goes on,
 inputs are unchanged, and nothing partial is left in the output folder."""
 import hashlib

@@ -82,7 +82,7 @@ def test_no_seams(photo_rgb, scene, overlap, tol, precision):
     exactly (fp32) with the default overlap, and within one 8-bit level in bf16 (whose convolutions
     round differently with the input's size). With the overlap cut to 16 px the missing context
     shows: within one level on a flat image; on the photo's texture up to 0.0070 (1.8 levels) with
-    the session-4 default and 0.030 (7.6 levels) with session 8's, which reads farther (its mean
+    unet 0.3 and 0.030 (7.6 levels) with unet 0.4 and later, which read farther (the mean
     stays near 0.1 level): `--overlap` below the receptive radius trades exactness for speed."""
     dn = Denoiser("default", device="cpu", precision=precision)
     img = (np.full((200, 264, 3), 0.4, np.float32) if scene == "flat" else

@@ -339,7 +339,7 @@ def test_export_state_writes_the_last_steps_weights(tmp_path):
 
 
 def test_average_weights_interpolates_parameter_by_parameter(tmp_path):
-    """scripts/average_weights.py made the shipped unet (an average of runs 10, 11 and 4)."""
+    """scripts/average_weights.py made the shipped unet (an average of three trained nets)."""
     torch.manual_seed(0)
     a, b = create_model("seed", width=8), create_model("seed", width=8)
     save_checkpoint(tmp_path / "a.safetensors", a, {"steps": 1})
