@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         img = np.asarray(Image.open(folder / f"{name}.png").convert("RGB"))
         crops += [(name, k, c) for k, (_, _, c) in enumerate(crops_of(img, args.size, args.crops))]
 
-    rows = [("training settings", None)]
+    rows: list[tuple[str, str | None]] = [("training settings", None)]
     for cond, fixed in HELD_OUT.items():
         for swap, kwargs in SWAPS.items():
             change = kwargs.get("overrides", {})

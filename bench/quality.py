@@ -155,6 +155,10 @@ def score(out_u8: np.ndarray, clean_t: torch.Tensor) -> tuple[float, float]:
     return psnr(o, clean_t), ssim(o, clean_t)
 
 
+def _diff(a: float | None, b: float | None) -> str:
+    return "—" if a is None or b is None else f"{a - b:+.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                     sig_for_cbm = best[1]
                 outs["FFDNet"] = out
             if cbm is not None and sig_for_cbm is not None and (gauss or args.cbm3d_camera):
-                out = to_u8(timed("CBM3D", lambda: cbm(noisy_f, sig_for_cbm), mp, gauss))
+                sigma_cbm = float(sig_for_cbm)
+                out = to_u8(timed("CBM3D", lambda: cbm(noisy_f, sigma_cbm), mp, gauss))
                 outs["CBM3D"] = out
                 rec["CBM3D"] = score(out, ref_t)
             for m in ["noisy", *ours, *level_methods, "FFDNet", "CBM3D"]:
@@ -474,10 +479,11 @@ def main(argv: list[str] | None = None) -> int:
         if cj is not None:
             tl.append(f"| {m} | clean JPEG q{CLEAN_JPEG_Q} | ≥ 45 dB against the input | {cj:.2f} "
                       f"| {cj - 45:+.2f} dB | {'met' if cj >= 45 else 'missed'} |")
-        if mps(m) and mps("FFDNet"):
-            r = mps(m) / mps("FFDNet")
+        ours_mps, ffd_mps = mps(m), mps("FFDNet")
+        if ours_mps and ffd_mps:
+            r = ours_mps / ffd_mps
             where = speed_size + " images" if speed_size else f"{args.size}-px crops"
-            tl.append(f"| {m} | throughput ({where}) | ≥ 5× FFDNet | {mps(m):.3g} vs {mps('FFDNet'):.3g} MP/s "
+            tl.append(f"| {m} | throughput ({where}) | ≥ 5× FFDNet | {ours_mps:.3g} vs {ffd_mps:.3g} MP/s "
                       f"| {r:.2f}× | {'met' if r >= 5 else 'missed'} ({r - 5:+.2f}×) |")
     if tl:
         lines += ["", "Targets (margin = ours minus the target):", "",
@@ -489,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                   "| rows | " + " | ".join(lv_cols) + " |", "| --- | " + " | ".join("---:" for _ in lv_cols) + " |"]
         for lm in level_methods:
             lines.append(f"| {lm} minus blind | " + " | ".join(
-                f"{mean(lm, c) - mean(main_model, c):+.2f}" for c in lv_cols) + " |")
+                _diff(mean(lm, c), mean(main_model, c)) for c in lv_cols) + " |")
     missing = [n for n, o in (("FFDNet", ffd), ("CBM3D", cbm)) if o is None and not (n == "CBM3D" and args.no_cbm3d)
                and not (n == "FFDNet" and args.no_ffdnet)]
     if missing:
@@ -617,7 +623,8 @@ def comparison(path: Path, cond: dict, outs: dict, clean: np.ndarray, rec: dict,
             draw.rectangle([x, top, x + side - 1, top + side - 1], fill=(200, 200, 200))
             draw.text((x + 6, top + side // 2), missing, fill="black", font=font)
         else:
-            canvas.paste(Image.fromarray(arr[y0:y0 + v, x0:x0 + v]).resize((side, side), Image.NEAREST), (x, top))
+            crop = Image.fromarray(arr[y0:y0 + v, x0:x0 + v]).resize((side, side), Image.Resampling.NEAREST)
+            canvas.paste(crop, (x, top))
         key = label if label in rec else f"{label}_picture_only"
         txt = label + (f"  {rec[key][0]:.2f} dB" if key in rec else "")
         if label in ("FFDNet", "CBM3D") and "FFDNet_sigma" in rec:

@@ -75,7 +75,7 @@ from denoise_core.atomic import atomic_path
 # Largest image (width * height) read, for every format alike; checked on the header, before any
 # pixel is decoded. Pillow's DecompressionBombWarning is superseded by it (a 100 MP camera file
 # reads); Pillow's own DecompressionBombError (over 2 * Image.MAX_IMAGE_PIXELS) still applies.
-MAX_PIXELS: int | None = 2 * Image.MAX_IMAGE_PIXELS
+MAX_PIXELS: int | None = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow's default, when unset
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 _EXT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -435,7 +435,7 @@ def _refuse_more_pages(tif: tifffile.TiffFile, path) -> None:
     try:
         n = len(tif.pages)
         for i in range(1, n):
-            if not int(tif.pages[i].subfiletype) & 1:
+            if not int(getattr(tif.pages[i], "subfiletype", 0)) & 1:
                 raise ImageReadError(path, f"multi-page TIFF ({n} pages) is not supported: only single-image "
                                            "files are denoised, so no page is lost; split the pages first "
                                            "(e.g. with tiffsplit)")
@@ -896,7 +896,7 @@ def _png_text(key: str, value: str) -> tuple[bytes, bytes]:
         return b"iTXt", k + b"\0\0\0\0\0" + value.encode("utf-8")
 
 
-_TIFF_KEEP_COMPRESSION = {1: None, 5: "lzw", 8: "adobe_deflate", 32946: "deflate"}
+_TIFF_KEEP_COMPRESSION: dict[object, str | None] = {1: None, 5: "lzw", 8: "adobe_deflate", 32946: "deflate"}
 
 
 def _write_tiff(tmp: Path, photo: Photo, quality: int | None) -> None:
@@ -915,7 +915,8 @@ def _write_tiff(tmp: Path, photo: Photo, quality: int | None) -> None:
     if info.get("xmp"):
         xmp = info["xmp"] if isinstance(info["xmp"], bytes) else str(info["xmp"]).encode()
         extratags.append((700, 1, len(xmp), xmp, True))
-    tifffile.imwrite(tmp, arr, byteorder=bo, photometric="rgb" if photo.pixels.shape[2] == 3 else "minisblack",
+    tifffile.imwrite(tmp, arr, byteorder="<" if bo == "<" else ">",
+                     photometric="rgb" if photo.pixels.shape[2] == 3 else "minisblack",
                      planarconfig="contig", compression=compression, predictor=compression is not None,
                      iccprofile=photo.icc_profile or None, metadata=None, software=False,
                      extratags=extratags, **kwargs)

@@ -343,7 +343,7 @@ def random_ccm(gen: torch.Generator) -> tuple[tuple[float, float, float], ...]:
     m = (1 + s) * torch.eye(3) - s / 3
     m = m + 0.08 * (torch.rand((3, 3), generator=gen) * 2 - 1)
     m = m / m.sum(1, keepdim=True)
-    return tuple(tuple(float(v) for v in row) for row in m)
+    return tuple((float(row[0]), float(row[1]), float(row[2])) for row in m)
 
 
 def draw_development(gen: torch.Generator, s: Settings = TRAIN_SETTINGS,

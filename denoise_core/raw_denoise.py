@@ -61,8 +61,8 @@ class RawDenoiser:
         net, self.device, self.amp_dtype = build_for_inference(ckpt, device, precision)
         self.precision = precision_name(self.amp_dtype)
         self.model = net
-        self.multiple = int(net.size_multiple)
-        self.receptive = int(net.receptive_radius)
+        self.multiple = int(getattr(net, "size_multiple"))
+        self.receptive = int(getattr(net, "receptive_radius"))
         self.tile = int(tile)
 
     @torch.inference_mode()
@@ -104,7 +104,7 @@ class RawDenoiser:
         den = self.denoise_planes(planes, sigma, progress)
         if strength < 1.0:
             den = planes + np.float32(strength) * (den - planes)
-        return unpack(den, *img.mosaic.shape, *img.phase)
+        return unpack(den, img.mosaic.shape[0], img.mosaic.shape[1], *img.phase)
 
 
 # ----------------------------------------------------------------------------------- development

@@ -20,6 +20,7 @@ The shipped unet (0.5.0) is 0.8 x (0.5 x unet 0.4 + 0.5 x unet 0.4 fine-tuned on
 from __future__ import annotations
 
 import argparse
+from typing import Any, cast
 
 from denoise_core.checkpoint import load_checkpoint, save_checkpoint
 
@@ -41,7 +42,7 @@ def main() -> None:
     second = two.state_dict
     if a.grow and one.arch == two.arch and hasattr(net, "grow_from"):
         try:
-            second = net.grow_from(second)
+            second = cast(Any, net).grow_from(second)  # checked above
         except ValueError as e:
             raise SystemExit(f"{a.second}: {e}") from None
     elif (one.arch, one.arch_args) != (two.arch, two.arch_args):

@@ -62,7 +62,8 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         f"- noise: `{noise}` — {noise_text}",
         f"- training: {c.get('steps', '?')} steps, batch {c.get('batch', '?')} of "
         f"{c.get('patch', '?')}x{c.get('patch', '?')} patches with flips/rotations, "
-        f"{LOSS_TEXT.get(c.get('loss'), str(c.get('loss', '?')).upper())} loss, Adam with warm-up and cosine decay, "
+        f"{LOSS_TEXT.get(str(c.get('loss')), str(c.get('loss', '?')).upper())} loss, "
+        f"Adam with warm-up and cosine decay, "
         f"gradient clipping 1.0, CPU only, {c.get('precision', 'fp32')} forward pass "
         f"({c.get('trained_with', 'scripts/train_shipped.py')})"
         + (f"; fine-tuned from `{c['init']}` (earlier weights; the history is in training/README.md)"

@@ -53,7 +53,7 @@ def valid_png() -> bytes:
 
 def valid_png16() -> bytes:
     import imagecodecs
-    return imagecodecs.png_encode(RGB[:, :, 0].astype(np.uint16) * 257 + 3)
+    return bytes(imagecodecs.png_encode(RGB[:, :, 0].astype(np.uint16) * 257 + 3))
 
 
 def valid_jpeg() -> bytes:
@@ -357,7 +357,7 @@ def _safetensors_header_rewrite(rng: random.Random, data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
 
 
-def _ifd0_entries(b: bytes):
+def _ifd0_entries(b: bytes | bytearray):
     bo = "<" if b[:2] == b"II" else ">"
     at = struct.unpack_from(bo + "I", b, 4)[0]
     (n,) = struct.unpack_from(bo + "H", b, at)

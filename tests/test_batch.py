@@ -70,9 +70,10 @@ def test_16bit_tiff_keeps_depth_icc_exif_and_alpha(tmp_path, photo_rgb):
     for name in ("a.tif", "b.png"):
         out = imageio.read_image(tmp_path / "out" / name)
         assert out.pixels.dtype == np.uint16 and out.format == imageio.read_image(src / name).format
-        assert np.array_equal(out.alpha, alpha)
+        assert out.alpha is not None and np.array_equal(out.alpha, alpha)
         assert out.icc_profile == icc
         ex = Image.Exif()
+        assert out.exif is not None
         ex.load(out.exif)
         assert ex[0x010F] == "TestMaker" and ex[0x0110] == "TestCam"
         assert len(np.unique(out.pixels % 257)) > 1  # real 16-bit values, not 8-bit scaled up

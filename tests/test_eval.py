@@ -15,8 +15,8 @@ from denoise_core.models import create_model
 
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                 data_range=1.0, channel_axis=2)
+    return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=1.0, channel_axis=2))  # pyright: ignore[reportArgumentType]
 
 
 @pytest.fixture

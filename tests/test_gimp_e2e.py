@@ -46,6 +46,7 @@ LEVEL = 2.0  # the noise level the level case sets
 
 def load_plugin_module():
     spec = importlib.util.spec_from_file_location("denoise_cnn_gimp_plugin", PLUGIN_SRC)
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # stdlib only at import time: gi is imported in main()
     return mod

@@ -1,6 +1,7 @@
 """Hostile inputs, each run through denoise-batch beside a good photo: one error line that
 names the file and the reason (or a correct output where the file is valid), the batch goes on,
 inputs are unchanged, and nothing partial is left in the output folder."""
+from typing import Any
 import hashlib
 import os
 import signal
@@ -20,7 +21,7 @@ def digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def batch(tmp_path, name, data, *extra, expect_ok):
+def batch(tmp_path, name, data, *extra, expect_ok) -> tuple[Any, Any]:
     """Run denoise-batch on `data` saved as `name` plus a good photo; check the rule, return the output."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir(parents=True)

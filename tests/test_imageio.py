@@ -1,3 +1,4 @@
+from typing import Any
 import functools
 import os
 import warnings
@@ -38,11 +39,12 @@ def _samples(dtype, shape) -> np.ndarray:
     return arr
 
 
-def _photo(dtype=np.uint16, channels=3, alpha=False, **kw) -> Photo:
+def _photo(dtype: Any = np.uint16, channels=3, alpha=False, **kw) -> Photo:
     return Photo(_samples(dtype, (H, W, channels)), _samples(dtype, (H, W)) if alpha else None, **kw)
 
 
-def _exif_tags(blob: bytes) -> tuple[dict, dict]:
+def _exif_tags(blob: bytes | None) -> tuple[dict, dict]:
+    assert blob is not None, "no EXIF"
     exif = Image.Exif()
     exif.load(blob)
     return dict(exif), dict(exif.get_ifd(0x8769))
@@ -133,6 +135,7 @@ def test_png16_from_imagecodecs_and_pillow_reads_exact(tmp_path):
 def test_png_writer_interop(tmp_path):
     rgba16 = _photo(np.uint16, 3, alpha=True)
     write_image(tmp_path / "rgba.png", rgba16)
+    assert rgba16.alpha is not None
     full = np.dstack([rgba16.pixels, rgba16.alpha])
     np.testing.assert_array_equal(imagecodecs.png_decode((tmp_path / "rgba.png").read_bytes()), full)
     with Image.open(tmp_path / "rgba.png") as im:                # Pillow 13 keeps only the high byte
@@ -145,6 +148,7 @@ def test_png_writer_interop(tmp_path):
     rgba8 = _photo(np.uint8, 3, alpha=True)
     write_image(tmp_path / "rgba8.png", rgba8)
     with Image.open(tmp_path / "rgba8.png") as im:
+        assert rgba8.alpha is not None
         np.testing.assert_array_equal(np.asarray(im), np.dstack([rgba8.pixels, rgba8.alpha]))
 
 
@@ -244,7 +248,7 @@ def test_jpeg_output_of_exif_too_large_for_jpeg_is_written_without_it_and_warns(
     rgb = _samples(np.uint8, (H, W, 3))
     Image.fromarray(rgb).save(tmp_path / "a.png", exif=big, icc_profile=_icc())
     photo = read_image(tmp_path / "a.png")
-    assert len(photo.exif) > 200_000
+    assert photo.exif is not None and len(photo.exif) > 200_000
     with pytest.warns(imageio.ImageWarning, match=r"out\.jpg: EXIF not copied to the output \(JPEG holds at "
                                                    r"most 65,533 bytes of it, this photo has 200,"):
         write_image(tmp_path / "out.jpg", photo)
@@ -364,7 +368,7 @@ def test_content_decides_over_extension(tmp_path):
 def test_truncated_files_fail_at_read(tmp_path, ext):
     good = tmp_path / f"good{ext}"
     photo = Photo(_samples(np.uint8, (64, 64, 3)))
-    write_image(good, photo, **({"format": "TIFF"} if ext == ".tif" else {}))
+    write_image(good, photo, format="TIFF" if ext == ".tif" else None)
     data = good.read_bytes()
     cut = tmp_path / f"cut{ext}"
     cut.write_bytes(data[:len(data) * 2 // 3])

@@ -17,10 +17,11 @@ PIXELS = REPO / "plugins/krita/denoise_cnn/pixels.py"
 
 def _load_pixels(numpy_ok: bool):
     spec = importlib.util.spec_from_file_location(f"krita_pixels_{numpy_ok}", PIXELS)
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     if not numpy_ok:
-        mod._np = None
+        setattr(mod, "_np", None)  # as in a Krita without numpy
     return mod
 
 

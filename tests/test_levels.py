@@ -2,6 +2,7 @@
 two-pass run tiles exactly, and the API, CLI and worker refuse what they cannot do, by name."""
 from __future__ import annotations
 
+from typing import Any
 import json
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def test_grown_level_net_computes_what_the_blind_net_did():
     blind = create_model("unet", **SMALL)
     for p in blind.parameters():  # the outro starts at zero; make every layer count
         torch.nn.init.normal_(p, std=0.05)
-    grown = create_model("unet", **SMALL, level_input=True)
+    grown: Any = create_model("unet", **SMALL, level_input=True)
     grown.load_state_dict(grown.grow_from(blind.state_dict()))
     x = torch.rand(2, 3, 32, 32)
     planes = torch.rand(2, 2, 32, 32)

@@ -3,6 +3,7 @@
 No package reachable here ships real camera raw files (rawpy's wheel and sdist hold none), so every
 file is synthesized: a uint16 mosaic with the DNG tags LibRaw needs.
 """
+from typing import Any
 import struct
 
 import imagecodecs
@@ -52,7 +53,7 @@ def profile_ab3(name: str, iso: float):
     return 4 * np.clip(p.a, 0, None), 4 * np.clip(p.b, 0, None)
 
 
-def write(path, mosaic, cfa="RGGB", make="NIKON CORPORATION", model="NIKON D750", iso=6400):
+def write(path, mosaic, cfa="RGGB", make="NIKON CORPORATION", model="NIKON D750", iso: float | None = 6400):
     R.write_bayer_dng(path, mosaic, make=make, model=model, iso=iso, black=BLACK, white=WHITE, cfa=cfa,
                       as_shot_neutral=(0.5, 1.0, 0.6))
 
@@ -79,7 +80,7 @@ def offset_model(tmp_path_factory) -> str:
     every photosite of each colour (white - black = 16127 units is 1.0). Expected outputs then come
     from the input's raw numbers (expected_raw), not from RawDenoiser."""
     torch.manual_seed(0)
-    m = create_model("raw", widths=(8, 16, 16), mid_blocks=1)
+    m: Any = create_model("raw", widths=(8, 16, 16), mid_blocks=1)
     k = torch.tensor([K_RGB[0], K_RGB[1], K_RGB[1], K_RGB[2]], dtype=torch.float32) / (WHITE - BLACK)
     with torch.no_grad():
         for p in m.parameters():
@@ -200,7 +201,7 @@ def test_bad_files_give_one_line_errors(tmp_path):
 
 # ----------------------------------------------------------------------------------- model
 def test_raw_model_is_residual_and_states_its_geometry():
-    m = create_model("raw").eval()
+    m: Any = create_model("raw").eval()
     x, s = torch.rand(1, 4, 32, 48), torch.rand(1, 4, 32, 48) * 0.01
     with torch.no_grad():
         assert torch.equal(m(x, s), x)  # zero head: an untrained net passes the mosaic through
@@ -280,7 +281,7 @@ def test_compressed_dng_out_is_rewritten_uncompressed_at_the_end(tmp_path):
     m = (np.random.default_rng(0).random((48, 64)) * 3000 + 512).astype(np.uint16)
     enc = imagecodecs.ljpeg_encode(m, bitspersample=16)
     tags = sorted(_base_tags() + [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True)])
-    tifffile.imwrite(tmp_path / "lj.dng", iter([enc]), shape=m.shape, dtype="uint16", photometric=32803,
+    tifffile.imwrite(tmp_path / "lj.dng", iter([bytes(enc)]), shape=m.shape, dtype="uint16", photometric=32803,
                      compression=7, extratags=tags)
     img = R.read_raw(tmp_path / "lj.dng")
     new = np.clip(img.mosaic * 0.5, 0, 1)
@@ -294,8 +295,8 @@ def test_compressed_dng_out_is_rewritten_uncompressed_at_the_end(tmp_path):
 
 # what the README promises of a developed raw file: camera white balance, LibRaw's default (AHD)
 # demosaic, sRGB primaries and tone curve, 16 bits, the camera's exposure (no automatic brightening)
-DOCUMENTED_DEVELOPMENT = dict(output_bps=16, use_camera_wb=True, no_auto_bright=True, gamma=(2.4, 12.92),
-                              adjust_maximum_thr=0.0)
+DOCUMENTED_DEVELOPMENT: dict[str, Any] = dict(output_bps=16, use_camera_wb=True, no_auto_bright=True,
+                                              gamma=(2.4, 12.92), adjust_maximum_thr=0.0)
 
 
 def test_tiff_out_is_16_bit_srgb_with_icc_and_exif(tmp_path, offset_model):
@@ -347,7 +348,7 @@ def test_exif_block_of_a_tiff_based_raw_drops_orientation(tmp_path):
     R.write_bayer_dng(tmp_path / "a.dng", noisy_mosaic("RGGB", 32, 32, A3, B3), make="Nikon", model="D750",
                       iso=6400, black=BLACK, white=WHITE, orientation=6)
     exif = raw_exif(tmp_path / "a.dng")
-    assert exif.startswith(b"Exif\0\0II*\0")
+    assert exif is not None and exif.startswith(b"Exif\0\0II*\0")
     n = struct.unpack_from("<H", exif, 6 + 8)[0]
     tags = [struct.unpack_from("<H", exif, 6 + 10 + 12 * i)[0] for i in range(n)]
     assert 271 in tags and 272 in tags and 274 not in tags

@@ -1,3 +1,4 @@
+from typing import Any
 import numpy as np
 import pytest
 import torch
@@ -143,7 +144,7 @@ def _mirror_pad_reference(net, img: np.ndarray, border: int, multiple: int) -> n
 @pytest.mark.parametrize("shape,tile", [((37, 53, 3), 16), ((150, 230, 3), 32), ((90, 70, 1), 24), ((5, 3, 3), 8)])
 def test_tiled_output_equals_an_independent_mirror_pad_reference(random_unet, shape, tile):
     from denoise_core.checkpoint import load_checkpoint
-    net = load_checkpoint(random_unet.path).build()
+    net: Any = load_checkpoint(random_unet.path).build()
     img = np.random.default_rng(8).random(shape).astype(np.float32)
     want = _mirror_pad_reference(net, img, random_unet.border, net.size_multiple)
     got = random_unet.denoise(img, tile=tile)

@@ -19,6 +19,7 @@ import denoise_client as dc  # noqa: E402
 def call(img, **kw):
     h, w, c = img.shape
     out = dc.run_denoise(img.astype("<f4").tobytes(), w, h, c, python=sys.executable, pythonpath=str(ROOT), **kw)
+    assert isinstance(out, bytes)
     return np.frombuffer(out, "<f4").reshape(h, w, c)
 
 
@@ -234,6 +235,7 @@ def test_native_pixels_crop_mask_and_preview_match_the_krita_conversions(photo_r
     preview) give exactly what the plugin's own pixels.py gives from the float path."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("kpx", ROOT / "plugins/krita/denoise_cnn/pixels.py")
+    assert spec is not None and spec.loader is not None
     px = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(px)
     rng = np.random.default_rng(3)
@@ -244,8 +246,10 @@ def test_native_pixels_crop_mask_and_preview_match_the_krita_conversions(photo_r
     transfer = "linear" if linear else "srgb"
     crop = (5, 7, 30, 20)
     mask = bytes(rng.choice([0, 0, 255, 255, 128, 7], size=30 * 20).astype(np.uint8))
-    dn = np.frombuffer(dc.run_denoise(floats, w, h, 4, python=sys.executable, pythonpath=str(ROOT), model="seed",
-                                      transfer=transfer, strength=0.8), "<f4").reshape(h, w, 4)
+    out = dc.run_denoise(floats, w, h, 4, python=sys.executable, pythonpath=str(ROOT), model="seed",
+                         transfer=transfer, strength=0.8)
+    assert isinstance(out, bytes)
+    dn = np.frombuffer(out, "<f4").reshape(h, w, 4)
     x, y, cw, ch = crop
     orig = np.frombuffer(floats, "<f4").reshape(h, w, 4)[y:y + ch, x:x + cw]
     merged = px.apply_mask(np.ascontiguousarray(orig).tobytes(), np.ascontiguousarray(dn[y:y + ch, x:x + cw]).tobytes(),
@@ -253,6 +257,7 @@ def test_native_pixels_crop_mask_and_preview_match_the_krita_conversions(photo_r
     res = dc.run_denoise(native, w, h, 4, python=sys.executable, pythonpath=str(ROOT), model="seed", transfer=transfer,
                          strength=0.8, dtype={"U8": "u8", "U16": "u16", "F16": "f16", "F32": "f32"}[depth],
                          swap_rb=depth in ("U8", "U16"), crop=crop, mask=mask, rgba8=True)
+    assert isinstance(res, dict)
     assert res["pixels"] == px.from_float(merged, "RGBA", depth)
     assert res["rgba8"] == px.to_rgba8(merged, 4, linear)
     assert res["rgba8_before"] == px.to_rgba8(np.ascontiguousarray(orig).tobytes(), 4, linear)
@@ -277,6 +282,7 @@ def test_socket_worker_outlives_its_clients_and_ends_with_the_host(tmp_path, mon
             assert w.starts == (1 if run == 0 else 0)  # the second run started nothing
             w.close()
         assert outs[0] == outs[1] and pids[0] == pids[1] and Path(f"/proc/{pids[0]}").exists()
+        assert w.socket_path is not None
         sock = Path(w.socket_path)
         assert sock.exists() and oct(sock.parent.stat().st_mode & 0o777) == "0o700"
         log = Path(str(sock) + ".log").read_text()
@@ -311,6 +317,7 @@ def test_socket_worker_cancel_stops_at_once_and_cleans_up(tmp_path, monkeypatch)
                            worker=w, on_progress=seen.append, is_cancelled=lambda: bool(seen))
         assert seen and seen[0] < 1.0, seen  # cancelled mid-job
         pid = w._ready_pid
+        assert pid is not None
         with _exit_event(pid) as ended:
             assert ended(), "the job went on"
         assert sorted(p.name for p in tmp_path.iterdir()) == [f"denoise-workers-{os.getuid()}"]
