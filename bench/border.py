@@ -57,7 +57,7 @@ def main() -> None:
         g = make_grid(h, w, tile=DEFAULT_TILE, overlap=dn.overlap, multiple=dn.multiple, border=b)
         mp = sum((t.window[2] - t.window[0]) * (t.window[3] - t.window[1]) for t in g) / 1e6
         cells = []
-        for k, cond in NOISES.items():
+        for _k, cond in NOISES.items():
             edge, whole = [], []
             for i, im in enumerate(clean):
                 out = dn.denoise(make_noisy(im, cond, seed=i), tile=4096).astype(np.float64)

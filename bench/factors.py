@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         img = np.asarray(Image.open(folder / f"{name}.png").convert("RGB"))
         crops += [(name, k, c) for k, (_, _, c) in enumerate(crops_of(img, args.size, args.crops))]
 
-    rows = [("training settings", None)]
+    rows: list[tuple[str, str | None]] = [("training settings", None)]
     for cond, fixed in HELD_OUT.items():
         for swap, kwargs in SWAPS.items():
             change = kwargs.get("overrides", {})
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Selection photos {', '.join(SELECTION)}: {len(crops)} crops of {args.size} px; model "
           f"{args.model}; FFDNet sigma chosen per crop by an oracle. PSNR in dB.\n")
-    print(f"| condition | held-out factor put back | noisy | ours | ours @ level {args.level:g} | FFDNet | ours − FFDNet |")
+    print(f"| condition | held-out factor put back | noisy | ours | ours @ level {args.level:g} | FFDNet "
+          "| ours − FFDNet |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for cond, swap, n, o, lv, f in table:
         print(f"| {cond} | {swap} | {n:.2f} | {o:.2f} | {lv:.2f} | {f:.2f} | {o - f:+.2f} |")

@@ -1,4 +1,4 @@
-"""Where the time of a one-photo `denoise-batch` run goes (issue 16): interpreter start and imports,
+"""Where the time of a one-photo `denoise-batch` run goes: interpreter start and imports,
 model load, read/decode, the model, encode/write, and the whole command, on one 6 MP PNG.
 
     .venv/bin/python bench/io.py                      # 3000x2000 8-bit PNG, shipped default, best of 3
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_S = 1.5  # issue 16: everything but the model, one 6 MP PNG
+TARGET_S = 1.5  # the target: everything but the model, one 6 MP PNG
 
 
 def make_photo(path: Path, w: int, h: int, bits: int) -> None:

@@ -41,7 +41,7 @@ def measure(model: str, precision: str, box: int, repeat: int) -> dict:
     s = dc.job_settings(model=model, precision=precision)
     times = []
     try:
-        for i in range(repeat + 1):
+        for _ in range(repeat + 1):
             t0 = time.perf_counter()
             info = w.info(s)
             ctx = info["context"]

@@ -155,13 +155,19 @@ def score(out_u8: np.ndarray, clean_t: torch.Tensor) -> tuple[float, float]:
     return psnr(o, clean_t), ssim(o, clean_t)
 
 
+def _diff(a: float | None, b: float | None) -> str:
+    return "—" if a is None or b is None else f"{a - b:+.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS,
-                    help=f"folder of prepared photos (<name>.png); built if missing (default {DEFAULT_PHOTOS}, or $DENOISE_PHOTOS)")
+                    help=f"folder of prepared photos (<name>.png); built if missing (default {DEFAULT_PHOTOS}, "
+                         "or $DENOISE_PHOTOS)")
     ap.add_argument("--models", default="shipped",
-                    help="our models: shipped names and/or checkpoint paths, comma-separated (default: every shipped model)")
+                    help="our models: shipped names and/or checkpoint paths, comma-separated "
+                         "(default: every shipped model)")
     ap.add_argument("--crops", type=int, default=None,
                     help="crops per photo (1-5; default 2, and 5 with --photo-set selection: its 3 photos x 2 "
                          "crops could not separate candidates a few tenths of a dB apart)")
@@ -181,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip FFDNet (its oracle-sigma search is most of a run's time): for comparing our "
                          "own candidate weights")
     ap.add_argument("--no-cbm3d", action="store_true", help="skip CBM3D (about 27 s per 512x512 crop on 2 cores)")
-    ap.add_argument("--cbm3d-camera", action="store_true", help="also run CBM3D on camera noise, at FFDNet's oracle sigma")
+    ap.add_argument("--cbm3d-camera", action="store_true",
+                    help="also run CBM3D on camera noise, at FFDNet's oracle sigma")
     ap.add_argument("--photo-set", choices=("benchmark", "selection"), default="benchmark",
                     help="benchmark: the photos the README reports (never trained on, never used to pick "
                          "weights); selection: the model-selection photos (never trained on), to choose "
@@ -261,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     timing: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # method -> [seconds, MP]
     oracle_sigmas: dict[str, list[float]] = defaultdict(list)
     per_image = []
-    figure_keys = {}
     figs = {}
     t_start = time.perf_counter()
     n_total = len(items) * (len(conds) + len(cameras) + len(developments) + bool(args.clean_jpeg))
@@ -335,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                     sig_for_cbm = best[1]
                 outs["FFDNet"] = out
             if cbm is not None and sig_for_cbm is not None and (gauss or args.cbm3d_camera):
-                out = to_u8(timed("CBM3D", lambda: cbm(noisy_f, sig_for_cbm), mp, gauss))
+                sigma_cbm = float(sig_for_cbm)
+                out = to_u8(timed("CBM3D", lambda: cbm(noisy_f, sigma_cbm), mp, gauss))
                 outs["CBM3D"] = out
                 rec["CBM3D"] = score(out, ref_t)
             for m in ["noisy", *ours, *level_methods, "FFDNet", "CBM3D"]:
@@ -387,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                           + ", ".join(f"{m} {v:.3g}" for m, v in crop_mps.items() if v))
             crop_mps.update(full)
         else:
-            print(f"note: no usable FFDNet row in {args.speed}; using the throughput timed on the crops", file=sys.stderr)
+            print(f"note: no usable FFDNet row in {args.speed}; using the throughput timed on the crops",
+                  file=sys.stderr)
 
     def mps(m):
         return crop_mps.get(m)
@@ -450,14 +458,17 @@ def main(argv: list[str] | None = None) -> int:
             o, f, b = mean(m, c["name"]), mean("FFDNet", c["name"]), mean("CBM3D", c["name"])
             if f is not None:
                 d = o - f
-                tl.append(f"| {m} | {c['name']} | ≥ FFDNet | {o:.2f} vs {f:.2f} | {d:+.2f} dB | {'met' if d >= 0 else 'missed'} |")
+                tl.append(f"| {m} | {c['name']} | ≥ FFDNet | {o:.2f} vs {f:.2f} | {d:+.2f} dB "
+                          f"| {'met' if d >= 0 else 'missed'} |")
             if b is not None:
                 d = o - (b + 0.3)
-                tl.append(f"| {m} | {c['name']} | ≥ CBM3D + 0.3 dB | {o:.2f} vs {b + 0.3:.2f} | {d:+.2f} dB | {'met' if d >= 0 else 'missed'} |")
+                tl.append(f"| {m} | {c['name']} | ≥ CBM3D + 0.3 dB | {o:.2f} vs {b + 0.3:.2f} | {d:+.2f} dB "
+                          f"| {'met' if d >= 0 else 'missed'} |")
         if cameras and mean("FFDNet", "camera") is not None:
             o, f = mean(m, "camera"), mean("FFDNet", "camera")
             d = o - (f + 0.5)
-            tl.append(f"| {m} | camera | ≥ FFDNet (oracle σ) + 0.5 dB | {o:.2f} vs {f + 0.5:.2f} | {d:+.2f} dB | {'met' if d >= 0 else 'missed'} |")
+            tl.append(f"| {m} | camera | ≥ FFDNet (oracle σ) + 0.5 dB | {o:.2f} vs {f + 0.5:.2f} | {d:+.2f} dB "
+                      f"| {'met' if d >= 0 else 'missed'} |")
         for c in [d for d in developments if d in HELD_OUT] + (["held-out"] if developments else []):
             o, f = mean(m, c), mean("FFDNet", c)
             if o is not None and f is not None:
@@ -466,13 +477,16 @@ def main(argv: list[str] | None = None) -> int:
                           f"{'met' if d >= 0 else 'missed'} |")
         cj = mean(m, f"clean JPEG q{CLEAN_JPEG_Q}")
         if cj is not None:
-            tl.append(f"| {m} | clean JPEG q{CLEAN_JPEG_Q} | ≥ 45 dB against the input | {cj:.2f} | {cj - 45:+.2f} dB | "
-                      f"{'met' if cj >= 45 else 'missed'} |")
-        if mps(m) and mps("FFDNet"):
-            r = mps(m) / mps("FFDNet")
-            tl.append(f"| {m} | throughput ({speed_size + ' images' if speed_size else f'{args.size}-px crops'}) | ≥ 5× FFDNet | {mps(m):.3g} vs {mps('FFDNet'):.3g} MP/s | {r:.2f}× | {'met' if r >= 5 else 'missed'} ({r - 5:+.2f}×) |")
+            tl.append(f"| {m} | clean JPEG q{CLEAN_JPEG_Q} | ≥ 45 dB against the input | {cj:.2f} "
+                      f"| {cj - 45:+.2f} dB | {'met' if cj >= 45 else 'missed'} |")
+        ours_mps, ffd_mps = mps(m), mps("FFDNet")
+        if ours_mps and ffd_mps:
+            r = ours_mps / ffd_mps
+            where = speed_size + " images" if speed_size else f"{args.size}-px crops"
+            tl.append(f"| {m} | throughput ({where}) | ≥ 5× FFDNet | {ours_mps:.3g} vs {ffd_mps:.3g} MP/s "
+                      f"| {r:.2f}× | {'met' if r >= 5 else 'missed'} ({r - 5:+.2f}×) |")
     if tl:
-        lines += ["", "Targets (issue 4; margin = ours minus the target):", "",
+        lines += ["", "Targets (margin = ours minus the target):", "",
                   "| model | condition | target | ours vs target | margin | result |",
                   "| --- | --- | --- | --- | ---: | --- |", *tl]
     if level_methods:
@@ -481,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                   "| rows | " + " | ".join(lv_cols) + " |", "| --- | " + " | ".join("---:" for _ in lv_cols) + " |"]
         for lm in level_methods:
             lines.append(f"| {lm} minus blind | " + " | ".join(
-                f"{mean(lm, c) - mean(main_model, c):+.2f}" for c in lv_cols) + " |")
+                _diff(mean(lm, c), mean(main_model, c)) for c in lv_cols) + " |")
     missing = [n for n, o in (("FFDNet", ffd), ("CBM3D", cbm)) if o is None and not (n == "CBM3D" and args.no_cbm3d)
                and not (n == "FFDNet" and args.no_ffdnet)]
     if missing:
@@ -556,7 +570,7 @@ def plot(path: Path, methods, conds, cameras, mean, mps, xlabel: str) -> list[Pa
                 continue
             ax.scatter(mps(m), np.mean(vals), s=60, color=colours.get(m, "tab:blue"), zorder=3)
             ax.annotate(m, (mps(m), np.mean(vals)), textcoords="offset points", xytext=(6, 4))
-        # issue 4's target region: at least 5x FFDNet's throughput and the PSNR bar
+        # the target region: at least 5x FFDNet's throughput and the PSNR bar
         f = [mean("FFDNet", k) for k in keys]
         if mps("FFDNet") and all(v is not None for v in f):
             bar = np.mean(f) + (0.5 if keys == ["camera"] else 0.0)
@@ -609,7 +623,8 @@ def comparison(path: Path, cond: dict, outs: dict, clean: np.ndarray, rec: dict,
             draw.rectangle([x, top, x + side - 1, top + side - 1], fill=(200, 200, 200))
             draw.text((x + 6, top + side // 2), missing, fill="black", font=font)
         else:
-            canvas.paste(Image.fromarray(arr[y0:y0 + v, x0:x0 + v]).resize((side, side), Image.NEAREST), (x, top))
+            crop = Image.fromarray(arr[y0:y0 + v, x0:x0 + v]).resize((side, side), Image.Resampling.NEAREST)
+            canvas.paste(crop, (x, top))
         key = label if label in rec else f"{label}_picture_only"
         txt = label + (f"  {rec[key][0]:.2f} dB" if key in rec else "")
         if label in ("FFDNet", "CBM3D") and "FFDNet_sigma" in rec:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import struct
 import subprocess
@@ -234,7 +233,8 @@ def table(rows, a, t24, have_dt, dt_reason, rd) -> str:
            "| --- | --- | ---: | ---: | ---: |"]
     for r in rows:
         lv = r["libraw"]
-        out.append(f"| {r['photo']} | {r['camera']} @ {r['iso']} | {_f(lv['noisy'])} | {_f(lv['raw'])} | {_f(lv['srgb'])} |")
+        out.append(f"| {r['photo']} | {r['camera']} @ {r['iso']} | {_f(lv['noisy'])} | {_f(lv['raw'])} "
+                   f"| {_f(lv['srgb'])} |")
     mean = lambda key, sub, k=0: float(np.mean([r[key][sub][k] for r in rows]))  # noqa: E731
     out.append(f"| **mean** | | {mean('libraw', 'noisy'):.2f} / {mean('libraw', 'noisy', 1):.4f} | "
                f"**{mean('libraw', 'raw'):.2f}** / {mean('libraw', 'raw', 1):.4f} | "
@@ -245,7 +245,8 @@ def table(rows, a, t24, have_dt, dt_reason, rd) -> str:
                 "| --- | --- | ---: | ---: | ---: |"]
         for r in rows:
             dv = r["darktable"]
-            out.append(f"| {r['photo']} | {r['camera']} @ {r['iso']} | {_f(dv['noisy'])} | {_f(dv['dt'])} | {_f(dv['raw'])} |")
+            out.append(f"| {r['photo']} | {r['camera']} @ {r['iso']} | {_f(dv['noisy'])} | {_f(dv['dt'])} "
+                       f"| {_f(dv['raw'])} |")
         out.append(f"| **mean** | | {mean('darktable', 'noisy'):.2f} / {mean('darktable', 'noisy', 1):.4f} | "
                    f"{mean('darktable', 'dt'):.2f} / {mean('darktable', 'dt', 1):.4f} | "
                    f"**{mean('darktable', 'raw'):.2f}** / {mean('darktable', 'raw', 1):.4f} |")

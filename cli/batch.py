@@ -21,6 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -29,9 +30,10 @@ from denoise_core.atomic import Terminated, remove_stale_parts, signals_as_inter
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS, use_all_cores
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
-                                  read_image, write_image)
-
+                                  format_for_path, read_image, write_image)
 from denoise_core.raw import RAW_EXTENSIONS, is_raw
+
+from .suggest import did_you_mean
 
 _FORMAT_EXT = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "webp": ".webp"}
 
@@ -87,26 +89,72 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def expand_inputs(inputs: tuple[str, ...], report: Report) -> list[Path]:
-    """Files as given, folders' supported images (sorted, not recursive), globs expanded."""
-    found: list[Path] = []
+_IMAGE_EXTENSIONS = SUPPORTED_EXTENSIONS + RAW_EXTENSIONS
+
+
+def _is_image_name(p: Path) -> bool:
+    return p.suffix.lower() in _IMAGE_EXTENSIONS
+
+
+def _folder_images(folder: Path, recursive: bool, skip: str | None) -> list[tuple[Path, Path]]:
+    """(file, output name relative to the output folder): the folder's images, sorted; with
+    `recursive` those of its subfolders too, at the same relative path. Files under `skip` (the
+    output folder, when it lies inside an input folder) are left out."""
+    found = []
+    for root, dirs, names in os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]:
+        if skip is not None and os.path.realpath(root) == skip:
+            dirs[:] = []
+            continue
+        dirs.sort()
+        for name in sorted(names):
+            q = Path(root) / name
+            if _is_image_name(q) and q.is_file():
+                found.append((q, q.relative_to(folder)))
+    return found
+
+
+def _has_images_below(folder: Path) -> int:
+    return sum(1 for q in folder.rglob("*") if _is_image_name(q) and q.is_file())
+
+
+def expand_inputs(inputs: tuple[str, ...], report: Report, *, recursive: bool = False,
+                  outdir: Path | None = None) -> list[tuple[Path, Path]]:
+    """(file, output name relative to the output folder) for every input: files as given, folders'
+    images (sorted; their subfolders' too with `recursive`, keeping the relative path), globs
+    expanded. An input that yields no image is one error line: a missing file or folder, a folder
+    without images (naming --recursive when its subfolders have some), a pattern that matches none."""
+    skip = os.path.realpath(outdir) if outdir is not None else None
+    found: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_EXTENSIONS + RAW_EXTENSIONS)
+            try:
+                images = _folder_images(p, recursive, skip)
+            except OSError as e:
+                report.fail(item, f"cannot list the folder: {e.strerror or e}")
+                continue
+            if not images:
+                below = 0 if recursive else _has_images_below(p)
+                report.fail(item, f"no photos in this folder, {below} in its subfolders: add --recursive" if below
+                            else f"no photos in this folder{' or its subfolders' if recursive else ''} (PNG, "
+                                 f"TIFF, JPEG, WebP or camera raw files)")
+            found += images
         elif p.exists() or not glob.has_magic(item):
-            found.append(p)
+            if not p.exists() and not p.is_symlink():
+                report.fail(item, "file not found" if _is_image_name(p) else "no such file or folder")
+                continue
+            found.append((p, Path(p.name)))
         else:
             matches = sorted(Path(m) for m in glob.glob(item))
-            if not matches:
+            if not any(m.is_file() for m in matches):
                 report.fail(item, "pattern matches no files")
-            found += [m for m in matches if m.is_file()]
+            found += [(m, Path(m.name)) for m in matches if m.is_file()]
     seen, unique = set(), []
-    for p in found:
+    for p, name in found:
         key = os.path.realpath(p)
         if key not in seen:
             seen.add(key)
-            unique.append(p)
+            unique.append((p, name))
     return unique
 
 
@@ -122,6 +170,45 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+def usage_error(message: str) -> NoReturn:
+    """A usage error: one line, exit status 2, nothing created."""
+    click.echo(one_line(f"error: {message}"), err=True)
+    sys.exit(2)
+
+
+_FORMAT_NAMES = {"PNG": "png", "TIFF": "tiff", "JPEG": "jpeg", "WEBP": "webp"}
+
+
+def output_file(outdir: Path, files: list[tuple[Path, Path]], out_format: str | None) -> tuple[bool, str | None]:
+    """Whether -o names one output file rather than a folder, and the format to write it in.
+
+    An existing folder is a folder. A name with an image extension (out.png) that is not a folder
+    is one output file: allowed for one photo, written in the format its extension names; refused
+    (a usage error) for several photos, and for a --format it contradicts. An existing file without
+    an image extension is refused: it is neither."""
+    if outdir.is_dir():
+        return False, out_format
+    if not _is_image_name(outdir):
+        if outdir.exists():
+            usage_error(f"-o {outdir} is a file, not a folder: give an output folder (or, for one photo, "
+                        f"an image file name such as out.png)")
+        return False, out_format
+    if len(files) > 1:
+        usage_error(f"-o {outdir} names an image file, but {len(files)} photos were given: give an output "
+                    f"folder for several photos")
+    src = files[0][0] if files else None
+    ext = outdir.suffix.lower()
+    if ext in RAW_EXTENSIONS:
+        if ext == ".dng" and out_format is None and (src is None or src.suffix.lower() == ".dng"):
+            return True, None
+        usage_error(f"-o {outdir}: a DNG is written only from a DNG input and other camera raw formats never; "
+                    f"name a .tif, .png, .jpg or .webp file for a developed result")
+    fmt = _FORMAT_NAMES[format_for_path(outdir)]
+    if out_format is not None and out_format != fmt:
+        usage_error(f"--format {out_format} contradicts -o {outdir}: drop one of them")
+    return True, fmt
+
+
 # The interpreter's last collection at exit walks every object torch's modules made (about 0.35 s
 # of a one-photo run, bench/io.py); frozen at exit, it skips them: the process is ending anyway.
 atexit.register(gc.freeze)
@@ -130,7 +217,11 @@ atexit.register(gc.freeze)
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
-              help="Output folder (created if missing); each result keeps its input's file name.")
+              help="Output folder (created if missing); each result keeps its input's file name. For one "
+                   "input, an image file name (out.png) writes that file instead.")
+@click.option("-r", "--recursive", is_flag=True,
+              help="Also denoise the photos in the subfolders of input folders (the output keeps the "
+                   "subfolders).")
 @click.option("--model", default="default", show_default=True,
               help="Shipped model name (default, unet, fast, seed) or a checkpoint file.")
 @click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
@@ -159,26 +250,13 @@ atexit.register(gc.freeze)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (otherwise they are skipped).")
 @click.option("--shard", default=None, metavar="K/N", help="Take every N-th file starting at K (0-based).")
 @click.option("--json", "json_mode", is_flag=True, help="One JSON object per line on stdout.")
-def main(inputs, outdir: Path, model, strength, noise_level, sigma, device, precision, tile, overlap, out_format,
-         quality, overwrite, shard, json_mode) -> None:
+def main(inputs, outdir: Path, recursive, model, strength, noise_level, sigma, device, precision, tile, overlap,
+         out_format, quality, overwrite, shard, json_mode) -> None:
     """Denoise photos (files, folders or globs) into OUTPUT."""
     report = Report(json_mode=json_mode)
     shard_kn = parse_shard(shard)
-    files = expand_inputs(inputs, report)
-    if shard_kn:
-        k, n = shard_kn
-        files = files[k::n]
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        click.echo(one_line(f"error: cannot create output folder {outdir}: {e.strerror or e}"), err=True)
-        sys.exit(1)
-    if not os.access(outdir, os.W_OK | os.X_OK):
-        click.echo(one_line(f"error: output folder {outdir} is not writable"), err=True)
-        sys.exit(1)
-    for stale in remove_stale_parts(outdir):
-        click.echo(one_line(f"removed {stale}: the temp file of an earlier run that was killed"), err=True)
     use_all_cores()  # this command owns its process: every core (a Denoiser leaves the count alone)
+    # Usage errors come first and leave nothing behind (no output folder is created before them).
     try:
         # a raw-domain --model serves the raw files (see _process_raw); image files then fail by name
         dn = Denoiser(model, device=device, tile=tile, overlap=overlap, precision=precision, allow_raw=True)
@@ -186,9 +264,30 @@ def main(inputs, outdir: Path, model, strength, noise_level, sigma, device, prec
             dn.check_noise_level(noise_level, sigma)
         elif sigma is not None:
             raise ValueError("--sigma is for images; a raw model takes --noise-level")
-    except (ModelNotFoundError, CheckpointError, ValueError) as e:
-        click.echo(one_line(f"error: {e}"), err=True)
-        sys.exit(2)
+    except ModelNotFoundError as e:
+        usage_error(f"{e}{did_you_mean(model)}")
+    except (CheckpointError, ValueError) as e:
+        usage_error(str(e))
+    files = expand_inputs(inputs, report, recursive=recursive, outdir=outdir)
+    if shard_kn:
+        k, n = shard_kn
+        files = files[k::n]
+    single, single_format = output_file(outdir, files, out_format)
+    if not files:  # every input was reported as yielding no photo (or the shard is empty)
+        report.emit(event="summary", ok=0, skipped=0, failed=report.failed)
+        click.echo(str(report), err=True)
+        sys.exit(report.return_code)
+    folder = outdir.parent if single else outdir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        click.echo(one_line(f"error: cannot create output folder {folder}: {e.strerror or e}"), err=True)
+        sys.exit(1)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        click.echo(one_line(f"error: output folder {folder} is not writable"), err=True)
+        sys.exit(1)
+    for stale in remove_stale_parts(folder):
+        click.echo(one_line(f"removed {stale}: the temp file of an earlier run that was killed"), err=True)
     report.emit(event="start", total=len(files), model=str(dn.path), arch=dn.arch, device=str(dn.device),
                 precision=dn.precision)
     bar = None
@@ -196,15 +295,17 @@ def main(inputs, outdir: Path, model, strength, noise_level, sigma, device, prec
         from tqdm import tqdm
         bar = tqdm(total=len(files), unit="photo", file=sys.stderr, dynamic_ncols=True)
     claimed: dict[str, str] = {}
-    inputs_real = {os.path.realpath(f) for f in files}
+    inputs_real = {os.path.realpath(f) for f, _ in files}
+    if single:
+        out_format = single_format
     try:
         with signals_as_interrupts():
-            for src in files:
-                name = src.name if out_format is None else src.stem + _FORMAT_EXT[out_format]
+            for src, rel in files:
+                name = rel.name if out_format is None else rel.stem + _FORMAT_EXT[out_format]
                 if is_raw(src):  # a DNG gives a DNG, other raw files a developed TIFF (or --format)
                     from denoise_core.raw_denoise import output_name
-                    name = output_name(src, out_format)
-                dst = outdir / name
+                    name = output_name(rel, out_format)
+                dst = outdir if single else outdir / rel.parent / name
                 if bar:
                     bar.set_postfix_str(one_line(src.name))
                 _process(dn, src, dst, report, claimed, inputs_real, strength=strength,
@@ -255,16 +356,16 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always", ImageWarning)
             photo = read_image(src)
-        for w in said:
-            if isinstance(w.message, ImageWarning):
-                report.warn(s, w.message.reason)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        _report_warnings(report, s, said)
         pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level, sigma=sigma,
                             progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
         result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
                        exif=photo.exif, info=photo.info)
-        write_image(dst, result, format=out_format, quality=quality)
+        _make_parent(dst)
+        with warnings.catch_warnings(record=True) as said:  # e.g. EXIF the output format cannot hold
+            warnings.simplefilter("always", ImageWarning)
+            write_image(dst, result, format=out_format, quality=quality)
+        _report_warnings(report, s, said)
     except ImageReadError as e:
         report.fail(s, e.reason)
     except ImageWriteError as e:
@@ -275,6 +376,23 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         report.fail(s, f"unexpected {type(e).__name__}: {e}")
     else:
         report.done(s, dst, time.perf_counter() - t0)
+
+
+def _report_warnings(report: Report, src: str, said: list[warnings.WarningMessage]) -> None:
+    """ImageWarnings as one `warning:` line each; other warnings as Python shows them."""
+    for w in said:
+        if isinstance(w.message, ImageWarning):
+            report.warn(src, w.message.reason)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _make_parent(dst: Path) -> None:
+    """The output's subfolder (--recursive keeps the inputs' subfolders); OSError fails the file."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageWriteError(dst, f"cannot create its folder: {e.strerror or e}") from None
 
 
 _RAW_DENOISERS: dict = {}
@@ -291,17 +409,14 @@ def _process_raw(dn: Denoiser, src: Path, dst: Path, report: Report, *, strength
         key = (str(dn.path) if dn.arch == "raw" else "raw", str(dn.device), dn.precision)
         if key not in _RAW_DENOISERS:
             _RAW_DENOISERS[key] = RawDenoiser(key[0], device=key[1], precision=key[2])
+        _make_parent(dst)
         with warnings.catch_warnings(record=True) as said:  # e.g. EXIF that could not be copied
             warnings.simplefilter("always", ImageWarning)
             info = process_raw(_RAW_DENOISERS[key], src, dst, strength=strength, noise_level=noise_level,
                                out_format=out_format, quality=quality,
                                progress=lambda done, total: report.emit(event="progress", file=s, done=done,
                                                                         total=total))
-        for w in said:
-            if isinstance(w.message, ImageWarning):
-                report.warn(s, w.message.reason)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        _report_warnings(report, s, said)
     except ImageReadError as e:
         report.fail(s, e.reason)
     except ImageWriteError as e:

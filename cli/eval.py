@@ -26,6 +26,8 @@ from denoise_core.metrics import ssim
 from denoise_core.pairs import PairCheck, PairError, load_pairs, to_unit
 from denoise_core.train import save_comparison
 
+from .suggest import did_you_mean
+
 
 class InputError(click.ClickException):
     exit_code = 2
@@ -58,7 +60,8 @@ def _center_crop(a: np.ndarray, size: int = 1024) -> np.ndarray:
 
 @click.command(name="denoise-eval", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--noisy", type=click.Path(path_type=Path), metavar="DIR", required=True, help="Folder of noisy photos.")
-@click.option("--clean", type=click.Path(path_type=Path), metavar="DIR", required=True, help="Folder of clean photos, same names.")
+@click.option("--clean", type=click.Path(path_type=Path), metavar="DIR", required=True,
+              help="Folder of clean photos, same names.")
 @click.option("--model", default="default", show_default=True,
               help="Shipped model name (default, unet, fast, seed) or a checkpoint file.")
 @click.option("--compare-dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
@@ -74,7 +77,9 @@ def main(noisy, clean, model, compare_dir, device, precision, tile, max_shift) -
     use_all_cores()
     try:
         dn = Denoiser(model, device=device, tile=tile, precision=precision)
-    except (ModelNotFoundError, CheckpointError, ValueError) as e:
+    except ModelNotFoundError as e:
+        raise InputError(f"{e}{did_you_mean(model)}") from None
+    except (CheckpointError, ValueError) as e:
         raise InputError(str(e)) from None
     try:
         pairs = load_pairs(noisy, clean, PairCheck(max_shift=max_shift))
@@ -83,7 +88,8 @@ def main(noisy, clean, model, compare_dir, device, precision, tile, max_shift) -
     if compare_dir is not None:
         compare_dir.mkdir(parents=True, exist_ok=True)
     width = max(8, *(len(p.info.name) for p in pairs))
-    click.echo(f"{'image':<{width}}  {'noisy PSNR':>10}  {'denoised PSNR':>13}  {'noisy SSIM':>10}  {'denoised SSIM':>13}")
+    click.echo(f"{'image':<{width}}  {'noisy PSNR':>10}  {'denoised PSNR':>13}  {'noisy SSIM':>10}  "
+               f"{'denoised SSIM':>13}")
     try:
         with signals_as_interrupts():
             _evaluate(dn, pairs, width, compare_dir)

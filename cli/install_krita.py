@@ -1,17 +1,19 @@
 """`denoise-plugin install krita` / `uninstall krita`.
 
-Layout (Krita 5, see ../shared/HOSTS.md):
+Layout (Krita 5):
   RESOURCES/pykrita/denoise_cnn.desktop
   RESOURCES/pykrita/denoise_cnn/            the plugin package (plugins/krita/denoise_cnn)
   RESOURCES/pykrita/denoise_cnn/denoise_client.py   copy of plugins/common/denoise_client.py
   RESOURCES/pykrita/denoise_cnn/denoise_worker.json  {"python", "pythonpath", "models", "default_model"}
 and `[python]` `enable_denoise_cnn=true` in kritarc, without which Krita does not load the plugin.
 
-RESOURCES is `--dest` when given, else `$XDG_DATA_HOME/krita` (default `~/.local/share/krita`).
-kritarc is the user's Krita configuration, `$XDG_CONFIG_HOME/kritarc` (default
-`~/.config/kritarc`), also with `--dest`: Krita keeps one kritarc per user, and a custom resource
-folder (Settings › Configure Krita › General › Resource folder) is itself recorded there. Pass
-`kritarc=` to `install`/`uninstall` to edit another one (a portable Krita, a test).
+RESOURCES is `--dest` when given, else Krita's resource folder for this user (default_resources:
+`~/.local/share/krita` on Linux, `%APPDATA%\\krita` on Windows, `~/Library/Application
+Support/krita` on macOS). kritarc is the user's Krita configuration (default_kritarc:
+`~/.config/kritarc`, `%LOCALAPPDATA%\\kritarc`, `~/Library/Preferences/kritarc`), also with
+`--dest`: Krita keeps one kritarc per user, and a custom resource folder (Settings › Configure
+Krita › General › Resource folder) is itself recorded there. Pass `kritarc=` to
+`install`/`uninstall` to edit another one (a portable Krita, a test).
 """
 from __future__ import annotations
 
@@ -28,13 +30,27 @@ NAME = "denoise_cnn"
 SECTION = "python"
 
 def default_resources() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "krita"
+    """Krita's resource folder for this user: `%APPDATA%\\krita` on Windows,
+    `~/Library/Application Support/krita` on macOS, `$XDG_DATA_HOME/krita` (default
+    `~/.local/share/krita`) elsewhere."""
+    home = Path(os.path.expanduser("~"))
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming") / "krita"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "krita"
+    return Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "krita"
 
 
 def default_kritarc() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "kritarc"
+    """Krita's settings file for this user: `%LOCALAPPDATA%\\kritarc` on Windows,
+    `~/Library/Preferences/kritarc` on macOS, `$XDG_CONFIG_HOME/kritarc` (default `~/.config/kritarc`)
+    elsewhere."""
+    home = Path(os.path.expanduser("~"))
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "kritarc"
+    if sys.platform == "darwin":
+        return home / "Library" / "Preferences" / "kritarc"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "kritarc"
 
 
 def pykrita_dir(dest: Path | str | None = None) -> Path:

@@ -32,11 +32,13 @@ from denoise_core.imageio import ImageReadError, read_image
 from denoise_core.metrics import psnr
 from denoise_core.models import create_model, list_models
 from denoise_core.levels import training_levels
-from denoise_core.noise import NoiseSpecError, list_cameras, noisy_pair, parse_noise
+from denoise_core.noise import CURRENT_MIX, MIX_VERSIONS, NoiseSpecError, list_cameras, noisy_pair, parse_noise
 from denoise_core.pairs import PairCheck, PairError, image_files, load_pairs
 from denoise_core.train import (LOSSES, Progress, TrainConfig, TrainingError, fixed_val_set, init_distributed,
                                 pair_val_set, random_patches, report_paths, shutdown_distributed,
                                 split_by_image, state_path, train)
+
+from .suggest import did_you_mean
 
 
 def _is_main() -> bool:
@@ -94,11 +96,13 @@ RAW_PATCH = 128  # --domain raw's default patch: 128x128 photosites, 64x64 per p
                    "darktable camera-profile noise per photosite (ISO 800-25600), architecture 'raw', "
                    "CPU only; no --noisy, --noise or --loss.")
 @click.option("--noisy", type=click.Path(path_type=Path), metavar="DIR", help="Folder of noisy photos (pairs mode).")
-@click.option("--clean", type=click.Path(path_type=Path), metavar="DIR", help="Folder of clean photos (in pairs mode named like the noisy ones).")
+@click.option("--clean", type=click.Path(path_type=Path), metavar="DIR",
+              help="Folder of clean photos (in pairs mode named like the noisy ones).")
 @click.option("--noise", "noise_spec", metavar="SPEC",
               help='Synthetic noise instead of pairs: gaussian:SIGMA, gaussian:LO-HI, poisson-gaussian, '
                    'camera:"MAKER MODEL"@ISO, camera:random, pipeline (camera developments: demosaic, '
-                   'sharpening, JPEG, ...), mix (what the shipped weights use; mix-v1/v2/v3 by version).')
+                   'sharpening, JPEG, ...), mix (the current training mix, ' + CURRENT_MIX + '; '
+                   + ', '.join(MIX_VERSIONS) + ' name each version, as the weight cards record).')
 @click.option("--arch", type=click.Choice(list_models()), default="unet", show_default=True,
               help="Network to train from scratch. 'unet' alone is the registry's base U-Net (blind; blocks "
                    "per stage: encoder 1, 2, decoder 2, 1); the shipped 'unet' (default) weights are that class "
@@ -166,6 +170,9 @@ def main(domain, noisy, clean, noise_spec, arch, arch_args, init, out, steps, pa
                                "(or --domain raw for the raw-domain model)")
     if out is None:
         raise click.UsageError("--out FILE is required")
+    if out.suffix.lower() != ".safetensors":
+        raise click.UsageError(f"--out {out}: the weights are written as a .safetensors file; name it like "
+                               f"{out.with_suffix('.safetensors').name}")
     if raw and not given("arch") and init is None:
         arch = RAW_ARCHS[0]
     if raw and not given("patch"):
@@ -182,7 +189,9 @@ def main(domain, noisy, clean, noise_spec, arch, arch_args, init, out, steps, pa
         try:
             init_path = str(resolve_model(init))
             ck = load_checkpoint(init_path)
-        except (ModelNotFoundError, CheckpointError) as e:
+        except ModelNotFoundError as e:
+            raise InputError(f"--init: {e}{did_you_mean(init)}") from None
+        except CheckpointError as e:
             raise InputError(f"--init: {e}") from None
         arch, arch_args = ck.arch, json.dumps(ck.arch_args)
     what = f"--init {init} (a {arch!r} model)" if init is not None else f"--arch {arch!r}"
@@ -240,7 +249,8 @@ def main(domain, noisy, clean, noise_spec, arch, arch_args, init, out, steps, pa
                           batch=batch, steps=steps, lr=lr, loss=loss, seed=seed, val_every=val_every,
                           checkpoint_every=checkpoint_every, device=device, data=data, threads=threads,
                           init=init_path, precision=precision)
-        _say(f"training {arch}{f' from {init_path}' if init_path else ''} on {data}; {steps} steps of {batch}x{patch}x{patch} patches"
+        _say(f"training {arch}{f' from {init_path}' if init_path else ''} on {data}; {steps} steps of "
+             f"{batch}x{patch}x{patch} patches"
              f"{f' on each of {di.world} processes' if di.world > 1 else ''}, device {dev.type}, "
              f"{precision_name(pick_precision(dev, precision))}")
         if val_pairs:
@@ -346,7 +356,16 @@ def _run_raw(clean: Path, out: Path, arch: str, args: dict, init_path: str, patc
     curves, compare = report_paths(out)
     best = (f"best validation PSNR {card['val_psnr']:.2f} dB, SSIM {card['val_ssim']:.4f} at step {card['steps']}"
             if val_pairs else f"no validation, final loss {res['history'][-1]['loss']:.5f} ({RAW_LOSS})")
-    _say(f"done in {time.time() - t0:.0f} s; {best}\nwrote {out}" + (f", {curves}, {compare}" if val_pairs else f", {curves}"))
+    _say(f"done in {time.time() - t0:.0f} s; {best}\nwrote {out}, {curves}" + (f", {compare}" if val_pairs else ""))
+    _say(_state_note(out))
+
+
+def _state_note(out: Path) -> str:
+    """What the finished run's training state is for: nothing the weights need."""
+    sp = state_path(out)
+    size = f" ({sp.stat().st_size / 1e6:.1f} MB)" if sp.exists() else ""
+    return (f"{sp}{size} is only needed to train this run further (the same command with --resume and a "
+            f"larger --steps); {out} does not need it: delete it otherwise")
 
 
 def _interrupted(out: Path) -> NoReturn:
@@ -404,7 +423,8 @@ def _run(cfg: TrainConfig, out: Path, train_set, spec, val_pairs, resume: bool) 
         curves, compare = report_paths(out)
         best = (f"best validation PSNR {card['val_psnr']:.2f} dB, SSIM {card['val_ssim']:.4f} at step {card['steps']}"
                 if val_pairs else "no validation")
-        _say(f"done in {dt:.0f} s; {best}\nwrote {out}" + (f", {curves}, {compare}" if val_pairs else f", {curves}"))
+        _say(f"done in {dt:.0f} s; {best}\nwrote {out}, {curves}" + (f", {compare}" if val_pairs else ""))
+        _say(_state_note(out))
 
 
 if __name__ == "__main__":

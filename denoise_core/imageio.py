@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 import logging
 import math
 import mmap
@@ -74,7 +75,7 @@ from denoise_core.atomic import atomic_path
 # Largest image (width * height) read, for every format alike; checked on the header, before any
 # pixel is decoded. Pillow's DecompressionBombWarning is superseded by it (a 100 MP camera file
 # reads); Pillow's own DecompressionBombError (over 2 * Image.MAX_IMAGE_PIXELS) still applies.
-MAX_PIXELS: int | None = 2 * Image.MAX_IMAGE_PIXELS
+MAX_PIXELS: int | None = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow's default, when unset
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 _EXT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -84,6 +85,7 @@ _RAW_EXTENSIONS = frozenset(".dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .orf .
 _CMYK = "CMYK images are not supported; convert to RGB first"
 _PALETTE = "palette (indexed-colour) images are not supported; convert to RGB or grayscale first"
 _JPEG_MAX_SIDE, _WEBP_MAX_SIDE = 65535, 16383
+_JPEG_MAX_EXIF = 65533  # one APP1 segment, "Exif\0\0" included (what Pillow writes, and refuses beyond)
 _NAMES = {"PNG": "PNG", "TIFF": "TIFF", "JPEG": "JPEG", "WEBP": "WebP"}
 # Metadata one file may carry once decompressed or copied (ICC + EXIF + XMP + text together): real
 # photos carry well under 1 MiB; a zlib bomb in a 265 kB PNG would otherwise inflate to 772 MB.
@@ -135,11 +137,21 @@ def format_for_path(path) -> str:
 
 # ----------------------------------------------------------------------------------------- reading
 
+def _raw_reason(ext: str) -> str:
+    """Why read_image refuses a camera raw file, true for the formats denoise_core.raw reads and the rest."""
+    from denoise_core.raw import RAW_EXTENSIONS
+    if ext in RAW_EXTENSIONS:
+        return ("a camera raw file: denoise it with denoise-batch (or denoise_core.raw_denoise); "
+                "read_image reads PNG, TIFF, JPEG and WebP")
+    return (f"{ext[1:].upper()} camera raw files are not supported (denoise-batch reads "
+            f"{', '.join(e[1:].upper() for e in RAW_EXTENSIONS)}); develop it to TIFF or PNG first")
+
+
 def read_image(path) -> Photo:
     p = Path(path)
     ext = p.suffix.lower()
     if ext in _RAW_EXTENSIONS:
-        raise ImageReadError(path, "camera raw files are not supported; develop them to TIFF or PNG first")
+        raise ImageReadError(path, _raw_reason(ext))
     if ext not in _EXT_FORMATS:
         raise ImageReadError(path, f"unsupported file extension '{ext}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
     try:
@@ -423,7 +435,7 @@ def _refuse_more_pages(tif: tifffile.TiffFile, path) -> None:
     try:
         n = len(tif.pages)
         for i in range(1, n):
-            if not int(tif.pages[i].subfiletype) & 1:
+            if not int(getattr(tif.pages[i], "subfiletype", 0)) & 1:
                 raise ImageReadError(path, f"multi-page TIFF ({n} pages) is not supported: only single-image "
                                            "files are denoised, so no page is lost; split the pages first "
                                            "(e.g. with tiffsplit)")
@@ -775,6 +787,12 @@ def write_image(path, photo: Photo, *, format: str | None = None, quality: int |
     if limit and max(h, w) > limit:
         raise ImageWriteError(path, f"{_NAMES[fmt]} images can be at most {limit} pixels on a side "
                                     f"({w}x{h} given)")
+    if fmt == "JPEG" and photo.exif and len(_normalise_exif(photo.exif) or b"") > _JPEG_MAX_EXIF:
+        # one APP1 segment holds it: rather than lose the denoised result, write it without EXIF
+        warnings.warn(ImageWarning(path, f"EXIF not copied to the output (JPEG holds at most "
+                                         f"{_JPEG_MAX_EXIF:,} bytes of it, this photo has "
+                                         f"{len(_normalise_exif(photo.exif) or b''):,})"), stacklevel=2)
+        photo = dataclasses.replace(photo, exif=None)
     try:
         with atomic_path(dest) as tmp:
             _WRITERS[fmt](tmp, photo, quality)
@@ -878,7 +896,7 @@ def _png_text(key: str, value: str) -> tuple[bytes, bytes]:
         return b"iTXt", k + b"\0\0\0\0\0" + value.encode("utf-8")
 
 
-_TIFF_KEEP_COMPRESSION = {1: None, 5: "lzw", 8: "adobe_deflate", 32946: "deflate"}
+_TIFF_KEEP_COMPRESSION: dict[object, str | None] = {1: None, 5: "lzw", 8: "adobe_deflate", 32946: "deflate"}
 
 
 def _write_tiff(tmp: Path, photo: Photo, quality: int | None) -> None:
@@ -897,7 +915,8 @@ def _write_tiff(tmp: Path, photo: Photo, quality: int | None) -> None:
     if info.get("xmp"):
         xmp = info["xmp"] if isinstance(info["xmp"], bytes) else str(info["xmp"]).encode()
         extratags.append((700, 1, len(xmp), xmp, True))
-    tifffile.imwrite(tmp, arr, byteorder=bo, photometric="rgb" if photo.pixels.shape[2] == 3 else "minisblack",
+    tifffile.imwrite(tmp, arr, byteorder="<" if bo == "<" else ">",
+                     photometric="rgb" if photo.pixels.shape[2] == 3 else "minisblack",
                      planarconfig="contig", compression=compression, predictor=compression is not None,
                      iccprofile=photo.icc_profile or None, metadata=None, software=False,
                      extratags=extratags, **kwargs)

@@ -45,7 +45,7 @@ BENCHMARK = ("EveningGlow", "aitzgorri_by_Aitzol_Berasategi", "Dune", "citrus-fr
 # step rather than their best validation step.)
 SELECTION = ("Garden", "ColdRipple", "castle-maintenon")
 TRAIN = tuple(n for n in SOURCES if n not in BENCHMARK and n not in SELECTION)
-VALIDATION = BENCHMARK  # the name the benchmarks of sessions 1-7 used
+VALIDATION = BENCHMARK  # the name the benchmarks of releases 0.1.0-0.3.0 used
 
 
 def download_packages(dest: str | Path) -> Path:

@@ -129,11 +129,11 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def _directional_green(m: torch.Tensor):
     """Hamilton-Adams horizontal and vertical green estimates and their gradients at every site."""
-    l, rr, u, d = _shift(m, 0, -1), _shift(m, 0, 1), _shift(m, -1, 0), _shift(m, 1, 0)
+    lf, rr, u, d = _shift(m, 0, -1), _shift(m, 0, 1), _shift(m, -1, 0), _shift(m, 1, 0)
     l2, r2, u2, d2 = _shift(m, 0, -2), _shift(m, 0, 2), _shift(m, -2, 0), _shift(m, 2, 0)
     lap_h, lap_v = 2 * m - l2 - r2, 2 * m - u2 - d2
-    gh, gv = (l + rr) / 2 + lap_h / 4, (u + d) / 2 + lap_v / 4
-    dh, dv = (l - rr).abs() + lap_h.abs(), (u - d).abs() + lap_v.abs()
+    gh, gv = (lf + rr) / 2 + lap_h / 4, (u + d) / 2 + lap_v / 4
+    dh, dv = (lf - rr).abs() + lap_h.abs(), (u - d).abs() + lap_v.abs()
     return gh, gv, dh, dv
 
 
@@ -343,7 +343,7 @@ def random_ccm(gen: torch.Generator) -> tuple[tuple[float, float, float], ...]:
     m = (1 + s) * torch.eye(3) - s / 3
     m = m + 0.08 * (torch.rand((3, 3), generator=gen) * 2 - 1)
     m = m / m.sum(1, keepdim=True)
-    return tuple(tuple(float(v) for v in row) for row in m)
+    return tuple((float(row[0]), float(row[1]), float(row[2])) for row in m)
 
 
 def draw_development(gen: torch.Generator, s: Settings = TRAIN_SETTINGS,
@@ -491,4 +491,5 @@ def _random_crop(a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generat
 
 
 __all__ = ["DEMOSAICS", "Development", "HELDOUT_MAKERS", "Settings", "TONE_CURVES", "TRAIN_SETTINGS",
-           "clean_development_pair", "develop", "draw_camera", "draw_development", "finish", "pipeline_pair", "simulate", "unprocess"]
+           "clean_development_pair", "develop", "draw_camera", "draw_development", "finish", "pipeline_pair",
+           "simulate", "unprocess"]

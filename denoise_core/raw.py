@@ -25,6 +25,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class RawMeta:
         return f"{self.make} {self.model}".strip()
 
 
-def _exif_tags(data: io.BufferedIOBase) -> dict:
+def _exif_tags(data: BinaryIO) -> dict:
     import exifread
     try:
         return exifread.process_file(data, details=False, debug=False) or {}
@@ -104,7 +105,7 @@ def _exif_tags(data: io.BufferedIOBase) -> dict:
         return {}
 
 
-def _embedded_exif_stream(path: Path) -> io.BytesIO | None:
+def _embedded_exif_stream(path: Path) -> io.BytesIO | list[io.BytesIO] | None:
     """For containers exifread does not parse: Fujifilm RAF (a JPEG preview carries the EXIF) and
     Canon CR3 (ISO-BMFF; the CMT1/CMT2 boxes are TIFF blocks with IFD0 and the Exif IFD)."""
     with open(path, "rb") as f:
@@ -229,7 +230,7 @@ def unpack(planes: np.ndarray, h: int, w: int, dy: int = 0, dx: int = 0) -> np.n
 
 
 # ----------------------------------------------------------------------------------- noise level
-def noise_sigma(planes, A, B):
+def noise_sigma(planes, A, B) -> Any:
     """Noise standard deviation per photosite, sqrt(A*x + B), x the 3x3 local mean of each packed
     plane (clipped at 0): the noisy data is all inference has, and training computes it the same
     way. `planes` (N, 4, h, w) or (4, h, w), torch or numpy (the result has the input's kind)."""

@@ -13,8 +13,8 @@ Outputs (all written atomically; the input is only read):
 - developed (TIFF by default, or any format `imageio.write_image` writes): LibRaw develops the
   denoised mosaic (written back into its raw buffer): camera white balance, AHD demosaic, sRGB
   primaries with the sRGB tone curve, no automatic brightening (the exposure is the camera's), 16
-  bits, white at the file's white level; the sRGB ICC profile and the raw file's EXIF (make, model, date, exposure, GPS; orientation
-  dropped, as LibRaw has already rotated the pixels) go with it.
+  bits, white at the file's white level; the sRGB ICC profile and the raw file's EXIF (make, model, date,
+  exposure, GPS; orientation dropped, as LibRaw has already rotated the pixels) go with it.
 - DNG from a DNG: a byte copy of the input in which only the raw image changes: uncompressed
   16-bit raw data keeps its place and size; compressed (or other bit depths) raw data is written
   uncompressed at the end of the file and the raw IFD's Compression, BitsPerSample, Predictor and
@@ -61,8 +61,8 @@ class RawDenoiser:
         net, self.device, self.amp_dtype = build_for_inference(ckpt, device, precision)
         self.precision = precision_name(self.amp_dtype)
         self.model = net
-        self.multiple = int(net.size_multiple)
-        self.receptive = int(net.receptive_radius)
+        self.multiple = int(getattr(net, "size_multiple"))
+        self.receptive = int(getattr(net, "receptive_radius"))
         self.tile = int(tile)
 
     @torch.inference_mode()
@@ -104,7 +104,7 @@ class RawDenoiser:
         den = self.denoise_planes(planes, sigma, progress)
         if strength < 1.0:
             den = planes + np.float32(strength) * (den - planes)
-        return unpack(den, *img.mosaic.shape, *img.phase)
+        return unpack(den, img.mosaic.shape[0], img.mosaic.shape[1], *img.phase)
 
 
 # ----------------------------------------------------------------------------------- development
@@ -307,7 +307,8 @@ def write_dng(src, dst, mosaic: np.ndarray, img: RawImage, *, strength: float = 
                 raise RawWriteError(dst, "DNG with a linearization table: DNG output not supported; use --format tiff")
             if page.samplesperpixel != 1 or (page.imagelength, page.imagewidth) != full.shape:
                 raise RawWriteError(dst, f"raw IFD {page.imagewidth}x{page.imagelength} does not match LibRaw's "
-                                         f"{full.shape[1]}x{full.shape[0]} data; DNG output not supported, use --format tiff")
+                                         f"{full.shape[1]}x{full.shape[0]} data; DNG output not supported, "
+                                         f"use --format tiff")
             if tif.is_bigtiff:
                 raise RawWriteError(dst, "a BigTIFF DNG: DNG output not supported; use --format tiff")
             bo = tif.byteorder

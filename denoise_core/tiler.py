@@ -111,8 +111,7 @@ def make_grid(height: int, width: int, *, tile: int, overlap: int, multiple: int
     overlap = _round_up(overlap, multiple)
     border = overlap if border is None else min(overlap, _round_up(max(0, border), multiple))
     core = _round_up(tile, multiple)
-    if feather is None:
-        feather = min(16, overlap // 2)
+    want: int = min(16, overlap // 2) if feather is None else feather
 
     def bounds(n: int) -> tuple[int, ...]:
         if core >= n:
@@ -120,13 +119,13 @@ def make_grid(height: int, width: int, *, tile: int, overlap: int, multiple: int
         k = math.ceil(n / core)
         step = _round_up(math.ceil(n / k), multiple)
         cuts = list(range(0, n, step)) + [n]
-        if len(cuts) > 2 and cuts[-1] - cuts[-2] < 2 * feather + 1:
+        if len(cuts) > 2 and cuts[-1] - cuts[-2] < 2 * want + 1:
             cuts.pop(-2)
         return tuple(cuts)
 
     ys, xs = bounds(height), bounds(width)
     min_core = min(min(b - a for a, b in zip(ys, ys[1:])), min(b - a for a, b in zip(xs, xs[1:])))
-    feather = max(0, min(feather, overlap, (min_core - 1) // 2))
+    feather = max(0, min(want, overlap, (min_core - 1) // 2))
     return TileGrid(height, width, tile, overlap, feather, multiple, ys, xs, border)
 
 

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence, cast, overload
 
 import numpy as np
 import torch
@@ -76,8 +76,14 @@ class Progress:
 
 
 # --------------------------------------------------------------------------- data
+@overload
 def random_patches(images: Sequence[np.ndarray], n: int, size: int, gen: torch.Generator,
-                   partners: Sequence[np.ndarray] | None = None):
+                   partners: None = None) -> torch.Tensor: ...
+@overload
+def random_patches(images: Sequence[np.ndarray], n: int, size: int, gen: torch.Generator,
+                   partners: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]: ...
+def random_patches(images: Sequence[np.ndarray], n: int, size: int, gen: torch.Generator,
+                   partners: Sequence[np.ndarray] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """`n` random crops with random flips and 90-degree rotations, as float (N, 3, size, size).
 
     With `partners` (noisy images aligned to `images`), the same crop and transform is cut from
@@ -151,7 +157,7 @@ def fixed_val_set(images: Sequence[np.ndarray], noise: NoiseSpec | str, *, crop:
     gen = torch.Generator().manual_seed(seed)
     pairs = []
     for im in images:
-        for sy, sx in _val_windows(*im.shape[:2], crop, per_image):
+        for sy, sx in _val_windows(im.shape[0], im.shape[1], crop, per_image):
             clean = _to_float(im[sy, sx])[None]
             pairs.append(noisy_pair(clean, noise, gen))
     return pairs
@@ -161,7 +167,7 @@ def pair_val_set(noisy: Sequence[np.ndarray], clean: Sequence[np.ndarray], *, cr
                  per_image: int = 2):
     """Deterministic (noisy, clean) crops from aligned validation pairs."""
     return [(_to_float(n[sy, sx])[None], _to_float(c[sy, sx])[None])
-            for n, c in zip(noisy, clean) for sy, sx in _val_windows(*n.shape[:2], crop, per_image)]
+            for n, c in zip(noisy, clean) for sy, sx in _val_windows(n.shape[0], n.shape[1], crop, per_image)]
 
 
 @torch.inference_mode()
@@ -238,7 +244,7 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     The benchmark judges mean PSNR over photos: a 10% smaller error lowers this loss as much on a
     lightly noisy image as on a heavily noisy one, where L1 drops in proportion to the noise (L2 to
     its square). The cap keeps noise-free patches from taking over. (On the shipped net's blind
-    mix it helped at high noise and cost 0.09-0.14 dB at sigma 15-25: training/README.md, run 7.)
+    mix it helped at high noise and cost 0.09-0.14 dB at sigma 15-25: training/README.md.)
     """
     mse = (pred - target).pow(2).flatten(1).mean(1)
     return 10.0 * torch.log10(mse + PSNR_FLOOR_MSE).mean()
@@ -274,7 +280,7 @@ def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
         raise TrainingError(f"init: a {cfg.arch!r} model cannot be grown (only unet-style nets can)")
     if cfg.grow and ckpt.arch == cfg.arch:
         try:
-            state = model.grow_from(state)
+            state = cast(Any, model).grow_from(state)  # a method of unet-style nets only
         except ValueError as e:
             raise TrainingError(f"init: {cfg.init}: {e}") from None
     elif ckpt.arch != cfg.arch or ckpt.arch_args != cfg.arch_args:
@@ -305,7 +311,7 @@ def train(
     cfg: TrainConfig,
     out: str | os.PathLike,
     *,
-    batches: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    batches: Callable[[torch.Generator], tuple[torch.Tensor, ...]],  # (noisy, clean) or (noisy, clean, levels)
     val_pairs: list,
     resume: bool = False,
     on_progress: Callable[[Progress], None] | None = None,

@@ -227,7 +227,7 @@ def _session(read_chunk, cache: dict, idle_s: float) -> str:
     import queue
 
     requests: queue.Queue = queue.Queue()
-    current = {"dir": None}  # the running job's folder
+    current: dict[str, Path | None] = {"dir": None}  # the running job's folder
 
     def reader() -> None:
         buf = b""
@@ -305,6 +305,8 @@ def serve_socket(path: str, host_pid: int | None, idle_s: float = IDLE_S) -> int
             f.write(f"{time.strftime('%H:%M:%S')} pid {os.getpid()}: {msg}\n")
 
     def host_alive() -> bool:
+        if host_pid is None:
+            return True
         try:
             os.kill(host_pid, 0)
         except ProcessLookupError:
@@ -344,7 +346,7 @@ def serve_socket(path: str, host_pid: int | None, idle_s: float = IDLE_S) -> int
     while True:
         try:
             conn, _ = srv.accept()
-        except socket.timeout:
+        except TimeoutError:
             log(f"idle for {idle_s:g} s")
             bye()
             return 0

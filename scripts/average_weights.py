@@ -1,7 +1,7 @@
 """Interpolate two checkpoints of one network, parameter by parameter (weight-space ensembling, as in
 WiSE-FT: a fine-tuned net and the net it started from, averaged, often keeps the gains of both).
 
-    PYTHONPATH=. python scripts/average_weights.py weights/unet.safetensors run11.safetensors out.safetensors \
+    PYTHONPATH=. python scripts/average_weights.py weights/unet.safetensors finetuned.safetensors out.safetensors \
         --alpha 0.5 --card selection="..."
 
 `alpha` is the share of the second checkpoint (0 gives the first, 1 the second). Both must hold
@@ -10,15 +10,17 @@ kind that grows into it exactly (a U-Net without the noise-level input: zero wei
 input planes, as `denoise-train --grow` starts). The card is the first's, with `averaged` saying
 what was mixed.
 
-The shipped unet (session 10) is 0.8 x (0.5 x run 10 + 0.5 x run 11) + 0.2 x run 4:
+The shipped unet (0.5.0) is 0.8 x (0.5 x unet 0.4 + 0.5 x unet 0.4 fine-tuned on mix-v5) + 0.2 x unet 0.3
+(docs/models.md):
 
-    PYTHONPATH=. python scripts/average_weights.py run10.safetensors run11.safetensors half.safetensors
-    PYTHONPATH=. python scripts/average_weights.py half.safetensors run4.safetensors unet.safetensors \
+    PYTHONPATH=. python scripts/average_weights.py unet-0.4.safetensors unet-0.4-mix-v5.safetensors half.safetensors
+    PYTHONPATH=. python scripts/average_weights.py half.safetensors unet-0.3.safetensors unet.safetensors \
         --alpha 0.2 --grow
 """
 from __future__ import annotations
 
 import argparse
+from typing import Any, cast
 
 from denoise_core.checkpoint import load_checkpoint, save_checkpoint
 
@@ -40,7 +42,7 @@ def main() -> None:
     second = two.state_dict
     if a.grow and one.arch == two.arch and hasattr(net, "grow_from"):
         try:
-            second = net.grow_from(second)
+            second = cast(Any, net).grow_from(second)  # checked above
         except ValueError as e:
             raise SystemExit(f"{a.second}: {e}") from None
     elif (one.arch, one.arch_args) != (two.arch, two.arch_args):

@@ -60,14 +60,17 @@ def card(name: str, path: Path, quality: dict | None) -> str:
     lines = [
         f"# `{name}` weights",
         "",
-        f"- file: `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, sha256 `{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}…`",
+        f"- file: `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, "
+        f"sha256 `{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}…`",
         f"- architecture: `{ck.arch}` {json.dumps(ck.arch_args) if ck.arch_args else '(default arguments)'}, "
         f"{params:,} parameters, input sides padded to a multiple of {getattr(net, 'size_multiple', 1)}, "
         f"receptive radius {getattr(net, 'receptive_radius', '?')} px",
         f"- data: {c.get('data', '?')}",
         f"- noise: `{noise}` — {noise_text}",
-        f"- training: {c.get('steps', '?')} steps, batch {c.get('batch', '?')} of {c.get('patch', '?')}x{c.get('patch', '?')} "
-        f"patches with flips/rotations, {LOSS_TEXT.get(c.get('loss'), str(c.get('loss', '?')).upper())} loss, Adam with warm-up and cosine decay, "
+        f"- training: {c.get('steps', '?')} steps, batch {c.get('batch', '?')} of "
+        f"{c.get('patch', '?')}x{c.get('patch', '?')} patches with flips/rotations, "
+        f"{LOSS_TEXT.get(str(c.get('loss')), str(c.get('loss', '?')).upper())} loss, "
+        f"Adam with warm-up and cosine decay, "
         f"gradient clipping 1.0, CPU only, {c.get('precision', 'fp32')} forward pass "
         f"({c.get('trained_with', 'scripts/train_shipped.py')})"
         + (f"; fine-tuned from `{c['init']}` (earlier weights; the history is in training/README.md)"
@@ -75,9 +78,9 @@ def card(name: str, path: Path, quality: dict | None) -> str:
         + (f"; grown {c['grown']}" if c.get("grown") else "")
         + (f"; {c['history']}" if c.get("history") else ""),
         *([f"- averaged: {c['averaged']}"] if c.get("averaged") else []),
-        *([f"- noise-level input: a map of the local noise (in units of 25/255) and a given-flag; half the "
-           f"training patches were told their true map, half nothing (blind, the default at inference); "
-           f"`noise_level` / `--noise-level` sets it (`denoise_core/levels.py`)"]
+        *(["- noise-level input: a map of the local noise (in units of 25/255) and a given-flag; half the "
+           "training patches were told their true map, half nothing (blind, the default at inference); "
+           "`noise_level` / `--noise-level` sets it (`denoise_core/levels.py`)"]
           if ck.arch_args.get("level_input") else []),
         f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
         f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each validation photo)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ def main() -> None:
     a = ap.parse_args()
     p = Path(a.weights)
     ck = load_checkpoint(p)
-    net = ck.build()
+    net: Any = ck.build()  # a RawUNet: size_multiple and receptive_radius are plain ints
     params = sum(t.numel() for t in net.parameters())
     card = ck.card
     sha = hashlib.sha256(p.read_bytes()).hexdigest()

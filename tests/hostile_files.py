@@ -1,4 +1,4 @@
-"""Small valid photo and checkpoint files, the hostile variants issue 16 found, and the mutators the
+"""Small valid photo and checkpoint files, the hostile variants found so far, and the mutators the
 fuzz test applies to them. Everything is built in memory from a seed; nothing is downloaded."""
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def valid_png() -> bytes:
 
 def valid_png16() -> bytes:
     import imagecodecs
-    return imagecodecs.png_encode((RGB[:, :, 0].astype(np.uint16) * 257 + 3))
+    return bytes(imagecodecs.png_encode(RGB[:, :, 0].astype(np.uint16) * 257 + 3))
 
 
 def valid_jpeg() -> bytes:
@@ -99,7 +99,7 @@ def valid_safetensors() -> bytes:
     return save({k: v.contiguous() for k, v in m.state_dict().items()}, metadata=meta)
 
 
-# ------------------------------------------------------------------------------- issue 16's cases
+# ---------------------------------------------------------------------------------- known hostile cases
 
 def jpeg_qtables_1_2() -> bytes:
     """A valid JPEG whose quantisation tables are numbered 1 and 2 instead of 0 and 1."""
@@ -357,7 +357,7 @@ def _safetensors_header_rewrite(rng: random.Random, data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
 
 
-def _ifd0_entries(b: bytes):
+def _ifd0_entries(b: bytes | bytearray):
     bo = "<" if b[:2] == b"II" else ">"
     at = struct.unpack_from(bo + "I", b, 4)[0]
     (n,) = struct.unpack_from(bo + "H", b, at)

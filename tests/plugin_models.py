@@ -7,6 +7,7 @@ automatic result and the tests unable to tell a level was used. Never committed:
 """
 from __future__ import annotations
 
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ def level_model(directory: Path) -> str:
     path = Path(directory) / "unet-levels.safetensors"
     if not path.exists():
         ck = load_checkpoint(resolve_model("unet"))
-        net = create_model("unet", **ck.arch_args, level_input=True)
+        net: Any = create_model("unet", **ck.arch_args, level_input=True)
         state = net.grow_from(ck.state_dict)
         w = state["intro.weight"]
         colour = w.shape[1] - net.level_channels * 4  # level planes, 4 channels each after unshuffle

@@ -70,9 +70,10 @@ def test_16bit_tiff_keeps_depth_icc_exif_and_alpha(tmp_path, photo_rgb):
     for name in ("a.tif", "b.png"):
         out = imageio.read_image(tmp_path / "out" / name)
         assert out.pixels.dtype == np.uint16 and out.format == imageio.read_image(src / name).format
-        assert np.array_equal(out.alpha, alpha)
+        assert out.alpha is not None and np.array_equal(out.alpha, alpha)
         assert out.icc_profile == icc
         ex = Image.Exif()
+        assert out.exif is not None
         ex.load(out.exif)
         assert ex[0x010F] == "TestMaker" and ex[0x0110] == "TestCam"
         assert len(np.unique(out.pixels % 257)) > 1  # real 16-bit values, not 8-bit scaled up
@@ -199,11 +200,116 @@ def test_glob_and_missing_input(tmp_path, photo_rgb):
 
 def test_clean_photo_passes_nearly_unchanged(photo_rgb, photo_coffee):
     """A denoiser that repaints clean pixels is worse than none: the shipped default must leave a
-    noise-free photo within two 8-bit levels on average (measured 1.6-1.8 with the session-1
-    weights)."""
+    noise-free photo within two 8-bit levels on average (measured 1.6-1.8 with unet 0.1)."""
     from denoise_core.api import Denoiser
     dn = Denoiser("default", device="cpu")
     for img in (photo_rgb, photo_coffee):
         out = dn.denoise(img)
         assert np.abs(out.astype(int) - img).mean() < 2.0
         assert psnr(out / 255.0, img / 255.0) > 37.5
+
+
+# ------------------------------------------------------------------------ inputs and outputs a user gets wrong
+
+def _png(path, img):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def test_inputs_that_yield_no_photo_are_one_line_errors(tmp_path, photo_rgb):
+    """Nothing to do is not success: an empty folder, a folder of other files, photos one level
+    down (named with --recursive) and a missing folder each give one error line and exit 1, and
+    no output folder is made."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photos here\n")
+    _png(tmp_path / "trip" / "day1" / "a.png", photo_rgb[:32, :32])
+    _png(tmp_path / "trip" / "day2" / "b.png", photo_rgb[:32, :32])
+    out = tmp_path / "out"
+    r = run(tmp_path / "empty", tmp_path / "notes", tmp_path / "trip", tmp_path / "gone", "-o", out, "--model", "seed")
+    assert r.exit_code == 1
+    assert r.output.splitlines() == [
+        f"error: {tmp_path / 'empty'}: no photos in this folder (PNG, TIFF, JPEG, WebP or camera raw files)",
+        f"error: {tmp_path / 'notes'}: no photos in this folder (PNG, TIFF, JPEG, WebP or camera raw files)",
+        f"error: {tmp_path / 'trip'}: no photos in this folder, 2 in its subfolders: add --recursive",
+        f"error: {tmp_path / 'gone'}: no such file or folder",
+        "0 files denoised, 4 failed."], r.output
+    assert not out.exists()
+
+
+def test_recursive_keeps_the_subfolders_and_skips_the_output_inside(tmp_path, photo_rgb):
+    src = tmp_path / "trip"
+    _png(src / "top.png", photo_rgb[:32, :32])
+    _png(src / "day1" / "a.png", photo_rgb[:32, :32])
+    _png(src / "day2" / "night" / "a.png", photo_rgb[32:64, :32])  # same name, another folder
+    out = src / "denoised"  # inside the input folder: never taken as input
+    for _ in range(2):
+        r = run(src, "-o", out, "--model", "seed", "--recursive")
+        assert r.exit_code == 0, r.output
+    assert "3 skipped" in r.output and "denoised/" not in r.output.replace(str(out), "")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "day1/a.png", "day2/night/a.png", "top.png"]
+    r = run(src, "-o", tmp_path / "flat", "--model", "seed")  # without it: the folder's own photos
+    assert r.exit_code == 0 and [p.name for p in (tmp_path / "flat").iterdir()] == ["top.png"]
+
+
+def test_output_naming_an_image_file(tmp_path, photo_rgb):
+    """-o out.jpg is a file for one photo (in the format its name says) and refused for several,
+    before anything is made; a --format it contradicts is refused too."""
+    _png(tmp_path / "a.png", photo_rgb[:32, :32])
+    _png(tmp_path / "b.png", photo_rgb[:32, :32])
+    r = run(tmp_path / "a.png", "-o", tmp_path / "res" / "denoised.jpg", "--model", "seed")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "res" / "denoised.jpg") as im:
+        assert im.format == "JPEG" and im.size == (32, 32)
+    assert [p.name for p in (tmp_path / "res").iterdir()] == ["denoised.jpg"]
+    r = run(tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "two.png", "--model", "seed")
+    assert r.exit_code == 2
+    assert r.output == (f"error: -o {tmp_path / 'two.png'} names an image file, but 2 photos were given: "
+                        f"give an output folder for several photos\n")
+    r = run(tmp_path / "a.png", "-o", tmp_path / "x.png", "--format", "tiff", "--model", "seed")
+    assert r.exit_code == 2 and "--format tiff contradicts" in r.output
+    (tmp_path / "notes.txt").write_text("x")
+    r = run(tmp_path / "a.png", "-o", tmp_path / "notes.txt", "--model", "seed")
+    assert r.exit_code == 2 and "is a file, not a folder" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "notes.txt", "res"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--model", "defualt"], "unknown model 'defualt'"),
+    (["--noise-level", "nan"], None),  # refused by click or by the model: either way exit 2
+    (["--model", "seed", "--noise-level", "1"], "has no noise-level input"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--precision", "fp16", "--device", "mps"],
+     "not available"),
+])
+def test_usage_errors_leave_no_output_folder(tmp_path, photo_rgb, args, words):
+    _png(tmp_path / "a.png", photo_rgb[:32, :32])
+    r = run(tmp_path / "a.png", "-o", tmp_path / "out", *args)
+    assert r.exit_code == 2, r.output
+    if words is not None:
+        assert len(r.output.splitlines()) == 1 and r.output.startswith("error: ") and words in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_model_suggests_the_near_name(tmp_path, photo_rgb):
+    _png(tmp_path / "a.png", photo_rgb[:32, :32])
+    r = run(tmp_path / "a.png", "-o", tmp_path / "out", "--model", "defualt")
+    assert r.exit_code == 2 and r.output.rstrip().endswith("did you mean 'default'?"), r.output
+    r = run(tmp_path / "a.png", "-o", tmp_path / "out", "--model", "sed")
+    assert r.output.rstrip().endswith("did you mean 'seed'?"), r.output
+    r = run(tmp_path / "a.png", "-o", tmp_path / "out", "--model", "zzzzzz")
+    assert r.exit_code == 2 and "did you mean" not in r.output
+
+
+def test_png_with_exif_too_large_for_jpeg_is_written_without_it(tmp_path, photo_rgb):
+    exif = Image.Exif()
+    exif[0x010F] = "TestMaker"
+    exif[0x9286] = b"ASCII\0\0\0" + b"x" * 200_000
+    Image.fromarray(photo_rgb[:32, :32]).save(tmp_path / "a.png", exif=exif.tobytes())
+    r = run(tmp_path / "a.png", "-o", tmp_path / "out", "--model", "seed", "--format", "jpeg")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith(f"warning: {tmp_path / 'a.png'}: EXIF not copied to the output (JPEG holds at most")
+    assert lines[1:] == ["1 file denoised."]
+    with Image.open(tmp_path / "out" / "a.jpg") as im:
+        assert im.format == "JPEG" and "exif" not in im.info

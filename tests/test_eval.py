@@ -15,8 +15,8 @@ from denoise_core.models import create_model
 
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                 data_range=1.0, channel_axis=2)
+    return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=1.0, channel_axis=2))  # pyright: ignore[reportArgumentType]
 
 
 @pytest.fixture
@@ -75,7 +75,11 @@ def test_sigterm_while_a_comparison_is_written_leaves_no_temp_file(tmp_path, pai
 
     def fsync_then_killed(fd):
         real_fsync(fd)
-        os.kill(os.getpid(), signal.SIGTERM)      # arrives between the temp file's write and its rename
+        # SIGTERM between the temp file's write and its rename, as the handler the command installed
+        # runs it; sending the real signal would end pytest itself if the command had none
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler), f"no SIGTERM handler installed ({handler!r})"
+        handler(signal.SIGTERM, None)
 
     monkeypatch.setattr(os, "fsync", fsync_then_killed)
     before = signal.getsignal(signal.SIGTERM)

@@ -47,6 +47,7 @@ ABS_SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
 
 def load_plugin_module():
     spec = importlib.util.spec_from_file_location("denoise_cnn_gimp_plugin", PLUGIN_SRC)
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # stdlib only at import time: gi is imported in main()
     return mod
@@ -237,7 +238,7 @@ def _run_gimp(work: Path, home: Path, batch: Path, display: str | None = None, e
     lock = open(CHROOT / "tmp" / ".denoise-gimp-test.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     created: list[Path] = []
-    for src, dst in binds:  # mount points, removed again below
+    for _src, dst in binds:  # mount points, removed again below
         target = CHROOT / dst.lstrip("/")
         missing = []
         p = target
@@ -633,8 +634,9 @@ def test_dialog_preview_is_the_result_on_one_worker(gimp_gui):
     out = read_image(gimp_gui["work"] / "out.png").pixels.astype(int)
     dn = Denoiser("default")
     assert np.abs(out - dn.denoise(n8, strength=0.7).astype(int)).max() <= 1  # OK ran with the new strength
-    for p, pic, strength in zip(previews, gimp_gui["pictures"], (1.0, 0.7)):
+    for _p, pic, strength in zip(previews, gimp_gui["pictures"], (1.0, 0.7)):
         shown = np.frombuffer(pic, np.uint8).reshape(h, w, 4)[..., :3].astype(int)
         want = dn.denoise(n8, strength=strength)[y:y + h, x:x + w].astype(int)
         assert np.abs(shown - want).max() <= 1, strength
-    print(f"\nGIMP preview {w}x{h}: first {previews[0]['seconds']:.2f} s, after a change {previews[1]['seconds']:.2f} s")
+    print(f"\nGIMP preview {w}x{h}: first {previews[0]['seconds']:.2f} s, "
+          f"after a change {previews[1]['seconds']:.2f} s")

@@ -1,6 +1,7 @@
-"""Issue 16's hostile inputs, each run through denoise-batch beside a good photo: one error line that
+"""Hostile inputs, each run through denoise-batch beside a good photo: one error line that
 names the file and the reason (or a correct output where the file is valid), the batch goes on,
 inputs are unchanged, and nothing partial is left in the output folder."""
+from typing import Any
 import hashlib
 import os
 import signal
@@ -20,7 +21,7 @@ def digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def batch(tmp_path, name, data, *extra, expect_ok):
+def batch(tmp_path, name, data, *extra, expect_ok) -> tuple[Any, Any]:
     """Run denoise-batch on `data` saved as `name` plus a good photo; check the rule, return the output."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir(parents=True)
@@ -129,14 +130,15 @@ def test_fifo_is_refused_without_hanging(tmp_path):
     src.mkdir()
     os.mkfifo(src / "x.png")
     Image.fromarray(hf.RGB).save(src / "good.png")
-    signal.alarm(60)            # a regression would block in open(); fail instead of hanging the suite
-    try:
-        r = CliRunner().invoke(main, [str(src / "x.png"), str(src / "good.png"), "-o", str(out), "--model", "seed"],
-                               catch_exceptions=False)
-    finally:
-        signal.alarm(0)
-    assert r.exit_code == 1
-    assert f"error: {src / 'x.png'}: is a FIFO (named pipe), not a regular file" in r.output.splitlines()
+    # in a child process: a regression would block in open(), and the timeout then ends the child
+    # and fails this test, instead of an alarm with no handler killing the whole test run
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "cli.batch", str(src / "x.png"), str(src / "good.png"), "-o", str(out),
+                        "--model", "seed"], cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert f"error: {src / 'x.png'}: is a FIFO (named pipe), not a regular file" in r.stderr.splitlines()
     assert (out / "good.png").is_file()
 
 
@@ -154,7 +156,8 @@ def test_newline_in_file_name_stays_one_line(tmp_path):
 def test_libpng_warning_names_the_file(tmp_path, capfd, caplog):
     r, out = batch(tmp_path, "extra.png", hf.png_with_extra_image_data(), expect_ok=True)
     warned = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
-    assert len(warned) == 1 and warned[0].startswith(f"warning: {tmp_path / 'in' / 'extra.png'}: libpng warning: "), r.output
+    assert len(warned) == 1, r.output
+    assert warned[0].startswith(f"warning: {tmp_path / 'in' / 'extra.png'}: libpng warning: "), r.output
     assert "Too much image data" in warned[0]
     assert "Too much image data" not in capfd.readouterr().err + caplog.text    # nothing unnamed logged
     with pytest.warns(imageio.ImageWarning, match="extra.png: libpng warning: IDAT: Too much image data"):
@@ -185,6 +188,16 @@ def test_bad_checkpoint_is_one_line_naming_it(tmp_path, data, words):
 
 # ---------------------------------------------------------------------------------------- signals
 
+def _sigterm_handler_runs() -> None:
+    """What SIGTERM would do to this process now, without sending it: pytest is this process, and
+    without the command's handler a real SIGTERM would end the whole test run. The handler the
+    command installed runs as the signal would run it; none installed fails the file (the command
+    then exits 1, not 143). The real signal is sent to a child process in the test below."""
+    handler = signal.getsignal(signal.SIGTERM)
+    assert callable(handler), f"no SIGTERM handler installed ({handler!r})"
+    handler(signal.SIGTERM, None)
+
+
 def test_sigterm_during_a_write_leaves_no_part_file(tmp_path, monkeypatch):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -196,7 +209,7 @@ def test_sigterm_during_a_write_leaves_no_part_file(tmp_path, monkeypatch):
     def write_then_get_killed(tmp, photo, quality):
         real(tmp, photo, quality)
         seen.append(sorted(p.name for p in out.iterdir()))
-        os.kill(os.getpid(), signal.SIGTERM)
+        _sigterm_handler_runs()
 
     monkeypatch.setitem(imageio._WRITERS, "PNG", write_then_get_killed)
     before = signal.getsignal(signal.SIGTERM)

@@ -1,5 +1,7 @@
+from typing import Any
 import functools
 import os
+import warnings
 
 import imagecodecs
 import numpy as np
@@ -37,11 +39,12 @@ def _samples(dtype, shape) -> np.ndarray:
     return arr
 
 
-def _photo(dtype=np.uint16, channels=3, alpha=False, **kw) -> Photo:
+def _photo(dtype: Any = np.uint16, channels=3, alpha=False, **kw) -> Photo:
     return Photo(_samples(dtype, (H, W, channels)), _samples(dtype, (H, W)) if alpha else None, **kw)
 
 
-def _exif_tags(blob: bytes) -> tuple[dict, dict]:
+def _exif_tags(blob: bytes | None) -> tuple[dict, dict]:
+    assert blob is not None, "no EXIF"
     exif = Image.Exif()
     exif.load(blob)
     return dict(exif), dict(exif.get_ifd(0x8769))
@@ -132,6 +135,7 @@ def test_png16_from_imagecodecs_and_pillow_reads_exact(tmp_path):
 def test_png_writer_interop(tmp_path):
     rgba16 = _photo(np.uint16, 3, alpha=True)
     write_image(tmp_path / "rgba.png", rgba16)
+    assert rgba16.alpha is not None
     full = np.dstack([rgba16.pixels, rgba16.alpha])
     np.testing.assert_array_equal(imagecodecs.png_decode((tmp_path / "rgba.png").read_bytes()), full)
     with Image.open(tmp_path / "rgba.png") as im:                # Pillow 13 keeps only the high byte
@@ -144,6 +148,7 @@ def test_png_writer_interop(tmp_path):
     rgba8 = _photo(np.uint8, 3, alpha=True)
     write_image(tmp_path / "rgba8.png", rgba8)
     with Image.open(tmp_path / "rgba8.png") as im:
+        assert rgba8.alpha is not None
         np.testing.assert_array_equal(np.asarray(im), np.dstack([rgba8.pixels, rgba8.alpha]))
 
 
@@ -232,6 +237,34 @@ def test_jpeg_keeps_icc_exif_and_subsampling(tmp_path):
     assert read_image(tmp_path / "gray.jpg").pixels.shape == (H, W, 1)
 
 
+def test_jpeg_output_of_exif_too_large_for_jpeg_is_written_without_it_and_warns(tmp_path):
+    """A PNG may carry 200 kB of EXIF; one JPEG APP1 segment holds 65,533 bytes. The denoised
+    result is written without the EXIF and a warning names the file, instead of failing."""
+    exif = Image.Exif()
+    exif[0x010F] = "TestMaker"
+    exif[0x9286] = b"ASCII\0\0\0" + b"x" * 200_000  # a UserComment that big
+    big = exif.tobytes()
+    assert len(big) > 200_000
+    rgb = _samples(np.uint8, (H, W, 3))
+    Image.fromarray(rgb).save(tmp_path / "a.png", exif=big, icc_profile=_icc())
+    photo = read_image(tmp_path / "a.png")
+    assert photo.exif is not None and len(photo.exif) > 200_000
+    with pytest.warns(imageio.ImageWarning, match=r"out\.jpg: EXIF not copied to the output \(JPEG holds at "
+                                                   r"most 65,533 bytes of it, this photo has 200,"):
+        write_image(tmp_path / "out.jpg", photo)
+    back = read_image(tmp_path / "out.jpg")
+    assert back.exif is None and back.icc_profile == _icc() and back.pixels.shape == (H, W, 3)
+    # EXIF that fits is kept, with no warning; the other formats keep the large one
+    small = Image.Exif()
+    small[0x010F] = "TestMaker"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_image(tmp_path / "fits.jpg", Photo(rgb, exif=b"Exif\0\0" + small.tobytes()))
+        write_image(tmp_path / "out.png", photo)
+    assert read_image(tmp_path / "fits.jpg").exif == b"Exif\0\0" + small.tobytes()
+    assert read_image(tmp_path / "out.png").exif == photo.exif
+
+
 def test_webp_lossless_stays_lossless_with_metadata(tmp_path):
     rgba = _samples(np.uint8, (H, W, 4))
     Image.fromarray(rgba).save(tmp_path / "l.webp", lossless=True, exact=True, icc_profile=_icc(), exif=_exif())
@@ -305,7 +338,11 @@ def test_missing_empty_directory_and_extension(tmp_path):
     (tmp_path / "x.bmp").write_bytes(b"BM....")
     _assert_rejected(tmp_path / "x.bmp", "unsupported file extension '.bmp'")
     (tmp_path / "x.NEF").write_bytes(b"II*\0")
-    _assert_rejected(tmp_path / "x.NEF", "camera raw")
+    _assert_rejected(tmp_path / "x.NEF", "a camera raw file: denoise it with denoise-batch")
+    # a raw format the raw path does not read either: said so, without claiming raw is unsupported
+    (tmp_path / "x.KDC").write_bytes(b"II*\0")
+    e = _assert_rejected(tmp_path / "x.KDC", "KDC camera raw files are not supported", "DNG", "NEF")
+    assert "KDC" not in e.reason.split("reads", 1)[1]
 
 
 @pytest.mark.parametrize("ext", [".png", ".tif", ".jpg", ".webp"])
@@ -331,7 +368,7 @@ def test_content_decides_over_extension(tmp_path):
 def test_truncated_files_fail_at_read(tmp_path, ext):
     good = tmp_path / f"good{ext}"
     photo = Photo(_samples(np.uint8, (64, 64, 3)))
-    write_image(good, photo, **({"format": "TIFF"} if ext == ".tif" else {}))
+    write_image(good, photo, format="TIFF" if ext == ".tif" else None)
     data = good.read_bytes()
     cut = tmp_path / f"cut{ext}"
     cut.write_bytes(data[:len(data) * 2 // 3])

@@ -17,10 +17,11 @@ PIXELS = REPO / "plugins/krita/denoise_cnn/pixels.py"
 
 def _load_pixels(numpy_ok: bool):
     spec = importlib.util.spec_from_file_location(f"krita_pixels_{numpy_ok}", PIXELS)
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     if not numpy_ok:
-        mod._np = None
+        setattr(mod, "_np", None)  # as in a Krita without numpy
     return mod
 
 
@@ -216,6 +217,30 @@ def test_install_with_dest_and_fresh_kritarc(home, tmp_path):
     assert (home / ".config/kritarc").read_text() == "[python]\nenable_denoise_cnn=true\n"
     ik.uninstall(dest=dest)
     assert not (dest / "pykrita/denoise_cnn").exists()
+
+
+@pytest.mark.parametrize("platform,resources,kritarc", [
+    ("win32", "AppData/Roaming/krita", "AppData/Local/kritarc"),
+    ("darwin", "Library/Application Support/krita", "Library/Preferences/kritarc"),
+    ("linux", ".local/share/krita", ".config/kritarc"),
+])
+def test_install_finds_krita_folders_on_each_platform(home, monkeypatch, platform, resources, kritarc):
+    """Where Krita keeps its resources and kritarc for a user, per platform (Krita's manual), in a
+    fake home: Windows from APPDATA / LOCALAPPDATA, macOS under ~/Library."""
+    from cli import install_krita as ik
+
+    monkeypatch.setattr(sys, "platform", platform)
+    if platform == "win32":
+        monkeypatch.setenv("APPDATA", str(home / "AppData/Roaming"))
+        monkeypatch.setenv("LOCALAPPDATA", str(home / "AppData/Local"))
+    assert ik.default_resources() == home / resources and ik.default_kritarc() == home / kritarc
+    ik.install(python=sys.executable)
+    assert (home / resources / "pykrita/denoise_cnn/denoise_client.py").is_file()
+    assert (home / resources / "pykrita/denoise_cnn.desktop").is_file()
+    assert (home / kritarc).read_text() == "[python]\nenable_denoise_cnn=true\n"
+    ik.uninstall()
+    assert not (home / resources / "pykrita/denoise_cnn").exists()
+    assert "enable_denoise_cnn" not in (home / kritarc).read_text()
 
 
 def test_kritarc_edits(tmp_path):

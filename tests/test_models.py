@@ -1,3 +1,4 @@
+from typing import Any, cast
 import pytest
 import torch
 
@@ -17,8 +18,8 @@ def test_unknown_name_lists_valid_ones():
 
 def test_seed_is_the_original_three_layer_net():
     m = create_model("seed")
-    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
-    relus = [l for l in m.modules() if isinstance(l, torch.nn.ReLU)]
+    convs = [x for x in m.modules() if isinstance(x, torch.nn.Conv2d)]
+    relus = [x for x in m.modules() if isinstance(x, torch.nn.ReLU)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
         (3, 32, (3, 3), (1, 1)), (32, 32, (3, 3), (1, 1)), (32, 3, (3, 3), (1, 1))]
     assert len(relus) == 2
@@ -50,7 +51,7 @@ def test_grown_unet_starts_as_the_smaller_trained_net():
     small = create_model("unet", widths=(8, 16, 32)).eval()
     for p in small.parameters():
         p.data.normal_(0, 0.1)  # stand-in for trained weights (the real ones start with a zero head)
-    big = create_model("unet", widths=(8, 16, 32), enc_blocks=(2, 3), mid_blocks=3, dec_blocks=(3, 2)).eval()
+    big: Any = create_model("unet", widths=(8, 16, 32), enc_blocks=(2, 3), mid_blocks=3, dec_blocks=(3, 2)).eval()
     big.load_state_dict(big.grow_from(small.state_dict()))
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -62,7 +63,7 @@ def test_grown_unet_starts_as_the_smaller_trained_net():
 def test_grow_rejects_weights_of_another_width():
     other = create_model("unet", widths=(8, 16, 32)).state_dict()
     with pytest.raises(ValueError, match=r"intro.weight \(8, 12, 3, 3\) does not fit this net \(32, 12, 3, 3\)"):
-        create_model("unet").grow_from(other)
+        cast(Any, create_model("unet")).grow_from(other)
 
 
 def test_unet_defaults_still_build_weights_saved_with_them():

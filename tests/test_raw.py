@@ -3,6 +3,7 @@
 No package reachable here ships real camera raw files (rawpy's wheel and sdist hold none), so every
 file is synthesized: a uint16 mosaic with the DNG tags LibRaw needs.
 """
+from typing import Any
 import struct
 
 import imagecodecs
@@ -52,7 +53,7 @@ def profile_ab3(name: str, iso: float):
     return 4 * np.clip(p.a, 0, None), 4 * np.clip(p.b, 0, None)
 
 
-def write(path, mosaic, cfa="RGGB", make="NIKON CORPORATION", model="NIKON D750", iso=6400):
+def write(path, mosaic, cfa="RGGB", make="NIKON CORPORATION", model="NIKON D750", iso: float | None = 6400):
     R.write_bayer_dng(path, mosaic, make=make, model=model, iso=iso, black=BLACK, white=WHITE, cfa=cfa,
                       as_shot_neutral=(0.5, 1.0, 0.6))
 
@@ -67,6 +68,34 @@ def tiny_model(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("model") / "tiny_raw.safetensors"
     save_checkpoint(path, m, {"test": True})
     return str(path)
+
+
+K_RGB = (100, 200, 300)  # raw units the offset model adds to red, green and blue photosites
+
+
+@pytest.fixture(scope="module")
+def offset_model(tmp_path_factory) -> str:
+    """A `raw` net whose output is known without running it: its head's weights are zero, so it
+    returns the mosaic minus the head's bias / detail_scale, and that bias adds K_RGB raw units to
+    every photosite of each colour (white - black = 16127 units is 1.0). Expected outputs then come
+    from the input's raw numbers (expected_raw), not from RawDenoiser."""
+    torch.manual_seed(0)
+    m: Any = create_model("raw", widths=(8, 16, 16), mid_blocks=1)
+    k = torch.tensor([K_RGB[0], K_RGB[1], K_RGB[1], K_RGB[2]], dtype=torch.float32) / (WHITE - BLACK)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.05)  # the rest of the net computes something; the zero head ignores it
+        m.outro.weight.zero_()
+        m.outro.bias.copy_(-k * m.detail_scale)
+    path = tmp_path_factory.mktemp("model") / "offset_raw.safetensors"
+    save_checkpoint(path, m, {"test": "adds K_RGB raw units"})
+    return str(path)
+
+
+def expected_raw(m: np.ndarray, cfa: str, strength: float = 1.0) -> np.ndarray:
+    """What the offset model makes of raw values `m` with `cfa`'s colours, worked out by hand."""
+    add = np.rint(strength * np.asarray(K_RGB, np.float64)[site_colours(cfa, *m.shape)])
+    return np.clip(m.astype(np.int64) + add.astype(np.int64), 0, 65535).astype(np.uint16)
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -172,7 +201,7 @@ def test_bad_files_give_one_line_errors(tmp_path):
 
 # ----------------------------------------------------------------------------------- model
 def test_raw_model_is_residual_and_states_its_geometry():
-    m = create_model("raw").eval()
+    m: Any = create_model("raw").eval()
     x, s = torch.rand(1, 4, 32, 48), torch.rand(1, 4, 32, 48) * 0.01
     with torch.no_grad():
         assert torch.equal(m(x, s), x)  # zero head: an untrained net passes the mosaic through
@@ -226,21 +255,18 @@ def _nr_applied(path):
         return t.pages[0].tags[NR_APPLIED].value if NR_APPLIED in t.pages[0].tags else None
 
 
-def test_dng_out_keeps_tags_with_new_data(tmp_path, tiny_model):
+def test_dng_out_keeps_tags_with_new_data(tmp_path, offset_model):
     A3, B3 = profile_ab3("Nikon D750", 6400)
     m = noisy_mosaic("BGGR", 64, 96, A3, B3)
     write(tmp_path / "in.dng", m, "BGGR")
     before = (tmp_path / "in.dng").read_bytes()
-    info = process_raw(RawDenoiser(tiny_model, precision="fp32"), tmp_path / "in.dng", tmp_path / "out.dng")
+    info = process_raw(RawDenoiser(offset_model, precision="fp32"), tmp_path / "in.dng", tmp_path / "out.dng")
     assert (tmp_path / "in.dng").read_bytes() == before  # the input is never touched
     assert info["noise"].startswith("darktable profile Nikon D750")
     assert _tags(tmp_path / "out.dng") == _tags(tmp_path / "in.dng")
-    img = R.read_raw(tmp_path / "in.dng")
-    expect = img.to_raw_values(RawDenoiser(tiny_model, precision="fp32").denoise(img))
-    with rawpy.imread(str(tmp_path / "out.dng")) as r:
-        np.testing.assert_array_equal(r.raw_image_visible, expect)
+    with rawpy.imread(str(tmp_path / "out.dng")) as r:  # each photosite moved by its own colour's offset
+        np.testing.assert_array_equal(r.raw_image_visible, expected_raw(m, "BGGR"))
         assert (r.raw_pattern == rawpy.imread(str(tmp_path / "in.dng")).raw_pattern).all()
-    assert not np.array_equal(expect, m)
     with tifffile.TiffFile(tmp_path / "in.dng") as a, tifffile.TiffFile(tmp_path / "out.dng") as b:
         assert b.pages[0].dataoffsets == a.pages[0].dataoffsets  # uncompressed: rewritten in place
         n = len(a.pages[0].tags)
@@ -255,7 +281,7 @@ def test_compressed_dng_out_is_rewritten_uncompressed_at_the_end(tmp_path):
     m = (np.random.default_rng(0).random((48, 64)) * 3000 + 512).astype(np.uint16)
     enc = imagecodecs.ljpeg_encode(m, bitspersample=16)
     tags = sorted(_base_tags() + [(33421, "H", 2, (2, 2), True), (33422, "B", 4, (0, 1, 1, 2), True)])
-    tifffile.imwrite(tmp_path / "lj.dng", iter([enc]), shape=m.shape, dtype="uint16", photometric=32803,
+    tifffile.imwrite(tmp_path / "lj.dng", iter([bytes(enc)]), shape=m.shape, dtype="uint16", photometric=32803,
                      compression=7, extratags=tags)
     img = R.read_raw(tmp_path / "lj.dng")
     new = np.clip(img.mosaic * 0.5, 0, 1)
@@ -267,10 +293,17 @@ def test_compressed_dng_out_is_rewritten_uncompressed_at_the_end(tmp_path):
         np.testing.assert_array_equal(r.raw_image_visible, img.to_raw_values(new))
 
 
-def test_tiff_out_is_16_bit_srgb_with_icc_and_exif(tmp_path, tiny_model):
+# what the README promises of a developed raw file: camera white balance, LibRaw's default (AHD)
+# demosaic, sRGB primaries and tone curve, 16 bits, the camera's exposure (no automatic brightening)
+DOCUMENTED_DEVELOPMENT: dict[str, Any] = dict(output_bps=16, use_camera_wb=True, no_auto_bright=True,
+                                              gamma=(2.4, 12.92), adjust_maximum_thr=0.0)
+
+
+def test_tiff_out_is_16_bit_srgb_with_icc_and_exif(tmp_path, offset_model):
     A3, B3 = profile_ab3("Nikon D750", 6400)
-    write(tmp_path / "in.nef", noisy_mosaic("RGGB", 64, 96, A3, B3))  # a DNG named .nef reads the same
-    process_raw(RawDenoiser(tiny_model, precision="fp32"), tmp_path / "in.nef", tmp_path / "out.tif",
+    m = noisy_mosaic("RGGB", 64, 96, A3, B3)
+    write(tmp_path / "in.nef", m)  # a DNG named .nef reads the same
+    process_raw(RawDenoiser(offset_model, precision="fp32"), tmp_path / "in.nef", tmp_path / "out.tif",
                 out_format="tiff")
     with tifffile.TiffFile(tmp_path / "out.tif") as t:
         p = t.pages[0]
@@ -279,7 +312,12 @@ def test_tiff_out_is_16_bit_srgb_with_icc_and_exif(tmp_path, tiny_model):
         assert p.tags[271].value == "NIKON CORPORATION" and p.tags[272].value == "NIKON D750"
         assert 274 not in p.tags  # LibRaw has rotated already
         out = p.asarray()
-    assert out.max() > 1000  # a development, not an empty image
+    # the oracle: LibRaw itself developing a file that holds the expected raw numbers
+    write(tmp_path / "expected.dng", expected_raw(m, "RGGB"))
+    with rawpy.imread(str(tmp_path / "expected.dng")) as r:
+        np.testing.assert_array_equal(out, r.postprocess(**DOCUMENTED_DEVELOPMENT))
+    with rawpy.imread(str(tmp_path / "in.nef")) as r:  # and the offsets did reach the development
+        assert np.abs(out.astype(int) - r.postprocess(**DOCUMENTED_DEVELOPMENT)).mean() > 100
 
 
 def test_batch_continues_past_bad_raw_files(tmp_path, tiny_model):
@@ -310,7 +348,7 @@ def test_exif_block_of_a_tiff_based_raw_drops_orientation(tmp_path):
     R.write_bayer_dng(tmp_path / "a.dng", noisy_mosaic("RGGB", 32, 32, A3, B3), make="Nikon", model="D750",
                       iso=6400, black=BLACK, white=WHITE, orientation=6)
     exif = raw_exif(tmp_path / "a.dng")
-    assert exif.startswith(b"Exif\0\0II*\0")
+    assert exif is not None and exif.startswith(b"Exif\0\0II*\0")
     n = struct.unpack_from("<H", exif, 6 + 8)[0]
     tags = [struct.unpack_from("<H", exif, 6 + 10 + 12 * i)[0] for i in range(n)]
     assert 271 in tags and 272 in tags and 274 not in tags
@@ -373,25 +411,24 @@ def _dng_with_noise_profile(path, mosaic, profile, *, nr_applied=None):
 
 
 @pytest.mark.parametrize("strength,nr", [(1.0, (1000, 1000)), (0.4, (400, 1000))])
-def test_denoised_dng_drops_the_noise_profile_and_says_noise_reduction_applied(tmp_path, tiny_model, strength, nr):
+def test_denoised_dng_drops_the_noise_profile_and_says_noise_reduction_applied(tmp_path, offset_model, strength, nr):
     """The input's NoiseProfile describes noise the output no longer has: a converter reading it would
     denoise again. The output has none, and NoiseReductionApplied = strength."""
     A3, B3 = profile_ab3("Nikon D750", 3200)
     profile = [float(v) for ab in zip(A3, B3) for v in ab]  # S, O for R, G, B
-    _dng_with_noise_profile(tmp_path / "in.dng", noisy_mosaic("RGGB", 64, 96, A3, B3), profile)
+    m = noisy_mosaic("RGGB", 64, 96, A3, B3)
+    _dng_with_noise_profile(tmp_path / "in.dng", m, profile)
     with tifffile.TiffFile(tmp_path / "in.dng") as t:  # the fixture does carry the tag
         assert t.pages[0].tags[NOISE_PROFILE].value == pytest.approx(profile, rel=0, abs=0)
-    rd = RawDenoiser(tiny_model, precision="fp32")
+    rd = RawDenoiser(offset_model, precision="fp32")
     process_raw(rd, tmp_path / "in.dng", tmp_path / "out.dng", strength=strength)
     with tifffile.TiffFile(tmp_path / "out.dng") as t:
         assert NOISE_PROFILE not in t.pages[0].tags
         assert t.pages[0].tags[NR_APPLIED].value == nr
         assert t.pages[0].tags[NR_APPLIED].dtype == 5  # RATIONAL, as the DNG specification types it
     assert _tags(tmp_path / "out.dng") == _tags(tmp_path / "in.dng")  # everything else as it was
-    img = R.read_raw(tmp_path / "in.dng")
     with rawpy.imread(str(tmp_path / "out.dng")) as r:  # LibRaw still reads the moved IFD0
-        np.testing.assert_array_equal(r.raw_image_visible,
-                                      img.to_raw_values(rd.denoise(img, strength=strength)))
+        np.testing.assert_array_equal(r.raw_image_visible, expected_raw(m, "RGGB", strength))
 
 
 def test_dng_noise_reduction_applied_is_replaced_in_place(tmp_path, tiny_model):
@@ -439,7 +476,8 @@ def test_raw_exif_over_the_metadata_cap_is_a_warning_and_the_result_is_kept(tmp_
     write(tmp_path / "in.nef", noisy_mosaic("RGGB", 64, 64, A3, B3))
     assert raw_exif(tmp_path / "in.nef") is not None
     monkeypatch.setattr(imageio, "MAX_METADATA_BYTES", 20)
-    with pytest.warns(ImageWarning, match=r"in\.nef: EXIF not copied to the output \(EXIF tags copy more than 20 bytes"):
+    with pytest.warns(ImageWarning,
+                      match=r"in\.nef: EXIF not copied to the output \(EXIF tags copy more than 20 bytes"):
         assert raw_exif(tmp_path / "in.nef") is None
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
@@ -544,10 +582,12 @@ def test_denoise_train_domain_raw_one_photo_keeps_the_last_weights_and_resumes(t
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--domain", "raw", "--arch", "unet"], "--domain raw needs a raw-domain model (raw); --arch 'unet' is for sRGB images"),
+    (["--domain", "raw", "--arch", "unet"],
+     "--domain raw needs a raw-domain model (raw); --arch 'unet' is for sRGB images"),
     (["--domain", "raw", "--arch", "fast"], "--arch 'fast' is for sRGB images"),
     (["--domain", "raw", "--init", "default"], "--init default (a 'unet' model) is for sRGB images"),
-    (["--arch", "raw", "--noise", "gaussian:25"], "--arch 'raw' is a raw-domain model (camera sensor mosaics): add --domain raw"),
+    (["--arch", "raw", "--noise", "gaussian:25"],
+     "--arch 'raw' is a raw-domain model (camera sensor mosaics): add --domain raw"),
     (["--init", "raw", "--noise", "gaussian:25"], "--init raw (a 'raw' model) is a raw-domain model"),
     (["--domain", "raw", "--noise", "gaussian:25"], "--domain raw draws its own noise"),
     (["--domain", "raw", "--noisy", "NOISY"], "pairs are not supported there: drop --noisy"),
@@ -603,4 +643,19 @@ def test_real_camera_raw_file(tmp_path, path):
     else:
         with tifffile.TiffFile(dst) as t:
             assert t.pages[0].dtype == np.uint16 and t.pages[0].shape[2] == 3
-            assert t.pages[0].asarray().max() > 1000
+            out = t.pages[0].asarray().astype(np.float64)
+        with rawpy.imread(str(path)) as r:  # LibRaw's development of the file as it is
+            ref = r.postprocess(**DOCUMENTED_DEVELOPMENT).astype(np.float64)
+        assert out.shape == ref.shape
+        h, w = (s - s % 16 for s in out.shape[:2])
+
+        def coarse(a):  # 16x16 block means of each channel: the picture without its noise
+            return a[:h, :w].reshape(h // 16, 16, w // 16, 16, 3).mean(axis=(1, 3))
+        # the same picture, white balance and exposure (denoising before the tone curve brightens
+        # noisy shadows a little, so levels are compared by correlation, channel by channel)
+        for c in range(3):
+            assert np.corrcoef(coarse(out)[..., c].ravel(), coarse(ref)[..., c].ravel())[0, 1] > 0.9, c
+
+        def grain(a):  # median step between neighbouring pixels of the green channel: noise dominates it
+            return float(np.median(np.abs(np.diff(a[..., 1], axis=1))))
+        assert grain(out) < grain(ref), (grain(out), grain(ref))

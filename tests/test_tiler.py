@@ -1,3 +1,4 @@
+from typing import Any
 import numpy as np
 import pytest
 import torch
@@ -82,7 +83,7 @@ def test_no_seams(photo_rgb, scene, overlap, tol, precision):
     exactly (fp32) with the default overlap, and within one 8-bit level in bf16 (whose convolutions
     round differently with the input's size). With the overlap cut to 16 px the missing context
     shows: within one level on a flat image; on the photo's texture up to 0.0070 (1.8 levels) with
-    the session-4 default and 0.030 (7.6 levels) with session 8's, which reads farther (its mean
+    unet 0.3 and 0.030 (7.6 levels) with unet 0.4 and later, which read farther (the mean
     stays near 0.1 level): `--overlap` below the receptive radius trades exactness for speed."""
     dn = Denoiser("default", device="cpu", precision=precision)
     img = (np.full((200, 264, 3), 0.4, np.float32) if scene == "flat" else
@@ -143,7 +144,7 @@ def _mirror_pad_reference(net, img: np.ndarray, border: int, multiple: int) -> n
 @pytest.mark.parametrize("shape,tile", [((37, 53, 3), 16), ((150, 230, 3), 32), ((90, 70, 1), 24), ((5, 3, 3), 8)])
 def test_tiled_output_equals_an_independent_mirror_pad_reference(random_unet, shape, tile):
     from denoise_core.checkpoint import load_checkpoint
-    net = load_checkpoint(random_unet.path).build()
+    net: Any = load_checkpoint(random_unet.path).build()
     img = np.random.default_rng(8).random(shape).astype(np.float32)
     want = _mirror_pad_reference(net, img, random_unet.border, net.size_multiple)
     got = random_unet.denoise(img, tile=tile)

@@ -22,7 +22,7 @@ from cli.train import main as train_main
 from denoise_core.checkpoint import load_checkpoint, save_checkpoint
 from denoise_core.metrics import psnr, ssim
 from denoise_core.models import create_model
-from denoise_core.noise import NoiseSpecError, apply_noise, find_camera, noisy_pair, parse_noise
+from denoise_core.noise import NoiseSpecError, find_camera, noisy_pair, parse_noise
 from denoise_core.pairs import load_pairs
 from denoise_core.train import (TrainConfig, TrainingError, fixed_val_set, loss_function, pair_val_set,
                                 random_patches, report_paths, state_path, train)
@@ -223,6 +223,23 @@ def test_bad_synthetic_input_fails_before_training(tmp_path, folders, args, mess
     assert message in r.output
 
 
+@pytest.mark.parametrize("out", ["x.png", "weights", "mine.pt"])
+def test_out_must_name_a_safetensors_file(tmp_path, folders, out):
+    """`--out x.png` would write weights under an image's name: refused before anything is made."""
+    args = ["--clean", folders / "clean", "--noise", "gaussian:25", "--arch", "seed", "--steps", 5,
+            "--device", "cpu", "--out", tmp_path / out]
+    r = _invoke(train_main, args)
+    assert r.exit_code == 2, r.output
+    assert f"--out {tmp_path / out}: the weights are written as a .safetensors file" in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_init_model_suggests_the_near_name(tmp_path, folders):
+    r = _invoke(train_main, ["--clean", folders / "clean", "--noise", "gaussian:25", "--init", "defualt",
+                             "--out", tmp_path / "m.safetensors", "--steps", 5, "--device", "cpu"])
+    assert r.exit_code == 2 and "did you mean 'default'?" in r.output, r.output
+
+
 def test_noise_with_pairs_is_a_usage_error(tmp_path, folders):
     r = _invoke(train_main, ["--noisy", folders / "noisy", "--clean", folders / "clean", "--noise", "mix",
                              *_train_args(tmp_path)])
@@ -256,6 +273,9 @@ def test_init_fine_tunes_from_shipped_weights(tmp_path, folders):
     assert "training seed from" in r.output
     r = _invoke(train_main, [*common, "--arch", "seed", "--out", scratch])
     assert r.exit_code == 0, r.output
+    # the finished run says what its training state is for (the weights do not need it)
+    assert (f"{state_path(scratch)} ({state_path(scratch).stat().st_size / 1e6:.1f} MB) is only needed to train "
+            f"this run further") in r.output
     assert load_checkpoint(tuned).card["init"] == "seed.safetensors"
     assert _card_psnr(tuned) > _card_psnr(scratch) + 5.0
 
@@ -265,8 +285,8 @@ def test_init_fine_tunes_from_shipped_weights(tmp_path, folders):
     (["--init", "nosuchmodel"], "--init: unknown model 'nosuchmodel'"),
 ])
 def test_bad_init_fails_before_training(tmp_path, folders, args, message):
-    r = _invoke(train_main, ["--clean", folders / "clean", "--noise", "gaussian:25", "--out", tmp_path / "m.safetensors",
-                             "--steps", 2, "--device", "cpu", *args])
+    r = _invoke(train_main, ["--clean", folders / "clean", "--noise", "gaussian:25",
+                             "--out", tmp_path / "m.safetensors", "--steps", 2, "--device", "cpu", *args])
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert not (tmp_path / "m.safetensors").exists()
@@ -319,7 +339,7 @@ def test_export_state_writes_the_last_steps_weights(tmp_path):
 
 
 def test_average_weights_interpolates_parameter_by_parameter(tmp_path):
-    """scripts/average_weights.py made the shipped unet (an average of runs 10, 11 and 4)."""
+    """scripts/average_weights.py made the shipped unet (an average of three trained nets)."""
     torch.manual_seed(0)
     a, b = create_model("seed", width=8), create_model("seed", width=8)
     save_checkpoint(tmp_path / "a.safetensors", a, {"steps": 1})
@@ -328,8 +348,9 @@ def test_average_weights_interpolates_parameter_by_parameter(tmp_path):
 
     def average(alpha, second="b.safetensors", *extra):
         dest = tmp_path / f"avg{alpha}.safetensors"
-        r = subprocess.run([sys.executable, str(REPO / "scripts" / "average_weights.py"), str(tmp_path / "a.safetensors"),
-                            str(tmp_path / second), str(dest), "--alpha", str(alpha), "--card", "selection=mean", *extra],
+        r = subprocess.run([sys.executable, str(REPO / "scripts" / "average_weights.py"),
+                            str(tmp_path / "a.safetensors"), str(tmp_path / second), str(dest),
+                            "--alpha", str(alpha), "--card", "selection=mean", *extra],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         return r, dest
 

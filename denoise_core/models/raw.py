@@ -13,6 +13,8 @@ detail keeps its precision in bf16 (the residual is scaled back).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,9 +38,9 @@ class RawUNet(nn.Module):
         self,
         *,
         widths: tuple[int, int, int] = (32, 64, 96),
-        enc_blocks: tuple[int, int] = (1, 1),
+        enc_blocks: Sequence[int] = (1, 1),  # two stages (a list when read from JSON metadata)
         mid_blocks: int = 2,
-        dec_blocks: tuple[int, int] = (1, 1),
+        dec_blocks: Sequence[int] = (1, 1),
         input_scale: float = 4.0,
         detail_scale: float = 16.0,
         level_scale: float = 16.0,
@@ -60,7 +62,8 @@ class RawUNet(nn.Module):
         self.dec1 = _stage(w1, dec_blocks[1])
         self.outro = nn.Conv2d(w1, RAW_PLANES, 3, padding=1)
         nn.init.zeros_(self.outro.weight)
-        nn.init.zeros_(self.outro.bias)
+        if self.outro.bias is not None:
+            nn.init.zeros_(self.outro.bias)
         # context in packed pixels: intro and outro 1 each, 3x3 convs 1 px per conv at 1x, 2 at 1/2,
         # 4 at 1/4 scale, the 2x2 downsamplers 1 and 2, plus 4 px of alignment slack
         self.receptive_radius = (2 + 2 * (enc_blocks[0] + dec_blocks[1]) + 4 * (enc_blocks[1] + dec_blocks[0])

@@ -38,6 +38,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             f"unknown architecture {name!r}; valid names: {', '.join(list_models())}"
         ) from None
     model = factory(**kwargs)
-    model.arch_name = name
-    model.arch_args = dict(kwargs)
+    setattr(model, "arch_name", name)  # plain attributes beside the module's parameters
+    setattr(model, "arch_args", dict(kwargs))
     return model

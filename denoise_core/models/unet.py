@@ -11,6 +11,8 @@ two extra input planes, the local noise standard deviation in units of 25/255
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,9 +63,9 @@ class UNet(nn.Module):
         *,
         in_channels: int = 3,
         widths: tuple[int, int, int] = (32, 64, 128),
-        enc_blocks: tuple[int, int] = (1, 2),
+        enc_blocks: Sequence[int] = (1, 2),  # two stages (a list when read from JSON metadata)
         mid_blocks: int = 2,
-        dec_blocks: tuple[int, int] = (2, 1),
+        dec_blocks: Sequence[int] = (2, 1),
         level_input: bool = False,
     ) -> None:
         super().__init__()
@@ -84,7 +86,8 @@ class UNet(nn.Module):
         self.outro = nn.Conv2d(w1, in_channels * 4, 3, padding=1)
         self.shuffle = nn.PixelShuffle(2)
         nn.init.zeros_(self.outro.weight)
-        nn.init.zeros_(self.outro.bias)
+        if self.outro.bias is not None:
+            nn.init.zeros_(self.outro.bias)
         # context each output pixel depends on, in full-resolution pixels: 3x3 convs at 1/2, 1/4
         # and 1/8 scale add 2, 4 and 8 px each, the two 2x2 downsamplers 2 and 4, plus 8 px of
         # pixel-shuffle alignment slack (measured: 78 px for `unet`, 91 for the shipped two-block

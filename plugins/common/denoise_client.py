@@ -160,10 +160,13 @@ class Worker:
 
     def _connect(self) -> None:
         """Connect to the daemon at socket_path, starting it when nobody listens there."""
+        path = self.socket_path
+        assert path is not None  # only a socket worker connects
+
         def attempt():
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                s.connect(self.socket_path)
+                s.connect(path)
                 return s
             except OSError:
                 s.close()

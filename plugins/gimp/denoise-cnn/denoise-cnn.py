@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 PROC_NAME = "plug-in-denoise-cnn"
 PLUGIN_DIR = os.path.dirname(os.path.realpath(__file__))
@@ -98,6 +99,7 @@ def main():
         def __init__(self, widget, image, drawable, config):
             self.widget, self.image, self.drawable, self.config = widget, image, drawable, config
             self.thread = None
+            self.dialog: Any = None  # the procedure dialog (GimpUi.ProcedureDialog), once it is made
             self.pending = False
             self.closed = False
             self.stage = None
@@ -137,6 +139,7 @@ def main():
             self._in_thread(lambda: self.worker.info(self.settings))
 
         def poll(self):
+            assert self.thread is not None  # polled only while a request runs
             thread, box = self.thread
             if thread.is_alive():
                 return True
@@ -201,6 +204,7 @@ def main():
             """DENOISE_CNN_PREVIEW_TEST=PATH: write what the preview showed, then change the
             strength (a second preview) and press OK, as a user would."""
             x, y, w, h = self.view
+            assert self.test is not None  # recorded only for the end-to-end test
             with open(f"{self.test}.{self.shown}.rgba8", "wb") as f:
                 f.write(result["rgba8"])
             with open(self.test, "a", encoding="utf-8") as f:

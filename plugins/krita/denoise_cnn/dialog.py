@@ -387,6 +387,7 @@ class DenoiseDialog(QDialog):
             self.update_preview()
             return
         if run.result is not None:
+            assert run.rgba8 is not None and run.rgba8_before is not None  # a preview run asks for both
             x, y, w, h = run.rect
             self.preview_result, self.preview_box = run.result, run.rect
             self.compare.set_before(_rgba8_pixmap(run.rgba8_before, w, h))

@@ -40,11 +40,12 @@ def client():
     if _CLIENT:
         return _CLIENT[0]
     try:
-        from . import denoise_client
+        from . import denoise_client  # pyright: ignore[reportAttributeAccessIssue]  # the installer's copy
     except ImportError:  # a source checkout: the installer normally copies it next to this file
         import importlib.util
         path = os.path.join(PLUGIN_DIR, os.pardir, os.pardir, "common", "denoise_client.py")
         spec = importlib.util.spec_from_file_location("denoise_cnn_client", os.path.abspath(path))
+        assert spec is not None and spec.loader is not None, path
         denoise_client = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(denoise_client)
     _CLIENT.append(denoise_client)
@@ -175,7 +176,7 @@ class Task:
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="denoise-cnn", daemon=True)
 
-    def start(self) -> "Task":
+    def start(self) -> Task:
         self._thread.start()
         return self
 
@@ -243,7 +244,7 @@ class RegionRun:
         self.user_cancelled = False
         self.task = None
 
-    def start(self) -> "RegionRun":
+    def start(self) -> RegionRun:
         self.task = InfoRun(self.cfg, self.settings).start()
         return self
 
@@ -349,6 +350,7 @@ class DenoiseJob:
             self._finish("error", f"Denoising failed: {run.error}\n\nThe layer is unchanged.", "error")
         else:
             try:
+                assert run.result is not None  # neither cancelled nor failed
                 self.apply(run.result)
             except Exception as e:
                 self._finish("error", f"Could not write the result back: {e}\n\nThe layer is unchanged.",

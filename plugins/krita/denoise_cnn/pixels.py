@@ -3,7 +3,7 @@
 No Krita or Qt here, so this module is unit-tested in any Python (tests/test_krita_pixels.py).
 Uses numpy when it imports (Krita's Python on Debian has it), else stdlib `array`/`struct`.
 
-Krita's byte orders (../shared/HOSTS.md): U8 and U16 RGBA documents give B,G,R,A; F16 and F32
+Krita's byte orders: U8 and U16 RGBA documents give B,G,R,A; F16 and F32
 give R,G,B,A; grayscale gives G,A. Values are in the machine's byte order. The worker wants
 float32 little-endian, interleaved, colour first and alpha last (R,G,B,A or G,A), 0..1.
 """
