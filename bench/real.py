@@ -108,6 +108,7 @@ def _oracle(run, clean: np.ndarray) -> tuple[float, float, np.ndarray]:
             worse += 1
             if worse >= 2:
                 break
+    assert best is not None
     return best
 
 
@@ -148,7 +149,8 @@ def evaluate(folder: Path, models: list[str], *, fixed_sigma: float, levels: tup
             put(f"`{_name(m)}` blind", p.name, dn.denoise(n8).astype(np.float64), clean)
             if dn.has_levels and k == 0:  # the main model: also told levels
                 for lv in levels:
-                    put(f"`{_name(m)}` noise level {lv:g}", p.name, dn.denoise(n8, noise_level=lv).astype(np.float64), clean)
+                    out = dn.denoise(n8, noise_level=lv).astype(np.float64)
+                    put(f"`{_name(m)}` noise level {lv:g}", p.name, out, clean)
                 put(f"`{_name(m)}` sigma {fixed_sigma:g} (one value for all)", p.name,
                     dn.denoise(n8, sigma=fixed_sigma).astype(np.float64), clean)
                 best = _oracle(lambda s: dn.denoise(n8, sigma=s).astype(np.float64), clean)

@@ -170,7 +170,8 @@ class Denoiser:
             raise ValueError(f"sigma must be within 0..{MAX_SIGMA:g} (0-255 scale), got {sigma}")
 
     def denoise(self, image: np.ndarray, *, strength: float = 1.0, noise_level: float | None = None,
-                sigma: float | None = None, progress: ProgressFn | None = None, cancel: CancelFn | None = None, tile: int | None = None,
+                sigma: float | None = None,
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None, tile: int | None = None,
                 overlap: int | None = None) -> np.ndarray:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be within 0..1, got {strength}")

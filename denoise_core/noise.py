@@ -328,7 +328,7 @@ def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
             if spec.kind in _AS_V3:  # v3's parts in other shares, plus noise-free camera files
                 u = _as_v3(u, _AS_V3[spec.kind])
             if u < 0.45:
-                cam = find_camera(spec.camera, spec.iso) if spec.camera else None
+                cam = find_camera(spec.camera, spec.iso) if spec.camera and spec.iso is not None else None
                 ni, ti = pipeline.pipeline_pair(xi, gen, camera=cam)
             elif u < 0.93:
                 ni, ti = _mix_v3_simple(xi, gen, u), xi
@@ -377,7 +377,7 @@ def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
 
 
 def _mix_v1_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:
-    """mix-v1 (session 1): 45% camera, 40% Gaussian sigma 0-55, 10% Poisson-Gaussian, 5% clean."""
+    """mix-v1 (unet 0.1): 45% camera, 40% Gaussian sigma 0-55, 10% Poisson-Gaussian, 5% clean."""
     if u < 0.45:
         return _camera_batch(xi, NoiseSpec(kind="camera"), gen)
     if u < 0.85:
@@ -410,7 +410,7 @@ def _simple_one(xi: torch.Tensor, gen: torch.Generator, u: float,
 
 
 def _mix_v2_one(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Tensor:
-    """mix-v2 (sessions 2-7): as v1 with 40% camera and half of the Gaussian patches at sigma 5-30."""
+    """mix-v2 (unet 0.1-0.3): as v1 with 40% camera and half of the Gaussian patches at sigma 5-30."""
     return _simple_one(xi, gen, u, (0.40, 0.85, 0.95))
 
 
@@ -422,10 +422,10 @@ _MILD = 2.0  # u >= 2 is mild in-camera noise (v6 on)
 _V3_PARTS = ((0.0, 0.45), (0.45, 0.10), (0.55, 0.28), (0.83, 0.04), (0.87, 0.06), (0.93, 0.07), (1.0, 0.0),
              (_MILD, 0.0))
 _AS_V3 = {
-    # v4 (session 8, run 10): 24% left as they are, so the clean JPEG crops come back unchanged
+    # v4: 24% left as they are, so the clean JPEG crops come back unchanged
     "mix-v4": (0.38, 0.10, 0.24, 0.04, 0.08, 0.08, 0.08),
-    # v5 (session 9, run 11): more of the v2 camera simulator and Gaussian noise, whose benchmark
-    # rows run 10 lost (-1.6 dB and -0.3 to -0.5 dB), fewer developments; 23% clean
+    # v5: more of the v2 camera simulator and Gaussian noise, whose benchmark rows v4 alone lost
+    # (-1.6 dB and -0.3 to -0.5 dB), fewer developments; 23% clean
     "mix-v5": (0.36, 0.13, 0.25, 0.03, 0.07, 0.08, 0.08),
     # v6: a third mild in-camera noise (what cameras write at ISO 800-6400 after their own
     # processing); the clean parts shrink from 23% to 9%, so mild correlated noise is not taught
@@ -455,9 +455,10 @@ def _blurred_unit(shape: tuple[int, ...], sigma: float, gen: torch.Generator) ->
 def mild_camera_noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Noise as a camera leaves it at moderate ISO after demosaicing, its own noise reduction and
     JPEG: drawn in YCbCr, each plane a fine grain (white noise blurred 0.45-0.95 px, chroma 0.6-1.6)
-    plus blotches (blurred 2-5 px) holding 2-25% of the luma's energy and 10-50% of the chroma's, luma sigma 1-9 on 0-255 (log-uniform), chroma
-    0.3-1.3x luma and smoother, scaled with the square root of the signal, then 8-bit and, 70% of
-    the time, JPEG q80-98. One image (1, 3, H, W) in [0, 1]."""
+    plus blotches (blurred 2-5 px) holding 2-25% of the luma's energy and 10-50% of the chroma's;
+    luma sigma 1-9 on 0-255 (log-uniform), chroma 0.3-1.3x luma; scaled with the square root of
+    the signal, then 8-bit and, 70% of the time, JPEG q80-98. One image (1, 3, H, W) in [0, 1].
+    Fitted to the statistics of real camera JPEGs (bench/noise_stats.py)."""
     from .pipeline import _from_ycc, _to_ycc, jpeg  # local: pipeline imports this module
     _, _, h, w = x.shape
 
@@ -492,7 +493,7 @@ def _mix_v3_simple(xi: torch.Tensor, gen: torch.Generator, u: float) -> torch.Te
 
 def _camera_batch(x: torch.Tensor, spec: NoiseSpec, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
-    if spec.camera is None:
+    if spec.camera is None or spec.iso is None:
         profiles = [random_camera(gen) for _ in range(n)]
     else:
         profiles = [find_camera(spec.camera, spec.iso)] * n

@@ -72,7 +72,7 @@ def _folder(tmp_path, img):
 
 
 def test_cli_sigma_writes_the_apis_result(level_net, tmp_path):
-    from denoise_cli.batch import main
+    from cli.batch import main
     _, path = level_net
     img = (np.random.default_rng(1).random((40, 56, 3)) * 255).astype(np.uint8)
     src = _folder(tmp_path, img)
@@ -90,7 +90,7 @@ def test_cli_sigma_writes_the_apis_result(level_net, tmp_path):
     (["--sigma", "101"], "--sigma"),
 ])
 def test_cli_sigma_usage_errors(level_net, tmp_path, args, words):
-    from denoise_cli.batch import main
+    from cli.batch import main
     _, path = level_net
     src = _folder(tmp_path, np.zeros((16, 16, 3), np.uint8))
     r = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "out"), "--model", str(path), *args])
