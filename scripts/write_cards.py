@@ -49,7 +49,7 @@ NOISE_TEXT = {
 LOSS_TEXT = {"l1": "L1", "l2": "L2", "psnr": "PSNR (minus the mean per-image PSNR, softly capped at 50 dB)"}
 
 
-def card(name: str, path: Path, quality: dict | None) -> str:
+def card(name: str, path: Path, quality: dict | None, real: str | None = None) -> str:
     ck = load_checkpoint(path)
     net = ck.build()
     params = sum(p.numel() for p in net.parameters())
@@ -101,17 +101,21 @@ def card(name: str, path: Path, quality: dict | None) -> str:
             n = noisy.get(cond, {}).get("psnr")
             lines.append(f"| {cond} | {n:.2f} | {r['psnr']:.2f} | {r['ssim']:.4f} |" if n is not None
                          else f"| {cond} | – | {r['psnr']:.2f} | {r['ssim']:.4f} |")
+    if real:
+        lines += ["", "## Measured on real camera noise (`bench/real.py`, evaluation only)", "", real.strip()]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quality", type=Path)
+    ap.add_argument("--real", type=Path, help="bench/real.py's --out table, added to the default's card")
     a = ap.parse_args()
     q = json.loads(a.quality.read_text()) if a.quality else None
+    real = a.real.read_text() if a.real else None
     for name, path in shipped_models().items():
         out = path.with_suffix(".md")
-        out.write_text(card(name, path, q))
+        out.write_text(card(name, path, q, real if name == "unet" else None))
         print("wrote", out)
 
 
