@@ -1,9 +1,12 @@
 """`denoise-batch`: denoise files, folders and globs into an output folder.
 
 Reporting follows black's Report: one line per failed or skipped item on stderr, a summary at the
-end, exit 0 when every item succeeded (skips included), 1 when any failed, 2 for bad usage, 130 on
+end, exit 0 when every item succeeded (skips included), 1 when any failed, 2 for bad usage (a NaN
+--strength included, and a --model that cannot be loaded), 130 on
 Ctrl-C and 143/129 on SIGTERM/SIGHUP (which take Ctrl-C's path, so no temp file is left). Control
-characters in a report (a newline in a file name) are escaped, so each report is one line. With
+characters in a report (a newline in a file name) are escaped, so each report is one line, and every
+line about a file names it: warnings and the libraries' log lines while it is handled included
+(`named_messages`). With
 --json, stdout carries one JSON object per line (start, progress, warning, result, summary): the machine
 interface for scripts and host plugins. Inputs are never modified and every output is written
 atomically, so an interrupted or failed item leaves nothing behind; the temp files of a run killed
@@ -12,6 +15,7 @@ outright (SIGKILL, power loss) are removed by the next run into the same folder.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import glob
 import json
@@ -29,7 +33,7 @@ from denoise_core.atomic import Terminated, remove_stale_parts, signals_as_inter
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS, use_all_cores
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
-                                  read_image, write_image)
+                                  library_log_as_warnings, read_image, write_image)
 
 from denoise_core.raw import RAW_EXTENSIONS, is_raw
 
@@ -88,19 +92,30 @@ def one_line(text: str) -> str:
 
 
 def expand_inputs(inputs: tuple[str, ...], report: Report) -> list[Path]:
-    """Files as given, folders' supported images (sorted, not recursive), globs expanded."""
+    """Files as given, folders' entries with a supported image or raw extension (sorted, not
+    recursive), globs expanded. A folder that cannot be listed is one failed item; an entry with an
+    image name that is not a readable file (a broken symbolic link, a link loop, a FIFO) is kept, so
+    that reading it fails by name instead of the file being skipped in silence. Subfolders are not
+    inputs, whatever their names."""
     found: list[Path] = []
+    extensions = SUPPORTED_EXTENSIONS + RAW_EXTENSIONS
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in SUPPORTED_EXTENSIONS + RAW_EXTENSIONS)
-        elif p.exists() or not glob.has_magic(item):
+            try:
+                with os.scandir(p) as entries:
+                    names = sorted(e.name for e in entries)
+            except OSError as e:
+                report.fail(item, f"cannot list the folder: {_os_reason(e)}")
+                continue
+            found += [q for q in (p / n for n in names) if q.suffix.lower() in extensions and not q.is_dir()]
+        elif os.path.lexists(p) or not glob.has_magic(item):
             found.append(p)
         else:
             matches = sorted(Path(m) for m in glob.glob(item))
             if not matches:
                 report.fail(item, "pattern matches no files")
-            found += [m for m in matches if m.is_file()]
+            found += [m for m in matches if not m.is_dir()]
     seen, unique = set(), []
     for p in found:
         key = os.path.realpath(p)
@@ -108,6 +123,20 @@ def expand_inputs(inputs: tuple[str, ...], report: Report) -> list[Path]:
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def _os_reason(e: OSError) -> str:
+    return "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e)).lower()
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan (which compares false with both bounds, so passes it)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if rv != rv:
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return rv
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -133,9 +162,9 @@ atexit.register(gc.freeze)
               help="Output folder (created if missing); each result keeps its input's file name.")
 @click.option("--model", default="default", show_default=True,
               help="Shipped model name (default, unet, fast, seed) or a checkpoint file.")
-@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+@click.option("--strength", type=FiniteFloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="0 leaves the input untouched, 1 is full denoising.")
-@click.option("--noise-level", type=click.FloatRange(0.0, MAX_NOISE_LEVEL), default=None,
+@click.option("--noise-level", type=FiniteFloatRange(0.0, MAX_NOISE_LEVEL), default=None,
               help="How much noise to remove, relative to what the model finds by itself "
                    "[default: automatic, one pass]. 1 is about automatic, 2 assumes twice the "
                    "noise (removes what automatic leaves), 0.5 half; costs a second pass. Models "
@@ -241,19 +270,14 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         return
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always", ImageWarning)
+        with named_messages(report, s):
             photo = read_image(src)
-        for w in said:
-            if isinstance(w.message, ImageWarning):
-                report.warn(s, w.message.reason)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level,
-                            progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
-        result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
-                       exif=photo.exif, info=photo.info)
-        write_image(dst, result, format=out_format, quality=quality)
+            pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level,
+                                progress=lambda done, total: report.emit(event="progress", file=s, done=done,
+                                                                         total=total))
+            result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
+                           exif=photo.exif, info=photo.info)
+            write_image(dst, result, format=out_format, quality=quality)
     except ImageReadError as e:
         report.fail(s, e.reason)
     except ImageWriteError as e:
@@ -264,6 +288,25 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         report.fail(s, f"unexpected {type(e).__name__}: {e}")
     else:
         report.done(s, dst, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def named_messages(report: Report, src: str):
+    """What reading or writing `src` says besides its result -- ImageWarning (libpng's warnings,
+    EXIF not copied), other Python warnings, and the libraries' log lines (tifffile, exifread;
+    imageio.library_log_as_warnings) -- as `warning: <src>: ...` lines, once the step succeeded. So
+    every line on stderr names its file."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with library_log_as_warnings(src):
+            yield
+    seen = set()
+    for w in said:
+        reason = (w.message.reason if isinstance(w.message, ImageWarning)
+                  else f"{w.category.__name__}: {w.message}")
+        if reason not in seen:
+            seen.add(reason)
+            report.warn(src, reason)
 
 
 _RAW_DENOISERS: dict = {}
@@ -280,17 +323,11 @@ def _process_raw(dn: Denoiser, src: Path, dst: Path, report: Report, *, strength
         key = (str(dn.path) if dn.arch == "raw" else "raw", str(dn.device), dn.precision)
         if key not in _RAW_DENOISERS:
             _RAW_DENOISERS[key] = RawDenoiser(key[0], device=key[1], precision=key[2])
-        with warnings.catch_warnings(record=True) as said:  # e.g. EXIF that could not be copied
-            warnings.simplefilter("always", ImageWarning)
+        with named_messages(report, s):  # e.g. EXIF that could not be copied, tifffile's damage reports
             info = process_raw(_RAW_DENOISERS[key], src, dst, strength=strength, noise_level=noise_level,
                                out_format=out_format, quality=quality,
                                progress=lambda done, total: report.emit(event="progress", file=s, done=done,
                                                                         total=total))
-        for w in said:
-            if isinstance(w.message, ImageWarning):
-                report.warn(s, w.message.reason)
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except ImageReadError as e:
         report.fail(s, e.reason)
     except ImageWriteError as e:

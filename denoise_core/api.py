@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import autocast, pick_device, pick_precision, precision_name
+from .files import file_problem
 from .levels import LEVEL_RADIUS, level_map, level_planes
 from .models import list_models
 from .tiler import make_grid, read_window
@@ -79,9 +80,10 @@ def resolve_model(model: str | os.PathLike) -> Path:
     if name in shipped:
         return shipped[name]
     p = Path(name).expanduser()
-    if p.suffix or os.sep in name or p.exists():
-        if not p.is_file():
-            raise ModelNotFoundError(f"{p}: checkpoint file not found")
+    if p.suffix or os.sep in name or os.path.lexists(p):
+        problem = file_problem(p, "a checkpoint file", missing="checkpoint file not found")
+        if problem:
+            raise ModelNotFoundError(f"{p}: {problem}")
         return p
     raise ModelNotFoundError(
         f"unknown model {name!r}: not a checkpoint file and not a shipped model "
@@ -141,9 +143,12 @@ class Denoiser:
         with autocast(self.device, self.amp_dtype):
             y = self.model(x)
             if noise_level is not None:
+                check_output(y.float(), self.path)
                 planes = level_planes(level_map(x - y.float()) * float(noise_level), tuple(x.shape))
                 y = self.model(x, planes.to(self.device, x.dtype))
-        return y.float().cpu()
+        y = y.float()
+        check_output(y, self.path)
+        return y.cpu()
 
     def check_noise_level(self, noise_level: float | None) -> None:
         if noise_level is None:
@@ -174,6 +179,8 @@ class Denoiser:
             scale = 1.0
         else:
             raise ValueError(f"unsupported dtype {arr.dtype}; use uint8, uint16 or float")
+        if scale == 1.0:
+            check_finite(arr)
         h, w, c = arr.shape
         out = np.empty_like(arr)
         if strength == 0.0:
@@ -215,6 +222,31 @@ class Denoiser:
             if progress is not None:
                 progress(t.index + 1, total)
         return out[..., 0] if squeeze else out
+
+
+def check_finite(pixels: np.ndarray) -> None:
+    """Float samples must be numbers: a NaN spreads through every tile it touches (one NaN sample
+    in a TIFF came back as 162), so an image holding any is refused, saying how many."""
+    bad = pixels.size - int(np.count_nonzero(np.isfinite(pixels)))
+    if bad:
+        raise ValueError(f"{bad} of {pixels.size} colour samples {'is' if bad == 1 else 'are'} NaN or infinite; "
+                         "replace them before denoising")
+
+
+# A denoiser's output stays near its input (0..1): the noise it removes is a fraction of the range.
+# Output outside this band or not finite comes from broken weights (finite but absurd ones made an
+# all-black image), not from a photo; an untrained net's output still falls inside it.
+OUTPUT_RANGE = (-1.0, 2.0)
+
+
+def check_output(y: torch.Tensor, model_path) -> None:
+    """Refuse (ValueError naming the model file) a network output that cannot be a denoised image."""
+    finite = bool(torch.isfinite(y).all())
+    lo, hi = (float(y.min()), float(y.max())) if finite else (0.0, 0.0)
+    if not finite or lo < OUTPUT_RANGE[0] or hi > OUTPUT_RANGE[1]:
+        what = "holds NaN or infinite values" if not finite else f"ranges {lo:.3g}..{hi:.3g}"
+        raise ValueError(f"the network's output is implausible (it {what} for input within 0..1): the "
+                         f"weights of {model_path} look broken")
 
 
 def _to_dtype(x: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
