@@ -182,9 +182,11 @@ def _job_path(base: Path, job: dict, key: str, *, required: bool = True) -> Path
 
 def _settings(req: dict, default_tile: int) -> tuple[str, str, str, int, float | None]:
     """model, device, precision, tile and noise_level of an info request or a job, checked."""
+    tile = _get(req, "tile", "int", default_tile)
+    if tile < 16:
+        raise _FieldError(f'"tile" must be at least 16, not {tile}')
     return (_get(req, "model", "str", "default"), _get(req, "device", "str", "auto"),
-            _get(req, "precision", "str", "auto"), _get(req, "tile", "int", default_tile),
-            _get(req, "noise_level", "number|null", None))
+            _get(req, "precision", "str", "auto"), tile, _get(req, "noise_level", "number|null", None))
 
 
 def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None) -> None:
@@ -416,6 +418,8 @@ def _session(read_chunk, cache: dict, idle_s: float) -> str:
                     run_job(path, cache, reply)
                 finally:
                     current["dir"] = None
+            elif cmd is None:
+                raise ValueError('a request needs "cmd": info, job or quit')
             else:
                 raise ValueError(f"unknown request {_shown(cmd)} (known: info, job, quit)")
         except Exception as e:  # reported; the worker stays up for the next request

@@ -542,11 +542,23 @@ def _png_metadata_bomb(rng: random.Random, data: bytes) -> bytes:
     return insert_after_ihdr(data, png_chunk(ctype, body))
 
 
+def _dng_cfa_rewrite(rng: random.Random, data: bytes) -> bytes:
+    """CFAPattern rewritten to random colour codes (cyan, magenta, yellow, white, or none known)."""
+    b = bytearray(data)
+    bo, entries = _ifd0_entries(b)
+    pos = dict(entries).get(33422)
+    if pos is None:
+        return _flip(rng, data)
+    b[pos + 8:pos + 12] = bytes(rng.choice((0, 1, 2, 3, 4, 5, 6, 9)) for _ in range(4))
+    return bytes(b)
+
+
 GENERIC = (_flip, _truncate, _overwrite)
 STRUCTURED = {"png": (_png_chunk_rewrite, _png_chunk_rewrite, _png_metadata_bomb),
               "tif": (_tiff_tag_rewrite, _tiff_tag_rewrite, _tiff_blob_as_number, _tiff_resolution_rewrite),
               "jpg": (_jpeg_segment_rewrite, _jpeg_segment_rewrite, _jpeg_exif_loop, _jpeg_qtable_ids),
-              "webp": (_riff_chunk_rewrite,), "safetensors": (_safetensors_header_rewrite,)}
+              "webp": (_riff_chunk_rewrite,), "safetensors": (_safetensors_header_rewrite,),
+              "dng": (_tiff_tag_rewrite, _tiff_tag_rewrite, _tiff_tag_rewrite, _dng_cfa_rewrite)}
 
 
 def mutate(rng: random.Random, kind: str, data: bytes) -> bytes:
@@ -557,3 +569,64 @@ def mutate(rng: random.Random, kind: str, data: bytes) -> bytes:
         except (IndexError, ValueError, KeyError, TypeError, AttributeError, struct.error):
             data = _flip(rng, data)     # an earlier mutation broke the structure this one walks
     return data
+
+
+# ------------------------------------------------------------------------------ worker requests
+
+JOB = {"version": 1, "width": 4, "height": 3, "channels": 3, "input": "in.raw", "output": "out.raw",
+       "model": "seed", "device": "cpu", "tile": 64, "strength": 0.5, "transfer": "srgb", "dtype": "f32"}
+# what a field may become; never "parent_pipe" (the worker would then watch this process's stdin)
+_REQUEST_VALUES = (None, True, -1, 0, 1, 3, 2 ** 63, 1.5, float("nan"), float("inf"), "", "x", "../x",
+                   "/etc/hostname", [], [0, 0, 2, 2], [1, 2, 3], {}, "fifo.raw", "sub", "link_out.raw",
+                   "sub/../in.raw", "in.raw", "out.raw", "job.json", "u8", "f16", "linear", "seed", "info")
+_OPTIONAL_KEYS = ("crop", "mask", "rgba8", "rgba8_before", "noise_level", "swap_rb", "precision", "extra")
+
+
+def job_folder(folder, outside) -> None:
+    """A job's folder as the client makes it (job.json, in.raw), plus what a hostile job may point at:
+    a FIFO, a subfolder, a mask and a link to a file outside."""
+    import os
+    folder.mkdir()
+    (folder / "in.raw").write_bytes(np.linspace(0, 1, 36, dtype="<f4").tobytes())
+    (folder / "mask.raw").write_bytes(bytes(range(0, 240, 20)))
+    (folder / "sub").mkdir()
+    os.mkfifo(folder / "fifo.raw")
+    (folder / "link_out.raw").symlink_to(outside / "secret.raw")
+
+
+def _damage(rng: random.Random, obj: dict) -> dict:
+    obj = dict(obj)
+    for _ in range(rng.randint(1, 3)):
+        key = rng.choice(sorted(obj) + list(_OPTIONAL_KEYS))
+        if rng.random() < 0.2:
+            obj.pop(key, None)
+        else:
+            obj[key] = rng.choice(_REQUEST_VALUES)
+    return obj
+
+
+def worker_request(rng: random.Random, i: int, folder, outside) -> bytes:
+    """Request line i for a persistent worker: an info or job request (its job file written into
+    `folder`, made by job_folder) with fields damaged, or its bytes; most carry "id": i."""
+    if rng.random() < 0.25:
+        req = {"cmd": "info", "id": i, "model": "seed", "device": "cpu"}
+        if rng.random() < 0.8:
+            req = _damage(rng, req)
+    else:
+        job = _damage(rng, JOB) if rng.random() < 0.85 else dict(JOB)
+        (folder / "job.json").write_text(json.dumps(job))
+        req = {"cmd": "job", "id": i, "job": str(folder / "job.json")}
+        if rng.random() < 0.15:
+            req["job"] = rng.choice((None, 5, "", str(folder), str(folder / "fifo.raw"), str(folder / "nope.json"),
+                                     str(folder / "in.raw")))
+    if req.get("cmd") == "quit":
+        req["cmd"] = "info"
+    line = json.dumps(req).encode()
+    what = rng.random()
+    if what < 0.1:
+        line = _truncate(rng, line)
+    elif what < 0.2:
+        line = _flip(rng, line).replace(b"\n", b" ")
+    elif what < 0.25:
+        line = rng.choice((b"[1, 2, 3]", b"null", b'"job"', b"7", b"{}", b"\xff\xfe", b"[" * 100_000))
+    return line + b"\n"
