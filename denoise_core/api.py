@@ -15,6 +15,9 @@ left. Both can be combined.
 Arrays are (H, W), (H, W, 1) or (H, W, 3) — colour only, alpha is the caller's to keep — in
 uint8, uint16 or float (0..1, sRGB-encoded); the result has the input's shape and dtype. The image
 is processed tile by tile into the output, so memory grows with the tile size, not the image.
+Float input holding NaN or infinite samples is refused (ValueError saying how many), and so is a
+network output that is not finite or far outside 0..1 (`check_output`: broken weights), rather
+than returning a NaN-spotted or black image.
 """
 from __future__ import annotations
 

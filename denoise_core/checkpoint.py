@@ -2,7 +2,9 @@
 
 Metadata (all strings in the safetensors header): format, format_version, arch, arch_args (JSON),
 and free-form card fields (noise, data, steps, psnr as JSON). Loading never unpickles: a file that
-is not safetensors is rejected, even a torch pickle, so a hostile file cannot execute code.
+is not safetensors is rejected, even a torch pickle, so a hostile file cannot execute code. What a
+file is goes by its content (a header length that fits the file, then a JSON object), not its
+first two bytes: a 640-byte header's length starts like pickle protocol 2.
 
 Loading validates before it spends memory: the header is read with a bounded read (never the whole
 file) and must be a JSON object whose tensor entries fit the file; the architecture arguments must
