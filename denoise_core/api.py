@@ -16,7 +16,7 @@ Arrays are (H, W), (H, W, 1) or (H, W, 3) — colour only, alpha is the caller's
 uint8, uint16 or float (0..1, sRGB-encoded); the result has the input's shape and dtype. The image
 is processed tile by tile into the output, so memory grows with the tile size, not the image.
 Float input holding NaN or infinite samples is refused (ValueError saying how many), and so is a
-network output that is not finite or far outside 0..1 (`check_output`: broken weights), rather
+network output that is not finite or far outside the input's range (`check_output`: broken weights), rather
 than returning a NaN-spotted or black image.
 """
 from __future__ import annotations
@@ -146,11 +146,11 @@ class Denoiser:
         with autocast(self.device, self.amp_dtype):
             y = self.model(x)
             if noise_level is not None:
-                check_output(y.float(), self.path)
+                check_output(x, y.float(), self.path)
                 planes = level_planes(level_map(x - y.float()) * float(noise_level), tuple(x.shape))
                 y = self.model(x, planes.to(self.device, x.dtype))
         y = y.float()
-        check_output(y, self.path)
+        check_output(x, y, self.path)
         return y.cpu()
 
     def check_noise_level(self, noise_level: float | None) -> None:
@@ -236,20 +236,22 @@ def check_finite(pixels: np.ndarray) -> None:
                          "replace them before denoising")
 
 
-# A denoiser's output stays near its input (0..1): the noise it removes is a fraction of the range.
-# Output outside this band or not finite comes from broken weights (finite but absurd ones made an
-# all-black image), not from a photo; an untrained net's output still falls inside it.
-OUTPUT_RANGE = (-1.0, 2.0)
+# A denoiser's output stays near its input: the noise it removes is a fraction of the range. Output
+# further than this outside the input's range (0..1 or wider), or not finite, comes from broken
+# weights (finite but absurd ones made an all-black image), not from a photo; an untrained net's
+# output still falls inside.
+OUTPUT_MARGIN = 1.0
 
 
-def check_output(y: torch.Tensor, model_path) -> None:
-    """Refuse (ValueError naming the model file) a network output that cannot be a denoised image."""
+def check_output(x: torch.Tensor, y: torch.Tensor, model_path) -> None:
+    """Refuse (ValueError naming the model file) a network output `y` that cannot be a denoising of `x`."""
     finite = bool(torch.isfinite(y).all())
     lo, hi = (float(y.min()), float(y.max())) if finite else (0.0, 0.0)
-    if not finite or lo < OUTPUT_RANGE[0] or hi > OUTPUT_RANGE[1]:
+    x_lo, x_hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
+    if not finite or lo < x_lo - OUTPUT_MARGIN or hi > x_hi + OUTPUT_MARGIN:
         what = "holds NaN or infinite values" if not finite else f"ranges {lo:.3g}..{hi:.3g}"
-        raise ValueError(f"the network's output is implausible (it {what} for input within 0..1): the "
-                         f"weights of {model_path} look broken")
+        raise ValueError(f"the network's output is implausible (it {what} for input within {x_lo:.3g}..{x_hi:.3g}): "
+                         f"the weights of {model_path} look broken")
 
 
 def _to_dtype(x: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:

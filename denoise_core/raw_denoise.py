@@ -84,7 +84,7 @@ class RawDenoiser:
             with autocast(self.device, self.amp_dtype):
                 y = self.model(x[:, :4], x[:, 4:])
             y = y.float()
-            check_output(y, self.path)
+            check_output(x[:, :4], y, self.path)
             y = y.cpu()[0].permute(1, 2, 0).numpy()
             sy0, sx0, sy1, sx1 = t.support
             oy, ox = sy0 - t.window[0], sx0 - t.window[1]

@@ -553,6 +553,16 @@ def test_checkpoint_with_absurd_weights_fails_each_file_with_a_reason(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_output_check_allows_float_input_beyond_1(tmp_path):
+    import io
+
+    import tifffile
+    b = io.BytesIO()
+    tifffile.imwrite(b, (hf.RGB / 255 * 4).astype(np.float32), photometric="rgb", metadata=None)   # up to 4.0
+    _, out = batch(tmp_path, "hdr.tif", b.getvalue(), expect_ok=True)
+    assert read_image(out / "hdr.tif").pixels.max() > 2
+
+
 @pytest.mark.parametrize("args,option", [(["--strength", "nan"], "--strength"),
                                          (["--noise-level", "nan"], "--noise-level"),
                                          (["--model", "raw", "--noise-level", "nan"], "--noise-level")])
