@@ -2,12 +2,11 @@
 
 Reporting follows black's Report: one line per failed or skipped item on stderr, a summary at the
 end, exit 0 when every item succeeded (skips included), 1 when any failed, 2 for bad usage (a NaN
---strength included, and a --model that cannot be loaded), 130 on
-Ctrl-C and 143/129 on SIGTERM/SIGHUP (which take Ctrl-C's path, so no temp file is left). Control
-characters in a report (a newline in a file name) are escaped, so each report is one line, and every
-line about a file names it: warnings and the libraries' log lines while it is handled included
-(`named_messages`). With
---json, stdout carries one JSON object per line (start, progress, warning, result, summary): the machine
+--strength or a --model that cannot be loaded included), 130 on Ctrl-C and 143/129 on
+SIGTERM/SIGHUP (which take Ctrl-C's path, so no temp file is left). Control characters in a report
+(a newline in a file name) are escaped, so each report is one line, and every line about a file
+names it, warnings and the libraries' log lines included (`named_messages`). With --json, stdout
+carries one JSON object per line (start, progress, warning, result, summary): the machine
 interface for scripts and host plugins. Inputs are never modified and every output is written
 atomically, so an interrupted or failed item leaves nothing behind; the temp files of a run killed
 outright (SIGKILL, power loss) are removed by the next run into the same folder.

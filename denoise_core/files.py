@@ -12,6 +12,8 @@ def file_problem(path, what: str = "a file", missing: str = "file not found") ->
     symbolic link or a link loop, a directory, a FIFO or device (never opened: a FIFO would block,
     a device never ends), or no read permission. One check for images, raw files, checkpoints and
     the worker's job files, so each says the same for the same case."""
+    if "\0" in os.fspath(path):
+        return "not a valid file name (it holds a NUL character)"
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import file_problem
+
 PROTOCOL_VERSION = 1
 IDLE_S = 600  # a persistent worker with no request for this long exits (and frees its memory)
 MAX_CACHED = 2  # loaded models kept by a persistent worker
@@ -145,8 +147,6 @@ def _json_kind(value) -> str:
 def _read_regular(path: Path, *, limit: int | None = None, size: int | None = None, what: str = "a file") -> bytes:
     """The bytes of `path`, which must be a regular file (a FIFO would block the worker until the
     client left; a device never ends), of at most `limit` bytes or of exactly `size` bytes."""
-    from .files import file_problem
-
     problem = file_problem(path, what)
     if problem:
         raise ValueError(f"{path}: {problem}")
@@ -173,7 +173,8 @@ def _job_path(base: Path, job: dict, key: str, *, required: bool = True) -> Path
             raise _FieldError(f'"{key}" is missing')
         return None
     folder = os.path.realpath(base)
-    target = os.path.realpath(os.path.join(folder, value)) if isinstance(value, str) and value else None
+    target = (os.path.realpath(os.path.join(folder, value)) if isinstance(value, str) and value and "\0" not in value
+              else None)
     if (target is None or os.path.isabs(value) or target == folder
             or os.path.commonpath([folder, target]) != folder):
         raise ValueError(f'job "{key}": {_shown(value)} is not a file inside the job folder {base}')
