@@ -2,10 +2,10 @@
 what photographers care about.
 
 This module owns:
-  * pixel fidelity: 8-bit, 16-bit and float32 (and TIFF float16) samples come back unchanged (16-bit is never rounded
-    through 8 bits; Pillow 13 does that to 16-bit PNG, so PNG pixels go through imagecodecs' libpng
-    both ways, with the metadata chunks parsed and placed here; TIFF goes through tifffile, JPEG and
-    WebP through Pillow).
+  * pixel fidelity: 8-bit, 16-bit and float32 (and TIFF float16) samples come back unchanged
+    (16-bit is never rounded through 8 bits; Pillow 13 does that to 16-bit PNG, so PNG pixels go
+    through imagecodecs' libpng both ways, with the metadata chunks parsed and placed here; TIFF
+    goes through tifffile, JPEG and WebP through Pillow).
     Samples are only converted when the target format cannot hold them: JPEG and WebP are 8-bit
     (16-bit is rounded to the nearest 8-bit value), PNG stores float as 16-bit; gray WebP becomes RGB.
   * alpha, kept apart from the colour samples and passed through untouched (JPEG cannot store it, so
@@ -47,8 +47,9 @@ colour key: int or (r, g, b)); 'jpeg_quality' (estimate from the quantisation ta
 'jpeg_subsampling' (0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0), 'progressive', 'comment' (JPEG);
 'webp_lossless'; 'tiff_compression' (TIFF compression code), 'tiff_extrasample' (0 unspecified,
 1 associated/premultiplied, 2 unassociated alpha), 'tiff_float16' (the file's float samples were
-16-bit: they read as float32 and a TIFF output is written as float16 again). A TIFF's reduced-resolution preview pages and a
-camera JPEG's MPF preview images are not read or written back: they would show the noisy photo.
+16-bit: they read as float32 and a TIFF output is written as float16 again). A TIFF's
+reduced-resolution preview pages and a camera JPEG's MPF preview images are not read or written
+back: they would show the noisy photo.
 A resolution outside 0.001..1e6 dpi (4294967295 px/cm, say) is damage and reads as no resolution.
 """
 from __future__ import annotations

@@ -711,7 +711,8 @@ def test_raw_input_that_is_not_a_readable_file_says_why(tmp_path, monkeypatch, h
             p.chmod(0)
     hang_guard(60)
     r = run_batch(p, "-o", tmp_path / "out", "--model", "seed")
-    want = {"fifo": "is a FIFO (named pipe), not a regular file", "devzero": "is a character device, not a regular file",
+    want = {"fifo": "is a FIFO (named pipe), not a regular file",
+            "devzero": "is a character device, not a regular file",
             "unreadable": "permission denied"}[kind]
     assert r.exit_code == 1 and r.output.splitlines()[0] == f"error: {p}: {want}", r.output
 
@@ -730,7 +731,8 @@ def test_model_that_is_not_a_readable_file_says_why(tmp_path, hang_guard, kind):
     Image.fromarray(hf.RGB).save(tmp_path / "a.png")
     hang_guard(60)
     r = run_batch(tmp_path / "a.png", "-o", tmp_path / "out", "--model", m)
-    want = {"fifo": "is a FIFO (named pipe), not a regular file", "devzero": "is a character device, not a regular file",
+    want = {"fifo": "is a FIFO (named pipe), not a regular file",
+            "devzero": "is a character device, not a regular file",
             "folder": "is a directory, not a checkpoint file",
             "broken": f"broken symbolic link (its target {tmp_path / 'gone.safetensors'} does not exist)"}[kind]
     assert r.exit_code == 2 and r.output.splitlines() == [f"error: {m}: {want}"], r.output
