@@ -1,10 +1,12 @@
 """`denoise-batch`: denoise files, folders and globs into an output folder.
 
 Reporting follows black's Report: one line per failed or skipped item on stderr, a summary at the
-end, exit 0 when every item succeeded (skips included), 1 when any failed, 2 for bad usage, 130 on
-Ctrl-C and 143/129 on SIGTERM/SIGHUP (which take Ctrl-C's path, so no temp file is left). Control
-characters in a report (a newline in a file name) are escaped, so each report is one line. With
---json, stdout carries one JSON object per line (start, progress, warning, result, summary): the machine
+end, exit 0 when every item succeeded (skips included), 1 when any failed, 2 for bad usage (a NaN
+--strength or a --model that cannot be loaded included), 130 on Ctrl-C and 143/129 on
+SIGTERM/SIGHUP (which take Ctrl-C's path, so no temp file is left). Control characters in a report
+(a newline in a file name) are escaped, so each report is one line, and every line about a file
+names it, warnings and the libraries' log lines included (`named_messages`). With --json, stdout
+carries one JSON object per line (start, progress, warning, result, summary): the machine
 interface for scripts and host plugins. Inputs are never modified and every output is written
 atomically, so an interrupted or failed item leaves nothing behind; the temp files of a run killed
 outright (SIGKILL, power loss) are removed by the next run into the same folder.
@@ -12,6 +14,7 @@ outright (SIGKILL, power loss) are removed by the next run into the same folder.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import glob
 import json
@@ -30,7 +33,7 @@ from denoise_core.atomic import Terminated, remove_stale_parts, signals_as_inter
 from denoise_core.checkpoint import CheckpointError
 from denoise_core.device import DEVICES, PRECISIONS, use_all_cores
 from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
-                                  format_for_path, read_image, write_image)
+                                  format_for_path, library_log_as_warnings, read_image, write_image)
 from denoise_core.raw import RAW_EXTENSIONS, is_raw
 
 from .suggest import did_you_mean
@@ -108,7 +111,7 @@ def _folder_images(folder: Path, recursive: bool, skip: str | None) -> list[tupl
         dirs.sort()
         for name in sorted(names):
             q = Path(root) / name
-            if _is_image_name(q) and q.is_file():
+            if _is_image_name(q) and not q.is_dir():  # a broken link or a FIFO fails by name later
                 found.append((q, q.relative_to(folder)))
     return found
 
@@ -122,7 +125,10 @@ def expand_inputs(inputs: tuple[str, ...], report: Report, *, recursive: bool = 
     """(file, output name relative to the output folder) for every input: files as given, folders'
     images (sorted; their subfolders' too with `recursive`, keeping the relative path), globs
     expanded. An input that yields no image is one error line: a missing file or folder, a folder
-    without images (naming --recursive when its subfolders have some), a pattern that matches none."""
+    without images (naming --recursive when its subfolders have some), a folder that cannot be
+    listed, a pattern that matches none. An entry with an image name that is not a readable file (a
+    broken symbolic link, a link loop, a FIFO) is kept, so that reading it fails by name instead of
+    the file being skipped in silence."""
     skip = os.path.realpath(outdir) if outdir is not None else None
     found: list[tuple[Path, Path]] = []
     for item in inputs:
@@ -131,7 +137,7 @@ def expand_inputs(inputs: tuple[str, ...], report: Report, *, recursive: bool = 
             try:
                 images = _folder_images(p, recursive, skip)
             except OSError as e:
-                report.fail(item, f"cannot list the folder: {e.strerror or e}")
+                report.fail(item, f"cannot list the folder: {_os_reason(e)}")
                 continue
             if not images:
                 below = 0 if recursive else _has_images_below(p)
@@ -139,16 +145,16 @@ def expand_inputs(inputs: tuple[str, ...], report: Report, *, recursive: bool = 
                             else f"no photos in this folder{' or its subfolders' if recursive else ''} (PNG, "
                                  f"TIFF, JPEG, WebP or camera raw files)")
             found += images
-        elif p.exists() or not glob.has_magic(item):
-            if not p.exists() and not p.is_symlink():
+        elif os.path.lexists(p) or not glob.has_magic(item):
+            if not os.path.lexists(p):
                 report.fail(item, "file not found" if _is_image_name(p) else "no such file or folder")
                 continue
             found.append((p, Path(p.name)))
         else:
             matches = sorted(Path(m) for m in glob.glob(item))
-            if not any(m.is_file() for m in matches):
+            if not any(not m.is_dir() for m in matches):
                 report.fail(item, "pattern matches no files")
-            found += [(m, Path(m.name)) for m in matches if m.is_file()]
+            found += [(m, Path(m.name)) for m in matches if not m.is_dir()]
     seen, unique = set(), []
     for p, name in found:
         key = os.path.realpath(p)
@@ -156,6 +162,20 @@ def expand_inputs(inputs: tuple[str, ...], report: Report, *, recursive: bool = 
             seen.add(key)
             unique.append((p, name))
     return unique
+
+
+def _os_reason(e: OSError) -> str:
+    return "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e)).lower()
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan (which compares false with both bounds, so passes it)."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if rv != rv:
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return rv
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -224,9 +244,9 @@ atexit.register(gc.freeze)
                    "subfolders).")
 @click.option("--model", default="default", show_default=True,
               help="Shipped model name (default, unet, fast, seed) or a checkpoint file.")
-@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+@click.option("--strength", type=FiniteFloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="0 leaves the input untouched, 1 is full denoising.")
-@click.option("--noise-level", type=click.FloatRange(0.0, MAX_NOISE_LEVEL), default=None,
+@click.option("--noise-level", type=FiniteFloatRange(0.0, MAX_NOISE_LEVEL), default=None,
               help="How much noise to remove, relative to what the model finds by itself "
                    "[default: automatic, one pass]. 1 is about automatic, 2 assumes twice the "
                    "noise (removes what automatic leaves), 0.5 half; costs a second pass. Models "
@@ -353,19 +373,15 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         return
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always", ImageWarning)
+        with named_messages(report, s):
             photo = read_image(src)
-        _report_warnings(report, s, said)
-        pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level, sigma=sigma,
-                            progress=lambda done, total: report.emit(event="progress", file=s, done=done, total=total))
-        result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
-                       exif=photo.exif, info=photo.info)
-        _make_parent(dst)
-        with warnings.catch_warnings(record=True) as said:  # e.g. EXIF the output format cannot hold
-            warnings.simplefilter("always", ImageWarning)
-            write_image(dst, result, format=out_format, quality=quality)
-        _report_warnings(report, s, said)
+            pixels = dn.denoise(photo.pixels, strength=strength, noise_level=noise_level, sigma=sigma,
+                                progress=lambda done, total: report.emit(event="progress", file=s, done=done,
+                                                                         total=total))
+            result = Photo(pixels=pixels, alpha=photo.alpha, format=photo.format, icc_profile=photo.icc_profile,
+                           exif=photo.exif, info=photo.info)
+            _make_parent(dst)
+            write_image(dst, result, format=out_format, quality=quality)  # EXIF it cannot hold: a warning
     except ImageReadError as e:
         report.fail(s, e.reason)
     except ImageWriteError as e:
@@ -378,21 +394,31 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
         report.done(s, dst, time.perf_counter() - t0)
 
 
-def _report_warnings(report: Report, src: str, said: list[warnings.WarningMessage]) -> None:
-    """ImageWarnings as one `warning:` line each; other warnings as Python shows them."""
-    for w in said:
-        if isinstance(w.message, ImageWarning):
-            report.warn(src, w.message.reason)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-
-
 def _make_parent(dst: Path) -> None:
     """The output's subfolder (--recursive keeps the inputs' subfolders); OSError fails the file."""
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ImageWriteError(dst, f"cannot create its folder: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def named_messages(report: Report, src: str):
+    """What reading or writing `src` says besides its result -- ImageWarning (libpng's warnings,
+    EXIF not copied), other Python warnings, and the libraries' log lines (tifffile, exifread;
+    imageio.library_log_as_warnings) -- as `warning: <src>: ...` lines, once the step succeeded. So
+    every line on stderr names its file."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with library_log_as_warnings(src):
+            yield
+    seen = set()
+    for w in said:
+        reason = (w.message.reason if isinstance(w.message, ImageWarning)
+                  else f"{w.category.__name__}: {w.message}")
+        if reason not in seen:
+            seen.add(reason)
+            report.warn(src, reason)
 
 
 _RAW_DENOISERS: dict = {}
@@ -410,13 +436,11 @@ def _process_raw(dn: Denoiser, src: Path, dst: Path, report: Report, *, strength
         if key not in _RAW_DENOISERS:
             _RAW_DENOISERS[key] = RawDenoiser(key[0], device=key[1], precision=key[2])
         _make_parent(dst)
-        with warnings.catch_warnings(record=True) as said:  # e.g. EXIF that could not be copied
-            warnings.simplefilter("always", ImageWarning)
+        with named_messages(report, s):  # e.g. EXIF that could not be copied, tifffile's damage reports
             info = process_raw(_RAW_DENOISERS[key], src, dst, strength=strength, noise_level=noise_level,
                                out_format=out_format, quality=quality,
                                progress=lambda done, total: report.emit(event="progress", file=s, done=done,
                                                                         total=total))
-        _report_warnings(report, s, said)
     except ImageReadError as e:
         report.fail(s, e.reason)
     except ImageWriteError as e:

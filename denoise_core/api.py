@@ -18,6 +18,9 @@ FFDNet and G'MIC users know), the same everywhere in the image, in one pass told
 Arrays are (H, W), (H, W, 1) or (H, W, 3) — colour only, alpha is the caller's to keep — in
 uint8, uint16 or float (0..1, sRGB-encoded); the result has the input's shape and dtype. The image
 is processed tile by tile into the output, so memory grows with the tile size, not the image.
+Float input holding NaN or infinite samples is refused (ValueError saying how many), and so is a
+network output that is not finite or far outside the input's range (`check_output`: broken weights), rather
+than returning a NaN-spotted or black image.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import autocast, pick_device, pick_precision, precision_name
+from .files import file_problem
 from .levels import LEVEL_RADIUS, LEVEL_UNIT, level_map, level_planes
 from .models import list_models
 from .tiler import make_grid, read_window
@@ -83,9 +87,10 @@ def resolve_model(model: str | os.PathLike) -> Path:
     if name in shipped:
         return shipped[name]
     p = Path(name).expanduser()
-    if p.suffix or os.sep in name or p.exists():
-        if not p.is_file():
-            raise ModelNotFoundError(f"{p}: checkpoint file not found")
+    if p.suffix or os.sep in name or os.path.lexists(p):
+        problem = file_problem(p, "a checkpoint file", missing="checkpoint file not found")
+        if problem:
+            raise ModelNotFoundError(f"{p}: {problem}")
         return p
     raise ModelNotFoundError(
         f"unknown model {name!r}: not a checkpoint file and not a shipped model "
@@ -151,9 +156,12 @@ class Denoiser:
             else:
                 y = self.model(x)
             if noise_level is not None:
+                check_output(x, y.float(), self.path)
                 planes = level_planes(level_map(x - y.float()) * float(noise_level), tuple(x.shape))
                 y = self.model(x, planes.to(self.device, x.dtype))
-        return y.float().cpu()
+        y = y.float()
+        check_output(x, y, self.path)
+        return y.cpu()
 
     def check_noise_level(self, noise_level: float | None, sigma: float | None = None) -> None:
         """ValueError naming the problem when the level options cannot be used with this model."""
@@ -190,6 +198,8 @@ class Denoiser:
             scale = 1.0
         else:
             raise ValueError(f"unsupported dtype {arr.dtype}; use uint8, uint16 or float")
+        if scale == 1.0:
+            check_finite(arr)
         h, w, c = arr.shape
         out = np.empty_like(arr)
         if strength == 0.0:
@@ -231,6 +241,33 @@ class Denoiser:
             if progress is not None:
                 progress(t.index + 1, total)
         return out[..., 0] if squeeze else out
+
+
+def check_finite(pixels: np.ndarray) -> None:
+    """Float samples must be numbers: a NaN spreads through every tile it touches (one NaN sample
+    in a TIFF came back as 162), so an image holding any is refused, saying how many."""
+    bad = pixels.size - int(np.count_nonzero(np.isfinite(pixels)))
+    if bad:
+        raise ValueError(f"{bad} of {pixels.size} colour samples {'is' if bad == 1 else 'are'} NaN or infinite; "
+                         "replace them before denoising")
+
+
+# A denoiser's output stays near its input: the noise it removes is a fraction of the range. Output
+# more than this outside the input's range (0..1, or wider for float input), or not finite, comes
+# from broken weights (finite but absurd ones made an all-black image), not from a photo; an
+# untrained net with small random weights stays within about 1 of it.
+OUTPUT_MARGIN = 8.0
+
+
+def check_output(x: torch.Tensor, y: torch.Tensor, model_path) -> None:
+    """Refuse (ValueError naming the model file) a network output `y` that cannot be a denoising of `x`."""
+    finite = bool(torch.isfinite(y).all())
+    lo, hi = (float(y.min()), float(y.max())) if finite else (0.0, 0.0)
+    x_lo, x_hi = min(0.0, float(x.min())), max(1.0, float(x.max()))
+    if not finite or lo < x_lo - OUTPUT_MARGIN or hi > x_hi + OUTPUT_MARGIN:
+        what = "holds NaN or infinite values" if not finite else f"ranges {lo:.3g}..{hi:.3g}"
+        raise ValueError(f"the network's output is implausible (it {what} for input within {x_lo:.3g}..{x_hi:.3g}): "
+                         f"the weights of {model_path} look broken")
 
 
 def _to_dtype(x: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:

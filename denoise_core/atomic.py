@@ -31,8 +31,8 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it is renamed to `path`, on error removed."""
     dest = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix if suffix is not None else dest.suffix + ".part",
-                               dir=dest.parent if str(dest.parent) else ".")
+    prefix, suffix = _temp_affixes(dest, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dest.parent if str(dest.parent) else ".")
     if fcntl is None:       # Windows renames no open file; closing it leaves the write unmarked
         os.close(fd)
         fd = -1
@@ -57,6 +57,28 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _temp_affixes(dest: Path, suffix: str | None) -> tuple[str, str]:
+    """mkstemp's prefix and suffix for a temp file beside `dest`: ".<name>." and "<ext>.part". The name
+    part is shortened where the temp name would pass the folder's longest file name (NAME_MAX bytes,
+    usually 255) -- keeping its extension, cut on a character -- so the temp name fits whenever the
+    final name does (a 240-character name failed with "File name too long")."""
+    folder = dest.parent if str(dest.parent) else Path(".")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    suffix = suffix if suffix is not None else dest.suffix + ".part"
+    name = dest.name
+    room = limit - len(os.fsencode(f"..{suffix}")) - 8      # mkstemp adds 8 random characters
+    if len(os.fsencode(name)) > room:
+        ext = dest.suffix if suffix.startswith(dest.suffix) else ""     # remove_stale_parts matches it
+        stem = name[:len(name) - len(ext)]
+        while stem and len(os.fsencode(stem + ext)) > room:
+            stem = stem[:-1]
+        name = stem + ext
+    return f".{name}.", suffix
 
 
 # what atomic_path names its temp files when no suffix is given: ".<name>.<8 random>.<ext>.part"

@@ -2,7 +2,9 @@
 
 Metadata (all strings in the safetensors header): format, format_version, arch, arch_args (JSON),
 and free-form card fields (noise, data, steps, psnr as JSON). Loading never unpickles: a file that
-is not safetensors is rejected, even a torch pickle, so a hostile file cannot execute code.
+is not safetensors is rejected, even a torch pickle, so a hostile file cannot execute code. What a
+file is goes by its content (a header length that fits the file, then a JSON object), not its
+first two bytes: a 640-byte header's length starts like pickle protocol 2.
 
 Loading validates before it spends memory: the header is read with a bounded read (never the whole
 file) and must be a JSON object whose tensor entries fit the file; the architecture arguments must
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from .atomic import atomic_write_bytes
+from .files import file_problem
 from .models import create_model, is_model, list_models
 
 FORMAT = "denoise-cnn"
@@ -97,22 +99,33 @@ def _not_safetensors_reason(head: bytes) -> str:
     return "is not a safetensors checkpoint"
 
 
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """What the file is, from its first 9 bytes: a little-endian header length that fits the file,
+    then the header's JSON object. (A 640-byte header's length, 80 02 00 ..., starts like pickle
+    protocol 2, so the first two bytes alone cannot tell.)"""
+    (n,) = struct.unpack("<Q", head[:8])
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= n <= min(MAX_HEADER_BYTES, size - 8)
+
+
 def _read_header(p: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
     """(metadata, {tensor name: (dtype, shape)}) from a bounded read of the header, every entry
     checked against the file's size."""
+    problem = file_problem(p, "a checkpoint file", missing="no such file")
+    if problem:
+        raise CheckpointError(p, problem)
     try:
         st = os.stat(p)
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(p, "is a folder, not a file" if stat.S_ISDIR(st.st_mode) else "not a regular file")
         with open(p, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
             if len(head) < 8:
                 raise CheckpointError(p, "file is empty or truncated (no safetensors header)")
-            (n,) = struct.unpack("<Q", head)
-            if head.startswith(_PICKLE_MAGIC) or n > MAX_HEADER_BYTES:
+            (n,) = struct.unpack("<Q", head[:8])
+            if (head.startswith(_PICKLE_MAGIC) and not _looks_like_safetensors(head, st.st_size)) \
+                    or n > MAX_HEADER_BYTES:
                 raise CheckpointError(p, _not_safetensors_reason(head))
             if n > st.st_size - 8:
                 raise CheckpointError(p, "file is truncated (header runs past the end)")
+            f.seek(8)
             raw = f.read(n)
     except FileNotFoundError:
         raise CheckpointError(p, "no such file") from None
@@ -137,8 +150,9 @@ def _read_header(p: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[in
         if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
                 or not isinstance(span, list) or len(span) != 2 or not all(type(o) is int for o in span)):
             raise CheckpointError(p, f"corrupt safetensors header (entry {name[:80]!r} is malformed)")
-        if dtype not in _DTYPE_SIZES:
-            raise CheckpointError(p, f"tensor {name[:80]!r} has dtype {str(dtype)[:20]!r}; weights must be "
+        if not isinstance(dtype, str) or dtype not in _DTYPE_SIZES:
+            shown = repr(dtype[:20]) if isinstance(dtype, str) else json.dumps(dtype)[:40]
+            raise CheckpointError(p, f"tensor {name[:80]!r} has dtype {shown}; weights must be "
                                      f"floating point ({', '.join(_DTYPE_SIZES)})")
         begin, end = span
         if not 0 <= begin <= end or end - begin != math.prod(shape) * _DTYPE_SIZES[dtype]:

@@ -2,10 +2,10 @@
 what photographers care about.
 
 This module owns:
-  * pixel fidelity: 8-bit, 16-bit and float32 samples come back unchanged (16-bit is never rounded
-    through 8 bits; Pillow 13 does that to 16-bit PNG, so PNG pixels go through imagecodecs' libpng
-    both ways, with the metadata chunks parsed and placed here; TIFF goes through tifffile, JPEG and
-    WebP through Pillow).
+  * pixel fidelity: 8-bit, 16-bit and float32 (and TIFF float16) samples come back unchanged
+    (16-bit is never rounded through 8 bits; Pillow 13 does that to 16-bit PNG, so PNG pixels go
+    through imagecodecs' libpng both ways, with the metadata chunks parsed and placed here; TIFF
+    goes through tifffile, JPEG and WebP through Pillow).
     Samples are only converted when the target format cannot hold them: JPEG and WebP are 8-bit
     (16-bit is rounded to the nearest 8-bit value), PNG stores float as 16-bit; gray WebP becomes RGB.
   * alpha, kept apart from the colour samples and passed through untouched (JPEG cannot store it, so
@@ -14,14 +14,17 @@ This module owns:
     (gAMA, cHRM, sRGB, cICP, mDCV, cLLI, copied verbatim); JPEG subsampling, progressive mode, comment
     and a quality estimate; whether a WebP was lossless; TIFF compression and alpha kind.
   * rejection of everything it cannot represent faithfully (CMYK, palette, 1-bit, Lab, signed or
-    32-bit integer samples, animations, multi-page TIFF, stereo/multi-frame MPF JPEG, camera raw
-    files, images over MAX_PIXELS) and of missing, empty, truncated, corrupt or non-regular files
-    (a FIFO is refused from its stat, never opened), always as ImageReadError("<path>: <reason>"),
+    32-bit integer samples, animations, multi-page TIFF or a full image in a TIFF SubIFD,
+    stereo/multi-frame MPF JPEG, 12-bit, lossless or hierarchical JPEG, camera raw files, images over
+    MAX_PIXELS) and of missing, empty, truncated, corrupt or non-regular files (`file_problem`: a FIFO
+    is refused from its stat, never opened), always as ImageReadError("<path>: <reason>"),
     whatever the decoder raised. Warnings libpng prints are caught and re-raised as ImageWarning
     naming the file.
   * bounded cost: metadata decompressed or copied from one file (ICC, XMP, EXIF, PNG text) stays
     under MAX_METADATA_BYTES, EXIF pointers are followed once per IFD (loops end), and a TIFF ICC or
-    XMP tag stored as a number is refused instead of becoming that many zero bytes.
+    XMP tag stored as a number is refused instead of becoming that many zero bytes; compressed
+    pixel data too short for the declared size at the format's best ratio (JPEG scan, PNG IDAT,
+    TIFF strips; `_check_data_size`) is refused before a decoder allocates that size.
   * atomic output (denoise_core.atomic): a failed write leaves nothing behind and never a partial file.
   * format choice: reading goes by the file's content (a PNG named .jpg reads as PNG); writing goes
     by `format=`, else the destination's extension, else photo.format.
@@ -43,8 +46,10 @@ Reading a TIFF builds `Photo.exif` from the same tags. BigTIFF input or output c
 colour key: int or (r, g, b)); 'jpeg_quality' (estimate from the quantisation tables),
 'jpeg_subsampling' (0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0), 'progressive', 'comment' (JPEG);
 'webp_lossless'; 'tiff_compression' (TIFF compression code), 'tiff_extrasample' (0 unspecified,
-1 associated/premultiplied, 2 unassociated alpha). A TIFF's reduced-resolution preview pages and a
-camera JPEG's MPF preview images are not read or written back: they would show the noisy photo.
+1 associated/premultiplied, 2 unassociated alpha), 'tiff_float16' (the file's float samples were
+16-bit: they read as float32 and a TIFF output is written as float16 again). A TIFF's
+reduced-resolution preview pages and a camera JPEG's MPF preview images are not read or written
+back: they would show the noisy photo.
 A resolution outside 0.001..1e6 dpi (4294967295 px/cm, say) is damage and reads as no resolution.
 """
 from __future__ import annotations
@@ -56,7 +61,7 @@ import logging
 import math
 import mmap
 import os
-import stat
+import re
 import struct
 import sys
 import warnings
@@ -71,6 +76,7 @@ import tifffile
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from denoise_core.atomic import atomic_path
+from denoise_core.files import file_problem
 
 # Largest image (width * height) read, for every format alike; checked on the header, before any
 # pixel is decoded. Pillow's DecompressionBombWarning is superseded by it (a 100 MP camera file
@@ -154,18 +160,12 @@ def read_image(path) -> Photo:
         raise ImageReadError(path, _raw_reason(ext))
     if ext not in _EXT_FORMATS:
         raise ImageReadError(path, f"unsupported file extension '{ext}' (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
+    problem = file_problem(p, "an image file")
+    if problem:
+        raise ImageReadError(path, problem)
     try:
-        st = os.stat(p)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError
-        if not stat.S_ISREG(st.st_mode):    # a FIFO would block the read forever; a device never ends
-            raise ImageReadError(path, f"is a {_file_kind(st.st_mode)}, not a regular file")
         with open(p, "rb") as f:
             head = f.read(16)
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "is a directory, not an image file") from None
     except PermissionError:
         raise ImageReadError(path, "permission denied") from None
     except OSError as e:
@@ -185,11 +185,6 @@ def read_image(path) -> Photo:
         raise ImageReadError(path, f"cannot read file: {e.strerror or e}") from None
     except Exception as e:  # a decoder tripping over hostile bytes is still one named, one-line error
         raise ImageReadError(path, f"corrupt {_NAMES[fmt]} file ({type(e).__name__}: {e})") from None
-
-
-def _file_kind(mode: int) -> str:
-    return ("FIFO (named pipe)" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else
-            "character device" if stat.S_ISCHR(mode) else "block device" if stat.S_ISBLK(mode) else "special file")
 
 
 def _sniff(head: bytes) -> str | None:
@@ -221,6 +216,16 @@ def _check_size(path, width: int, height: int) -> None:
                                    f"limit of {MAX_PIXELS} (possible decompression bomb)")
 
 
+def _check_data_size(path, fmt: str, what: str, have: int, need: int, width: int, height: int) -> None:
+    """The decoded-size check, one per format, before any pixel is decoded: `need` is the fewest bytes
+    of `what` that can encode a width x height image in that format (its best possible compression),
+    so a file with fewer is truncated or corrupt. Decoders would otherwise allocate the declared size
+    and fill in what is missing (a 634-byte JPEG claiming 65000x2700 took 2.6 GB and 21 s)."""
+    if have < need:
+        raise ImageReadError(path, f"truncated or corrupt {_NAMES[fmt]} file: {have} bytes of {what} cannot hold "
+                                   f"a {width}x{height} image (at least {need} needed)")
+
+
 def _split_alpha(arr: np.ndarray, colour: int) -> tuple[np.ndarray, np.ndarray | None]:
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -242,6 +247,8 @@ _PNG_COLOUR_CHUNKS = (b"cICP", b"cHRM", b"gAMA", b"sRGB", b"mDCV", b"cLLI")
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 _XMP_KEY = "XML:com.adobe.xmp"
 _PNG_LEVEL = 3      # zlib level of written PNGs (see _write_png)
+# Deflate's best ratio: a 258-byte match coded in 2 bits (PNG IDAT, TIFF Deflate)
+_DEFLATE_MAX_RATIO = 1032
 
 
 def _png_chunks(data: memoryview, path) -> list[tuple[bytes, memoryview, memoryview]]:
@@ -268,6 +275,9 @@ def _read_png(p: Path, path) -> Photo:
     chunks = _png_chunks(data, path)
     if chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
         raise ImageReadError(path, "corrupt PNG file (missing IHDR header)")
+    n_ihdr = sum(t == b"IHDR" for t, _, _ in chunks)
+    if n_ihdr > 1:
+        raise ImageReadError(path, f"corrupt PNG file ({n_ihdr} IHDR chunks; a PNG has one, first)")
     width, height, depth, ctype, _, _, _ = struct.unpack(">IIBBBBB", chunks[0][1])
     if ctype == 3:
         raise ImageReadError(path, _PALETTE)
@@ -278,12 +288,17 @@ def _read_png(p: Path, path) -> Photo:
     if any(t == b"acTL" for t, _, _ in chunks):
         raise ImageReadError(path, "animated PNG (APNG) images are not supported")
     _check_size(path, width, height)
+    row = 1 + (width * _PNG_CHANNELS[ctype] * depth + 7) // 8
+    _check_data_size(path, "PNG", "compressed pixel data", sum(len(b) for t, b, _ in chunks if t == b"IDAT"),
+                     height * row // _DEFLATE_MAX_RATIO, width, height)
     # libpng sees the pixel chunks only: metadata is parsed (with bounds) below, so a zlib bomb in
     # iCCP is never inflated by libpng, and its metadata warnings cannot occur
     pixel_stream = b"".join([_PNG_SIGNATURE, *(raw for t, _, raw in chunks if t in (b"IHDR", b"IDAT", b"IEND"))])
     try:
         with _collect_log("imagecodecs") as libpng_said:
             arr = imagecodecs.png_decode(pixel_stream)
+    except UnicodeDecodeError:      # libpng's message for some damage is not text
+        raise ImageReadError(path, "corrupt PNG image data (libpng stopped with an error)") from None
     except Exception as e:
         raise ImageReadError(path, f"corrupt PNG image data ({e})") from None
     del pixel_stream
@@ -387,9 +402,15 @@ class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
+        self.names: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:   # a record whose arguments do not fit its format
+            message = str(record.msg)
+        self.messages.append(message)
+        self.names.append(record.name)
 
 
 @contextlib.contextmanager
@@ -404,6 +425,37 @@ def _collect_log(name: str) -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
+
+
+# "<tifffile.TiffPages @8> " and the like: the object a library's message names, not the file
+_LOG_OBJECT = re.compile(r"^<[\w.]+(?: @\w+)?>\s*|<[\w.]+ @0x[0-9a-fA-F]+>\s*")
+MAX_LOG_WARNINGS = 5
+
+
+@contextlib.contextmanager
+def library_log_as_warnings(path) -> Iterator[None]:
+    """The one place where what libraries log meanwhile at WARNING or above (tifffile's damage
+    reports, exifread's "Possibly corrupted field", ...) stops reaching stderr unnamed (logging's
+    last resort prints it bare, thousands of times for a damaged file): on success it is re-issued
+    as ImageWarning naming `path`, "<library>: <message>", each distinct message once with how often
+    it came, at most MAX_LOG_WARNINGS of them. On failure it is dropped: the error names the file.
+    Loggers a caller silenced (propagate off, as _collect_log does) are not seen here."""
+    root, handler = logging.getLogger(), _Collect()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    counts: dict[str, int] = {}
+    for name, message in zip(handler.names, handler.messages):
+        first = (message.strip().splitlines() or [""])[0]
+        text = f"{name.split('.')[0]}: {_LOG_OBJECT.sub('', first).strip()[:300]}"
+        counts[text] = counts.get(text, 0) + 1
+    for i, (text, n) in enumerate(counts.items()):
+        if i == MAX_LOG_WARNINGS:
+            warnings.warn(ImageWarning(path, f"{len(counts) - i} more library messages not shown"), stacklevel=3)
+            break
+        warnings.warn(ImageWarning(path, text + (f" ({n} times)" if n > 1 else "")), stacklevel=3)
 
 
 def _read_tiff(p: Path, path) -> Photo:
@@ -422,6 +474,7 @@ def _read_tiff(p: Path, path) -> Photo:
             if page is None:
                 raise ImageReadError(path, "TIFF file contains no image")
             _refuse_more_pages(tif, path)
+            _refuse_subifd_images(tif, page, path)
             photo = _tiff_photo(tif, page, p, path)
             if damage:
                 raise ImageReadError(path, f"corrupt TIFF file ({damage[0]})")
@@ -443,6 +496,31 @@ def _refuse_more_pages(tif: tifffile.TiffFile, path) -> None:
         raise
     except Exception as e:
         raise ImageReadError(path, f"corrupt TIFF file (page {i + 1}: {e})") from None
+
+
+def _refuse_subifd_images(tif: tifffile.TiffFile, page: tifffile.TiffPage, path) -> None:
+    """An image in a SubIFD of the first page (tag 330) at least as large as the first page's own is
+    a full image besides it (IFD0 then often holds a small preview): denoising IFD0 would drop it in
+    silence, so the file is refused. Smaller SubIFD images are previews, left out as preview pages are."""
+    offsets = page.tags.valueof(330)
+    if not offsets:
+        return
+    for off in (offsets if isinstance(offsets, tuple) else (offsets,))[:64]:
+        try:
+            tif.filehandle.seek(int(off))
+            sub = tifffile.TiffPage(tif, index=0)
+            w, h = int(sub.imagewidth), int(sub.imagelength)
+        except Exception as e:
+            raise ImageReadError(path, f"corrupt TIFF file (SubIFD at offset {off}: {e})") from None
+        if w * h and w * h >= int(page.imagewidth) * int(page.imagelength):
+            raise ImageReadError(path, f"TIFF with a {w}x{h} image in a SubIFD besides the {page.imagewidth}x"
+                                       f"{page.imagelength} image in IFD0 is not supported: only single-image files "
+                                       "are denoised, so no image is lost")
+
+
+# best ratio of each TIFF compression (the decoded-size check): PackBits 2 bytes for 128, LZW's
+# longest string (~4000 bytes) in one 12-bit code, Deflate's 2 bits for 258 bytes
+_TIFF_MAX_RATIO = {32773: 64, 5: 4096, 8: _DEFLATE_MAX_RATIO, 32946: _DEFLATE_MAX_RATIO}
 
 
 def _tiff_photo(tif: tifffile.TiffFile, page: tifffile.TiffPage, p: Path, path) -> Photo:
@@ -485,6 +563,11 @@ def _tiff_photo(tif: tifffile.TiffFile, page: tifffile.TiffPage, p: Path, path) 
     size = p.stat().st_size
     if any(off + n > size for off, n in zip(page.dataoffsets, page.databytecounts) if off):
         raise ImageReadError(path, "truncated TIFF file (image data extends past the end of the file)")
+    ratio = _TIFF_MAX_RATIO.get(int(page.compression))
+    if ratio and all(page.databytecounts):      # a sparse file (tiles of byte count 0) reads them as zeros
+        decoded = page.imagewidth * page.imagelength * spp * bps // 8
+        _check_data_size(path, "TIFF", "compressed image data", sum(page.databytecounts), decoded // ratio,
+                         page.imagewidth, page.imagelength)
     try:
         arr = page.asarray()
     except Exception as e:
@@ -495,13 +578,16 @@ def _tiff_photo(tif: tifffile.TiffFile, page: tifffile.TiffPage, p: Path, path) 
         arr = arr[:, :, None]
     if arr.shape != (page.imagelength, page.imagewidth, spp):
         raise ImageReadError(path, f"unsupported TIFF layout (decoded shape {arr.shape}, axes {page.axes})")
-    if arr.dtype == np.float16:
+    half = arr.dtype == np.float16
+    if half:
         arr = arr.astype(np.float32)
     arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
     pixels, alpha = _split_alpha(arr, colour)
     if pm == 0:
         pixels = (1.0 - pixels).astype(np.float32) if fmt == 3 else np.iinfo(pixels.dtype).max - pixels
     info: dict = {"tiff_compression": int(page.compression)}
+    if half:
+        info["tiff_float16"] = True
     if alpha is not None:
         info["tiff_extrasample"] = int(page.extrasamples[0]) if page.extrasamples else 0
     tags = page.tags
@@ -585,7 +671,70 @@ def _check_mpo(im: Image.Image, path) -> None:
     im.seek(0)
 
 
+_JPEG_LOSSLESS = frozenset((0xC3, 0xC7, 0xCB, 0xCF))
+_JPEG_HIERARCHICAL = frozenset((0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF))
+_JPEG_ARITHMETIC = frozenset((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+# The fewest MCUs one byte of scan data can code: Huffman codes are at least 1 bit per block
+# (a flat photo takes 6 or more); the arithmetic coder's most skewed state costs ~3e-5 bits
+# a decision, 2 decisions a block.
+_JPEG_MCUS_PER_BYTE = {"huffman": 8, "arithmetic": 1 << 17}
+
+
+def _check_jpeg_frame(p: Path, path) -> None:
+    """The frame header (SOF), read by walking the markers up to the first scan, before Pillow is
+    asked: sample precision and coding Pillow cannot decode are refused by name (Pillow would say
+    only "cannot identify image file"), and a scan with far fewer bytes than the frame's size needs
+    is refused before a decoder allocates that size and invents the missing pixels."""
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        pos, frame = 2, None
+        for _ in range(10_000):
+            f.seek(pos)
+            head = f.read(4)
+            if len(head) < 2 or head[0] != 0xFF:
+                return                          # damaged marker structure: Pillow names it
+            marker = head[1]
+            if marker == 0xFF:                  # fill byte
+                pos += 1
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+                pos += 2
+                continue
+            if marker == 0xD9 or len(head) < 4:
+                return
+            (length,) = struct.unpack(">H", head[2:])
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                body = f.read(length - 2)
+                if len(body) >= 6:
+                    frame = marker, body
+            elif marker == 0xDA:
+                scan = max(0, size - (pos + 2 + length))
+                break
+            pos += 2 + length
+        else:
+            return
+    if frame is None:
+        return
+    marker, body = frame
+    if marker in _JPEG_LOSSLESS:
+        raise ImageReadError(path, "lossless JPEG images are not supported")
+    if marker in _JPEG_HIERARCHICAL:
+        raise ImageReadError(path, "hierarchical JPEG images are not supported")
+    bits, height, width, ncomp = struct.unpack_from(">BHHB", body)
+    if bits != 8:
+        raise ImageReadError(path, f"{bits}-bit JPEG images are not supported (only 8 bits per sample)")
+    if not height or not width or len(body) < 6 + 3 * ncomp or not ncomp:
+        return                                  # height given by a DNL marker, or a damaged frame: Pillow decides
+    _check_size(path, width, height)
+    hmax = max(max(1, body[7 + 3 * i] >> 4) for i in range(ncomp))
+    vmax = max(max(1, body[7 + 3 * i] & 15) for i in range(ncomp))
+    mcus = -(-width // (8 * hmax)) * -(-height // (8 * vmax))
+    coding = "arithmetic" if marker in _JPEG_ARITHMETIC else "huffman"
+    _check_data_size(path, "JPEG", "scan data", scan, mcus // _JPEG_MCUS_PER_BYTE[coding], width, height)
+
+
 def _read_jpeg(p: Path, path) -> Photo:
+    _check_jpeg_frame(p, path)
     with _open_pillow(p, path, "JPEG") as im:
         pixels, alpha = _split_alpha(np.array(im), 1 if im.mode == "L" else 3)
         info: dict = {}
@@ -901,6 +1050,8 @@ _TIFF_KEEP_COMPRESSION: dict[object, str | None] = {1: None, 5: "lzw", 8: "adobe
 
 def _write_tiff(tmp: Path, photo: Photo, quality: int | None) -> None:
     arr = _samples(photo, photo.pixels.dtype)
+    if arr.dtype == np.float32 and photo.info.get("tiff_float16"):
+        arr = arr.astype(np.float16)        # the input's bit depth (read as float32)
     if arr.shape[2] == 1:
         arr = arr[:, :, 0]
     info = photo.info

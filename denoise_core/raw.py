@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .files import file_problem
 from .imageio import ImageReadError, ImageWriteError
 from .noise import CameraProfile, NoiseSpecError, find_camera
 
@@ -152,7 +153,7 @@ def read_meta(path, libraw_iso: float | None = None) -> RawMeta:
     make = _first(tags, "Image Make") or ""
     model = _first(tags, "Image UniqueCameraModel", "Image Model") or ""
     if tags.get("Image Model") and tags.get("Image Make"):
-        model = _first(tags, "Image Model")
+        model = _first(tags, "Image Model") or model     # a Model of spaces names nothing
     iso_s = _first(tags, "EXIF ISOSpeedRatings", "Image ISOSpeedRatings", "EXIF PhotographicSensitivity",
                    "EXIF RecommendedExposureIndex")
     iso = None
@@ -348,10 +349,9 @@ def open_raw(path):
     """rawpy handle, or RawReadError with one line."""
     import rawpy
     p = Path(path)
-    if not p.exists():
-        raise RawReadError(path, "file not found")
-    if p.is_dir():
-        raise RawReadError(path, "is a directory, not a raw file")
+    problem = file_problem(p, "a raw file")     # LibRaw would call a FIFO or /dev/zero "damaged"
+    if problem:
+        raise RawReadError(path, problem)
     try:
         if p.stat().st_size == 0:
             raise RawReadError(path, "empty file, not a raw file")
@@ -378,6 +378,49 @@ def open_raw(path):
         raise RawReadError(path, f"damaged raw file ({type(e).__name__})") from None
 
 
+_CFA_LETTERS = "RGBCMYW"     # TIFF/EP CFA colour codes 0..6
+_CFA_NAMES = {"R": "red", "G": "green", "B": "blue", "C": "cyan", "M": "magenta", "Y": "yellow", "W": "white"}
+
+
+def cfa_page(tif):
+    """The raw CFA image (photometric 32803, not a preview) of a TIFF-based raw file, in IFD0's
+    chain or a SubIFD, as a tifffile page; None when there is none."""
+    import tifffile
+    pages = list(tif.pages)
+    for page in list(pages):
+        for off in page.tags.valueof(330, ()) or ():
+            try:
+                tif.filehandle.seek(int(off))
+                pages.append(tifffile.TiffPage(tif, index=0))
+            except Exception:
+                continue
+    for page in pages:
+        if page.photometric == 32803 and not (page.tags.valueof(254, 0) or 0) & 1:
+            return page
+    return None
+
+
+def tiff_cfa(path) -> str | None:
+    """The 2x2 colour pattern a TIFF-based raw file (a DNG) declares in its CFA image's CFAPattern
+    tag (TIFF/EP colour codes), as letters in reading order ("RGGB", "CMMY"); None for other files
+    or patterns. LibRaw maps a cyan/magenta/yellow pattern onto its R, G, B and reports RGBG, so the
+    file's own tag is what tells such a sensor apart."""
+    import tifffile
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+                return None
+        with tifffile.TiffFile(path) as tif:
+            page = cfa_page(tif)
+            pattern = None if page is None else page.tags.valueof(33422)
+            pattern = bytes((pattern,) if isinstance(pattern, int) else pattern or b"")
+    except Exception:       # unreadable tags: LibRaw's own view stands
+        return None
+    if len(pattern) != 4:
+        return None
+    return "".join(_CFA_LETTERS[c] if c < len(_CFA_LETTERS) else "?" for c in pattern)
+
+
 def check_bayer(raw, path) -> tuple[int, int]:
     """The red site's (dy, dx), or RawReadError for any sensor that is not a 2x2 Bayer RGGB family."""
     import rawpy
@@ -397,6 +440,10 @@ def check_bayer(raw, path) -> tuple[int, int]:
     letters = sorted(chr(desc[int(c)]) for c in pattern.ravel())
     if letters != ["B", "G", "G", "R"]:
         raise RawReadError(path, f"colour pattern {''.join(letters)}: not a Bayer RGGB sensor, not supported")
+    declared = tiff_cfa(path)
+    if declared and sorted(declared) != ["B", "G", "G", "R"]:
+        names = ", ".join(dict.fromkeys(_CFA_NAMES.get(c, "unknown") for c in declared))
+        raise RawReadError(path, f"colour pattern {declared} ({names}): not a Bayer RGGB sensor, not supported")
     dy, dx, _ = _phase(pattern, desc)
     return dy, dx
 
@@ -472,5 +519,5 @@ def write_bayer_dng(path, mosaic: np.ndarray, *, make: str, model: str, iso: flo
 
 
 __all__ = ["PLANES", "RAW_EXTENSIONS", "RawImage", "RawMeta", "RawReadError", "RawWriteError", "camera_names",
-           "check_bayer", "estimate_noise", "is_raw", "lookup_profile", "noise_sigma", "open_raw", "pack",
-           "profile_ab", "read_meta", "read_raw", "unpack", "write_bayer_dng"]
+           "cfa_page", "check_bayer", "estimate_noise", "is_raw", "lookup_profile", "noise_sigma", "open_raw", "pack",
+           "profile_ab", "read_meta", "read_raw", "tiff_cfa", "unpack", "write_bayer_dng"]

@@ -36,11 +36,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .api import check_output
 from .atomic import atomic_path
 from .checkpoint import load_checkpoint
 from .device import autocast, precision_name
 from .imageio import ImageWarning, Photo, write_image
-from .raw import RawImage, RawReadError, RawWriteError, _quiet_stderr, noise_sigma, open_raw, read_raw, unpack
+from .raw import (RawImage, RawReadError, RawWriteError, _quiet_stderr, cfa_page, noise_sigma, open_raw, read_raw,
+                  unpack)
 from .tiler import make_grid, read_window
 
 DEFAULT_RAW_MODEL = "raw"
@@ -81,7 +83,9 @@ class RawDenoiser:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.amp_dtype):
                 y = self.model(x[:, :4], x[:, 4:])
-            y = y.float().cpu()[0].permute(1, 2, 0).numpy()
+            y = y.float()
+            check_output(x[:, :4], y, self.path)
+            y = y.cpu()[0].permute(1, 2, 0).numpy()
             sy0, sx0, sy1, sx1 = t.support
             oy, ox = sy0 - t.window[0], sx0 - t.window[1]
             out[sy0:sy1, sx0:sx1] += y[oy:oy + sy1 - sy0, ox:ox + sx1 - sx0] * grid.weights(t)[..., None]
@@ -267,23 +271,6 @@ def _mark_denoised(f, bo: str, ifd0: int, raw_ifd: int, strength: float, dst) ->
         f.write(struct.pack(bo + "I", new))
 
 
-def _raw_page(tif):
-    """The DNG's raw CFA IFD (IFD0 or a SubIFD), as a tifffile page."""
-    import tifffile
-    pages = list(tif.pages)
-    for page in list(pages):
-        for off in page.tags.valueof(330, ()) or ():
-            tif.filehandle.seek(off)
-            try:
-                pages.append(tifffile.TiffPage(tif, index=0))
-            except Exception:
-                continue
-    for page in pages:
-        if page.photometric == 32803 and not (page.tags.valueof(254, 0) or 0) & 1:
-            return page
-    return None
-
-
 def write_dng(src, dst, mosaic: np.ndarray, img: RawImage, *, strength: float = 1.0) -> None:
     """A copy of the DNG `src` with the raw data replaced by `mosaic` (normalized, as img.mosaic),
     denoised with `strength`: unless it is 0 the copy drops the input's NoiseProfile and says
@@ -300,7 +287,7 @@ def write_dng(src, dst, mosaic: np.ndarray, img: RawImage, *, strength: float = 
         img.to_raw_values(mosaic)
     try:
         with tifffile.TiffFile(src) as tif:
-            page = _raw_page(tif)
+            page = cfa_page(tif)
             if page is None:
                 raise RawWriteError(dst, "no Bayer raw image found in the DNG's IFDs")
             if _T_LINEARIZATION in page.tags or _T_LINEARIZATION in tif.pages[0].tags:
@@ -322,11 +309,18 @@ def write_dng(src, dst, mosaic: np.ndarray, img: RawImage, *, strength: float = 
                 rows = page.rowsperstrip or full.shape[0]
                 segs = [(y, 0, min(rows, full.shape[0] - y), full.shape[1]) for y in range(0, full.shape[0], rows)]
                 off_tag, cnt_tag = page.tags[_T_STRIP_OFF], page.tags[_T_STRIP_BYTES]
-            if len(segs) != len(page.dataoffsets):
+            old_offsets, old_counts = list(page.dataoffsets), list(page.databytecounts)
+            if not all(type(v) is int and v >= 0 for v in old_offsets + old_counts):
+                raise RawWriteError(dst, f"the raw image's {off_tag.name} or {cnt_tag.name} are not byte offsets "
+                                         "(damaged DNG); DNG output not supported, use --format tiff")
+            if len(segs) != len(old_offsets) or len(old_counts) != len(old_offsets):
                 raise RawWriteError(dst, "unexpected strip/tile layout in the DNG; use --format tiff")
             in_place = page.compression == 1 and page.bitspersample == 16 and not page.predictor > 1
             tags = {k: page.tags[k] for k in (_T_COMPRESSION, _T_BPS, _T_PREDICTOR) if k in page.tags}
-            old_offsets, old_counts = list(page.dataoffsets), list(page.databytecounts)
+            for code, name in ((_T_COMPRESSION, "Compression"), (_T_BPS, "BitsPerSample")):
+                if not in_place and code not in tags:
+                    raise RawWriteError(dst, f"the raw image has no readable {name} tag (damaged DNG); DNG output "
+                                             "not supported, use --format tiff")
     except RawWriteError:
         raise
     except Exception as e:
@@ -387,6 +381,9 @@ def write_dng(src, dst, mosaic: np.ndarray, img: RawImage, *, strength: float = 
         if isinstance(e, RawWriteError):
             raise
         raise RawWriteError(dst, e.strerror or str(e)) from None
+    except (ValueError, TypeError, KeyError, struct.error, OverflowError) as e:   # tags the checks above let by
+        raise RawWriteError(dst, f"cannot rewrite the DNG's raw image ({type(e).__name__}: {e}); "
+                                 "use --format tiff") from None
 
 
 # ----------------------------------------------------------------------------------- one file

@@ -23,6 +23,10 @@ Optional, so that a host Python without numpy does no per-pixel work (Krita's pr
             apply_mask is the same blend).
   "rgba8": "after.raw", "rgba8_before": "before.raw"   8-bit sRGB-encoded R,G,B,A of the output
             and of the input (crop), for an on-screen preview.
+Every file a job names is a name inside the job file's own folder (absolute paths, `..` and links
+out of it are refused: whoever can reach the worker can make it read and write only there) and
+must be a regular file (a FIFO is refused, never opened); NaN or infinite float samples are
+refused. A malformed request or job is answered with an error event naming the field.
 Cancelling is the client's business: it terminates the process, which leaves no output behind.
 With "parent_pipe" the client holds the worker's stdin open and never writes to it; end-of-file
 there means the client died (GIMP kills a plug-in whose progress bar is cancelled), and the worker
@@ -38,7 +42,8 @@ precision, tile), so later requests skip torch's import and the model load.
            grid relative to the layer, gives exactly what denoising the whole layer gives there.
   {"cmd": "job", "id": N, "job": "/path/JOB.json"}  -> start, progress..., done | error (as above)
   {"cmd": "quit"}
-It starts with {"event": "ready", "pid": ...}. End-of-file on stdin (the client exited or died)
+A request line is at most MAX_REQUEST_BYTES; a longer one is answered with an error and skipped
+up to its newline. It starts with {"event": "ready", "pid": ...}. End-of-file on stdin (the client exited or died)
 ends it at once, deleting a running job's `denoise-cnn-*` folder; so does a quiet stdin for
 --idle seconds (default IDLE_S) with {"event": "bye"}. Cancel is the client's: it ends the process.
 With `--socket PATH --host-pid PID` (GIMP, whose plug-ins are a new process each run) the same
@@ -51,17 +56,24 @@ from __future__ import annotations
 import atexit
 import gc
 import json
+import math
 import os
 import shutil
+import stat
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from .files import file_problem
+
 PROTOCOL_VERSION = 1
 IDLE_S = 600  # a persistent worker with no request for this long exits (and frees its memory)
 MAX_CACHED = 2  # loaded models kept by a persistent worker
+MAX_REQUEST_BYTES = 1 << 20  # a request line (a path and a few settings); a longer one is answered with an error
+MAX_JOB_BYTES = 1 << 20  # a job file
+_TOO_LONG = object()  # what the reader queues for a request over MAX_REQUEST_BYTES
 
 
 _OUT: list = [None]  # where events go: stdout, or the connected client's socket (serve_socket)
@@ -95,31 +107,147 @@ def _exit_when_parent_dies(job_dir: Path) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+class _FieldError(ValueError):
+    """A request or job field that is missing or of the wrong kind (the message names the field)."""
+
+
+_REQUIRED = object()
+
+
+def _get(obj: dict, key: str, kind: str, default=_REQUIRED):
+    """obj[key] checked to be of `kind` ("int", "number", "number|null", "str"); absent or null
+    gives `default` (for "number|null", null stays null), or _FieldError when there is none."""
+    value = obj.get(key)
+    if value is None and not (kind == "number|null" and key in obj):
+        if default is _REQUIRED:
+            raise _FieldError(f'"{key}" is missing')
+        return default
+    if kind == "number|null" and value is None:
+        return None
+    ok = {"int": type(value) is int,
+          "str": isinstance(value, str),
+          "number": type(value) in (int, float) and math.isfinite(value),
+          "number|null": type(value) in (int, float) and math.isfinite(value)}[kind]
+    if not ok:
+        want = {"int": "an integer", "str": "a string", "number": "a finite number",
+                "number|null": "a number or null"}[kind]
+        raise _FieldError(f'"{key}" must be {want}, not {_shown(value)}')
+    return value
+
+
+def _shown(value, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _json_kind(value) -> str:
+    return ("null" if value is None else "an array" if isinstance(value, list) else "a string" if isinstance(value, str)
+            else "a boolean" if isinstance(value, bool) else "a number")
+
+
+def _read_regular(path: Path, *, limit: int | None = None, size: int | None = None, what: str = "a file") -> bytes:
+    """The bytes of `path`, which must be a regular file (a FIFO would block the worker until the
+    client left; a device never ends), of at most `limit` bytes or of exactly `size` bytes."""
+    problem = file_problem(path, what)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)    # never blocks, even if a FIFO took its place since
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise ValueError(f"{path}: larger than {limit} bytes, not {what}")
+        if size is not None and st.st_size != size:
+            return f.read(size + 1)        # the caller says what the size should have been
+        return f.read()
+
+
+def _job_path(base: Path, job: dict, key: str, *, required: bool = True) -> Path | None:
+    """The one resolver of the paths a job names ("input", "output", "mask", "rgba8",
+    "rgba8_before"): a name inside the job's own folder `base`, symbolic links followed. Anything
+    else -- an absolute path, `..`, a link out of the folder -- is refused: whoever can send the
+    worker a job can only make it read and write in the folder that job lives in."""
+    value = job.get(key)
+    if value is None:
+        if required:
+            raise _FieldError(f'"{key}" is missing')
+        return None
+    folder = os.path.realpath(base)
+    target = (os.path.realpath(os.path.join(folder, value)) if isinstance(value, str) and value and "\0" not in value
+              else None)
+    if (target is None or os.path.isabs(value) or target == folder
+            or os.path.commonpath([folder, target]) != folder):
+        raise ValueError(f'job "{key}": {_shown(value)} is not a file inside the job folder {base}')
+    return Path(target)
+
+
+def _settings(req: dict, default_tile: int) -> tuple[str, str, str, int, float | None]:
+    """model, device, precision, tile and noise_level of an info request or a job, checked."""
+    tile = _get(req, "tile", "int", default_tile)
+    if tile < 16:
+        raise _FieldError(f'"tile" must be at least 16, not {tile}')
+    return (_get(req, "model", "str", "default"), _get(req, "device", "str", "auto"),
+            _get(req, "precision", "str", "auto"), tile, _get(req, "noise_level", "number|null", None))
+
+
 def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None) -> None:
     """One job file. `cache` keeps loaded models between jobs (persistent mode); `reply` is added
-    to every event (the request id)."""
-    from .api import DEFAULT_TILE
+    to every event (the request id). Everything the job names is checked (its fields, and its
+    files: inside its folder, regular, of the right size) before any work."""
+    from .api import DEFAULT_TILE, check_finite
     from .atomic import atomic_write_bytes
 
     reply = reply or {}
-    job = json.loads(job_path.read_text())
-    if job.get("version") != PROTOCOL_VERSION:
-        raise ValueError(f"job protocol version {job.get('version')!r} is not {PROTOCOL_VERSION}; "
-                         f"reinstall the plugin with `denoise-plugin install`")
-    w, h, c = int(job["width"]), int(job["height"]), int(job["channels"])
-    if c not in (1, 2, 3, 4) or w < 1 or h < 1:
-        raise ValueError(f"bad image geometry {w}x{h}x{c}")
+    job_path = Path(job_path)
+    text = _read_regular(job_path, limit=MAX_JOB_BYTES, what="a job file")
+    try:
+        job = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{job_path}: not a JSON job file ({e})") from None
     base = job_path.parent
+    try:
+        if not isinstance(job, dict):
+            raise _FieldError(f"a job is a JSON object, not {_json_kind(job)}")
+        if job.get("version") != PROTOCOL_VERSION:
+            raise ValueError(f"job protocol version {_shown(job.get('version'))} is not {PROTOCOL_VERSION}; "
+                             f"reinstall the plugin with `denoise-plugin install`")
+        w, h, c = (_get(job, k, "int") for k in ("width", "height", "channels"))
+        if c not in (1, 2, 3, 4) or w < 1 or h < 1:
+            raise ValueError(f"bad image geometry {w}x{h}x{c}")
+        model, device, precision, tile, level = _settings(job, DEFAULT_TILE)
+        strength = _get(job, "strength", "number", 1.0)
+        sigma = _get(job, "sigma", "number|null", None)
+        if not 0.0 <= strength <= 1.0:
+            raise _FieldError(f'"strength" must be within 0..1, not {_shown(strength)}')
+        dtype_name = _get(job, "dtype", "str", "f32")
+        if dtype_name not in _DTYPES:
+            raise ValueError(f"unknown dtype {_shown(dtype_name)}")
+        crop = job.get("crop")
+        if crop is not None and (not isinstance(crop, list) or len(crop) != 4
+                                 or not all(type(v) is int for v in crop)):
+            raise _FieldError(f'"crop" must be [x, y, w, h], not {_shown(crop)}')
+        paths = {key: _job_path(base, job, key, required=key in ("input", "output"))
+                 for key in ("input", "output", "mask", "rgba8", "rgba8_before")}
+    except _FieldError as e:
+        raise ValueError(f"{job_path}: {e}") from None
+    if crop is not None:
+        x, y, cw, ch = crop
+        if x < 0 or y < 0 or cw < 1 or ch < 1 or x + cw > w or y + ch > h:
+            raise ValueError(f"crop {crop} leaves the {w}x{h} input")
     if job.get("parent_pipe"):
         _exit_when_parent_dies(base)
-    raw = (base / job["input"]).read_bytes()
-    dtype_name = job.get("dtype", "f32")
-    if dtype_name not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype_name!r}")
     dtype, peak = _DTYPES[dtype_name]
     size = np.dtype(dtype).itemsize
+    raw = _read_regular(paths["input"], size=w * h * c * size, what="an input file")
     if len(raw) != w * h * c * size:
         raise ValueError(f"input holds {len(raw)} bytes, expected {w * h * c * size} for {w}x{h}x{c} {dtype_name}")
+    mask = None
+    if paths["mask"] is not None:
+        n = (crop[2] * crop[3]) if crop is not None else w * h
+        mask = np.frombuffer(_read_regular(paths["mask"], size=n, what="a mask file"), np.uint8)
+        if mask.size != n:
+            raise ValueError(f"mask holds {mask.size} bytes, expected one per output pixel")
     swap = bool(job.get("swap_rb")) and c == 4
     order = [2, 1, 0, 3] if swap else slice(None)
     native = np.frombuffer(raw, dtype=dtype).reshape(h, w, c)
@@ -128,15 +256,15 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
         pix /= np.float32(peak)
     colour_c = 1 if c in (1, 2) else 3
     colour = pix[..., :colour_c]
-    linear = job.get("transfer", "srgb") == "linear"
+    if not peak:
+        check_finite(colour)     # NaN or infinity: refused, never spread over the tile
+    linear = _get(job, "transfer", "str", "srgb") == "linear"
     if linear:
         colour = _srgb_encode(colour)
-    dn = _denoiser(cache, job.get("model", "default"), job.get("device", "auto"), job.get("precision", "auto"),
-                   int(job.get("tile", DEFAULT_TILE)))
+    dn = _denoiser(cache, model, device, precision, tile)
     _emit(event="start", model=str(dn.path), arch=dn.arch, device=str(dn.device), precision=dn.precision,
           pid=os.getpid(), **reply)
-    level, sigma = job.get("noise_level"), job.get("sigma")
-    out = dn.denoise(np.ascontiguousarray(colour, dtype=np.float32), strength=float(job.get("strength", 1.0)),
+    out = dn.denoise(np.ascontiguousarray(colour, dtype=np.float32), strength=float(strength),
                      noise_level=None if level is None else float(level),
                      sigma=None if sigma is None else float(sigma),
                      progress=lambda done, total: _emit(event="progress", done=done, total=total, **reply))
@@ -145,17 +273,11 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
     result = pix.copy()
     # keep values the net did not change bit-identical (strength 0, or untouched pixels)
     result[..., :colour_c] = out
-    crop = job.get("crop")
     if crop is not None:
-        x, y, cw, ch = (int(v) for v in crop)
-        if x < 0 or y < 0 or cw < 1 or ch < 1 or x + cw > w or y + ch > h:
-            raise ValueError(f"crop {crop} leaves the {w}x{h} input")
+        x, y, cw, ch = crop
         pix, result, native = (a[y:y + ch, x:x + cw] for a in (pix, result, native))
-    if job.get("mask"):
-        m = np.frombuffer((base / job["mask"]).read_bytes(), np.uint8)
-        if m.size != result.shape[0] * result.shape[1]:
-            raise ValueError(f"mask holds {m.size} bytes, expected one per output pixel")
-        m = m.reshape(result.shape[:2])
+    if mask is not None:
+        m = mask.reshape(result.shape[:2])
         blend = pix + (result - pix) * (m.astype(np.float32) / np.float32(255.0))[..., None]
         blend = np.where((m == 255)[..., None], result, blend)
         result = np.where((m == 0)[..., None], pix, blend)
@@ -167,10 +289,10 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
             data[..., -1] = native[..., order][..., -1]  # alpha: the input's own integers
     else:
         data = result.astype(dtype)
-    atomic_write_bytes(base / job["output"], np.ascontiguousarray(data[..., order]).tobytes())
+    atomic_write_bytes(paths["output"], np.ascontiguousarray(data[..., order]).tobytes())
     for key, img in (("rgba8", result), ("rgba8_before", pix)):
-        if job.get(key):
-            atomic_write_bytes(base / job[key], _rgba8(img, linear))
+        if paths[key] is not None:
+            atomic_write_bytes(paths[key], _rgba8(img, linear))
     _emit(event="done", output=job["output"], pid=os.getpid(), **reply)
 
 
@@ -210,11 +332,10 @@ def _denoiser(cache: dict | None, model, device, precision, tile):
 def _info(req: dict, cache: dict) -> dict:
     from .api import DEFAULT_TILE
 
-    dn = _denoiser(cache, req.get("model", "default"), req.get("device", "auto"), req.get("precision", "auto"),
-                   int(req.get("tile", DEFAULT_TILE)))
-    level = req.get("noise_level")
+    model, device, precision, tile, level = _settings(req, DEFAULT_TILE)
+    dn = _denoiser(cache, model, device, precision, tile)
     level = None if level is None else float(level)
-    sigma = req.get("sigma")
+    sigma = _get(req, "sigma", "number|null", None)
     dn.check_noise_level(level, None if sigma is None else float(sigma))
     return {"context": int(dn.context(level)), "multiple": int(dn.multiple), "has_levels": dn.has_levels,
             "model": str(dn.path), "arch": dn.arch, "device": str(dn.device), "precision": dn.precision}
@@ -230,17 +351,30 @@ def _session(read_chunk, cache: dict, idle_s: float) -> str:
     current: dict[str, Path | None] = {"dir": None}  # the running job's folder
 
     def reader() -> None:
-        buf = b""
+        parts: list[bytes] = []  # the line so far, in pieces: each byte is looked at once
+        size, skipping = 0, False  # skipping: the rest of a line longer than MAX_REQUEST_BYTES
         try:
             while True:
                 chunk = read_chunk()
                 if not chunk:
                     break
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
+                start = 0
+                while True:
+                    nl = chunk.find(b"\n", start)
+                    piece = chunk[start:] if nl < 0 else chunk[start:nl]
+                    if not skipping:
+                        size += len(piece)
+                        if size > MAX_REQUEST_BYTES:  # answered now; the line is dropped up to its newline
+                            requests.put(_TOO_LONG)
+                            parts, skipping = [], True
+                        else:
+                            parts.append(piece)
+                    if nl < 0:
+                        break
+                    line = b"".join(parts)
+                    if not skipping and line.strip():
                         requests.put(line)
+                    parts, size, skipping, start = [], 0, False, nl + 1
         except OSError:
             pass
         d = current["dir"]
@@ -260,9 +394,18 @@ def _session(read_chunk, cache: dict, idle_s: float) -> str:
             return "idle"
         if line is None:
             return "eof"
+        if line is _TOO_LONG:
+            _emit(event="error", message=f"request longer than {MAX_REQUEST_BYTES} bytes without a newline; ignored",
+                  kind="ValueError")
+            continue
         reply: dict = {}
         try:
-            req = json.loads(line)
+            try:
+                req = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"a request is one line of JSON ({e})") from None
+            if not isinstance(req, dict):
+                raise ValueError(f"a request is a JSON object, not {_json_kind(req)}")
             reply = {"id": req.get("id")}
             cmd = req.get("cmd")
             if cmd == "quit":
@@ -271,14 +414,19 @@ def _session(read_chunk, cache: dict, idle_s: float) -> str:
             if cmd == "info":
                 _emit(event="info", pid=os.getpid(), **_info(req, cache), **reply)
             elif cmd == "job":
-                path = Path(req["job"])
+                job = req.get("job")
+                if not isinstance(job, str) or not job:
+                    raise ValueError('a "job" request needs "job": the path of a job file')
+                path = Path(job)
                 current["dir"] = path.parent
                 try:
                     run_job(path, cache, reply)
                 finally:
                     current["dir"] = None
+            elif cmd is None:
+                raise ValueError('a request needs "cmd": info, job or quit')
             else:
-                raise ValueError(f"unknown request {cmd!r}")
+                raise ValueError(f"unknown request {_shown(cmd)} (known: info, job, quit)")
         except Exception as e:  # reported; the worker stays up for the next request
             _emit(event="error", message=str(e) or type(e).__name__, kind=type(e).__name__, **reply)
 
@@ -371,15 +519,39 @@ def serve_socket(path: str, host_pid: int | None, idle_s: float = IDLE_S) -> int
             return 0
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--idle {text!r} is not a positive number of seconds")
+    return value
+
+
+def _pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"--host-pid {text!r} is not a process id")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     atexit.register(gc.freeze)  # the last collection at exit skips torch's objects (cli/batch.py)
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--serve"]:
         opts = dict(zip(args[1::2], args[2::2]))
         if len(args) % 2 == 1 and set(opts) <= {"--idle", "--socket", "--host-pid"}:
-            idle = float(opts.get("--idle", IDLE_S))
+            try:
+                idle = _seconds(opts.get("--idle", str(IDLE_S)))
+                host = _pid(opts["--host-pid"]) if "--host-pid" in opts else None
+            except ValueError as e:
+                _emit(event="error", message=str(e))
+                return 2
             if "--socket" in opts:
-                host = int(opts["--host-pid"]) if "--host-pid" in opts else None
                 return serve_socket(opts["--socket"], host, idle)
             return serve(idle)
     if len(args) != 1 or args[0].startswith("--"):

@@ -230,6 +230,131 @@ def safetensors_with_args(arch_args: dict, arch: str = "seed") -> bytes:
     return save({k: v.contiguous() for k, v in create_model(arch).state_dict().items()}, metadata=meta)
 
 
+# --------------------------------------------------------------------- issue 21's cases (second round)
+
+def jpeg_frame_size(width: int, height: int) -> bytes:
+    """A 1x1 JPEG whose frame header (SOF0) claims width x height: the scan holds one block."""
+    b = io.BytesIO()
+    Image.fromarray(RGB[:1, :1]).save(b, "JPEG", quality=90)
+    j = bytearray(b.getvalue())
+    i = 2
+    while j[i + 1] != 0xC0:
+        i += 2 + struct.unpack_from(">H", j, i + 2)[0]
+    struct.pack_into(">HH", j, i + 5, height, width)
+    return bytes(j)
+
+
+def png_idat_size(width: int, height: int) -> bytes:
+    """A 1x1 gray PNG whose IHDR claims width x height: a few bytes of pixel data for all of it."""
+    b = io.BytesIO()
+    Image.fromarray(RGB[:1, :1, 0]).save(b, "PNG")
+    png = b.getvalue()
+    ihdr = struct.pack(">II", width, height) + png[24:29]
+    return png[:8] + png_chunk(b"IHDR", ihdr) + png[33:]
+
+
+def jpeg_12bit() -> bytes:
+    import imagecodecs
+    return imagecodecs.jpeg8_encode(RGB.astype(np.uint16) * 16, bitspersample=12)
+
+
+def png_two_ihdr() -> bytes:
+    png = valid_png()
+    return png[:33] + png[8:33] + png[33:]
+
+
+def tiff_float(dtype=np.float32, nan_at: tuple | None = None) -> bytes:
+    px = (RGB / 255).astype(dtype)
+    if nan_at is not None:
+        px[nan_at] = np.nan
+    b = io.BytesIO()
+    tifffile.imwrite(b, px, photometric="rgb", metadata=None)
+    return b.getvalue()
+
+
+def tiff_full_image_in_subifd() -> bytes:
+    """IFD0 a small image (not flagged as a preview), the full-size image in its SubIFD."""
+    b = io.BytesIO()
+    with tifffile.TiffWriter(b) as t:
+        t.write(RGB[::4, ::4], photometric="rgb", metadata=None, subifds=1)
+        t.write(RGB, photometric="rgb", metadata=None)
+    return b.getvalue()
+
+
+MOSAIC = (np.random.default_rng(21).random((32, 48)) * 3000 + 512).astype(np.uint16)
+
+
+def valid_dng(model: str = "NIKON D750") -> bytes:
+    """A small Bayer DNG (RGGB, uncompressed 16-bit strip) of a camera darktable profiles."""
+    import tempfile
+    from pathlib import Path
+
+    from denoise_core.raw import write_bayer_dng
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "x.dng"
+        write_bayer_dng(p, MOSAIC, make="NIKON CORPORATION", model=model, iso=3200, black=512, white=4095)
+        return p.read_bytes()
+
+
+def dng_with_cfa(codes: tuple[int, int, int, int]) -> bytes:
+    """valid_dng() with its CFAPattern rewritten (TIFF/EP codes: 0 R, 1 G, 2 B, 3 C, 4 M, 5 Y)."""
+    b = bytearray(valid_dng())
+    bo, entries = _ifd0_entries(b)
+    pos = dict(entries)[33422]
+    b[pos + 8:pos + 12] = bytes(codes)
+    return bytes(b)
+
+
+def dng_tag_rewrite(tag: int, *, typ: int | None = None, count: int | None = None) -> bytes:
+    """valid_dng() with one IFD0 entry's type or count rewritten (as the fuzzer found them)."""
+    b = bytearray(valid_dng())
+    bo, entries = _ifd0_entries(b)
+    pos = dict(entries)[tag]
+    if typ is not None:
+        struct.pack_into(bo + "H", b, pos + 2, typ)
+    if count is not None:
+        struct.pack_into(bo + "I", b, pos + 4, count)
+    return bytes(b)
+
+
+def dng_ifd_loop() -> bytes:
+    """valid_dng() whose IFD0 names itself as the next IFD (tifffile logs a circular reference)."""
+    b = bytearray(valid_dng())
+    bo, entries = _ifd0_entries(b)
+    at = struct.unpack_from(bo + "I", b, 4)[0]
+    struct.pack_into(bo + "I", b, at + 2 + 12 * len(entries), at)
+    return bytes(b)
+
+
+def safetensors_header_padded(length: int) -> bytes:
+    """valid_safetensors() with its JSON header padded with spaces (as safetensors pads) to `length`."""
+    data = valid_safetensors()
+    (n,) = struct.unpack_from("<Q", data)
+    header = data[8:8 + n].rstrip(b" ")
+    assert len(header) <= length
+    return struct.pack("<Q", length) + header.ljust(length, b" ") + data[8 + n:]
+
+
+def safetensors_dtype(value) -> bytes:
+    """valid_safetensors() with the first tensor's dtype replaced by `value` (any JSON)."""
+    data = valid_safetensors()
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8:8 + n])
+    header[min(k for k in header if k != "__metadata__")]["dtype"] = value
+    return safetensors_raw(json.dumps(header).encode(), data[8 + n:])
+
+
+def safetensors_scaled(factor: float) -> bytes:
+    """A valid seed checkpoint whose weights are all multiplied by `factor` (finite, absurd)."""
+    from safetensors.torch import save
+
+    from denoise_core.models import create_model
+    torch.manual_seed(0)
+    m = create_model("seed", width=4)
+    meta = {"format": "denoise-cnn", "format_version": "1", "arch": "seed", "arch_args": json.dumps({"width": 4})}
+    return save({k: (v * factor).contiguous() for k, v in m.state_dict().items()}, metadata=meta)
+
+
 # -------------------------------------------------------------------------------------- mutators
 
 def _flip(rng: random.Random, data: bytes) -> bytes:
@@ -417,11 +542,23 @@ def _png_metadata_bomb(rng: random.Random, data: bytes) -> bytes:
     return insert_after_ihdr(data, png_chunk(ctype, body))
 
 
+def _dng_cfa_rewrite(rng: random.Random, data: bytes) -> bytes:
+    """CFAPattern rewritten to random colour codes (cyan, magenta, yellow, white, or none known)."""
+    b = bytearray(data)
+    bo, entries = _ifd0_entries(b)
+    pos = dict(entries).get(33422)
+    if pos is None:
+        return _flip(rng, data)
+    b[pos + 8:pos + 12] = bytes(rng.choice((0, 1, 2, 3, 4, 5, 6, 9)) for _ in range(4))
+    return bytes(b)
+
+
 GENERIC = (_flip, _truncate, _overwrite)
 STRUCTURED = {"png": (_png_chunk_rewrite, _png_chunk_rewrite, _png_metadata_bomb),
               "tif": (_tiff_tag_rewrite, _tiff_tag_rewrite, _tiff_blob_as_number, _tiff_resolution_rewrite),
               "jpg": (_jpeg_segment_rewrite, _jpeg_segment_rewrite, _jpeg_exif_loop, _jpeg_qtable_ids),
-              "webp": (_riff_chunk_rewrite,), "safetensors": (_safetensors_header_rewrite,)}
+              "webp": (_riff_chunk_rewrite,), "safetensors": (_safetensors_header_rewrite,),
+              "dng": (_tiff_tag_rewrite, _tiff_tag_rewrite, _tiff_tag_rewrite, _dng_cfa_rewrite)}
 
 
 def mutate(rng: random.Random, kind: str, data: bytes) -> bytes:
@@ -432,3 +569,64 @@ def mutate(rng: random.Random, kind: str, data: bytes) -> bytes:
         except (IndexError, ValueError, KeyError, TypeError, AttributeError, struct.error):
             data = _flip(rng, data)     # an earlier mutation broke the structure this one walks
     return data
+
+
+# ------------------------------------------------------------------------------ worker requests
+
+JOB = {"version": 1, "width": 4, "height": 3, "channels": 3, "input": "in.raw", "output": "out.raw",
+       "model": "seed", "device": "cpu", "tile": 64, "strength": 0.5, "transfer": "srgb", "dtype": "f32"}
+# what a field may become; never "parent_pipe" (the worker would then watch this process's stdin)
+_REQUEST_VALUES = (None, True, -1, 0, 1, 3, 2 ** 63, 1.5, float("nan"), float("inf"), "", "x", "../x",
+                   "/etc/hostname", [], [0, 0, 2, 2], [1, 2, 3], {}, "fifo.raw", "sub", "link_out.raw",
+                   "sub/../in.raw", "in.raw", "out.raw", "job.json", "u8", "f16", "linear", "seed", "info")
+_OPTIONAL_KEYS = ("crop", "mask", "rgba8", "rgba8_before", "noise_level", "swap_rb", "precision", "extra")
+
+
+def job_folder(folder, outside) -> None:
+    """A job's folder as the client makes it (job.json, in.raw), plus what a hostile job may point at:
+    a FIFO, a subfolder, a mask and a link to a file outside."""
+    import os
+    folder.mkdir()
+    (folder / "in.raw").write_bytes(np.linspace(0, 1, 36, dtype="<f4").tobytes())
+    (folder / "mask.raw").write_bytes(bytes(range(0, 240, 20)))
+    (folder / "sub").mkdir()
+    os.mkfifo(folder / "fifo.raw")
+    (folder / "link_out.raw").symlink_to(outside / "secret.raw")
+
+
+def _damage(rng: random.Random, obj: dict) -> dict:
+    obj = dict(obj)
+    for _ in range(rng.randint(1, 3)):
+        key = rng.choice(sorted(obj) + list(_OPTIONAL_KEYS))
+        if rng.random() < 0.2:
+            obj.pop(key, None)
+        else:
+            obj[key] = rng.choice(_REQUEST_VALUES)
+    return obj
+
+
+def worker_request(rng: random.Random, i: int, folder, outside) -> bytes:
+    """Request line i for a persistent worker: an info or job request (its job file written into
+    `folder`, made by job_folder) with fields damaged, or its bytes; most carry "id": i."""
+    if rng.random() < 0.25:
+        req = {"cmd": "info", "id": i, "model": "seed", "device": "cpu"}
+        if rng.random() < 0.8:
+            req = _damage(rng, req)
+    else:
+        job = _damage(rng, JOB) if rng.random() < 0.85 else dict(JOB)
+        (folder / "job.json").write_text(json.dumps(job))
+        req = {"cmd": "job", "id": i, "job": str(folder / "job.json")}
+        if rng.random() < 0.15:
+            req["job"] = rng.choice((None, 5, "", str(folder), str(folder / "fifo.raw"), str(folder / "nope.json"),
+                                     str(folder / "in.raw")))
+    if req.get("cmd") == "quit":
+        req["cmd"] = "info"
+    line = json.dumps(req).encode()
+    what = rng.random()
+    if what < 0.1:
+        line = _truncate(rng, line)
+    elif what < 0.2:
+        line = _flip(rng, line).replace(b"\n", b" ")
+    elif what < 0.25:
+        line = rng.choice((b"[1, 2, 3]", b"null", b'"job"', b"7", b"{}", b"\xff\xfe", b"[" * 100_000))
+    return line + b"\n"

@@ -1,11 +1,13 @@
-"""Seeded mutations of small valid PNG, JPEG (plain and with a camera's MPF preview), TIFF, WebP
-and safetensors files (bit flips, truncations, overwrites, chunk/tag/segment length rewrites, IFD
-pointer loops, metadata bombs, header rewrites): every case must end as a valid image or one
-clean, named error -- no other exception, no change to the input, no temp file left, and bounded
-metadata. The counts are fixed (same cases every run)."""
+"""Seeded mutations of small valid PNG, JPEG (plain and with a camera's MPF preview), TIFF, WebP,
+DNG and safetensors files (bit flips, truncations, overwrites, chunk/tag/segment length rewrites,
+IFD pointer loops, metadata bombs, CFA colours, header rewrites): every case must end as a valid
+image or one clean, named error -- no other exception, no change to the input, no temp file left,
+and bounded metadata; and of the plug-in worker's requests and job files: one readable answer
+each, nothing touched outside the job's folder. The counts are fixed (same cases every run)."""
 import hashlib
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +29,7 @@ BASES = {"png": hf.valid_png, "png16": hf.valid_png16, "jpg": hf.valid_jpeg, "mp
 EXT = {"png16": "png", "mpo": "jpg"}
 
 
-class _Hang(Exception):
+class _Hang(BaseException):     # not an Exception: no catch-all on the way may swallow it
     pass
 
 
@@ -196,3 +198,125 @@ def test_mutated_checkpoints_load_or_are_refused_by_name(tmp_path, hang_guard):
             signal.alarm(0)
         assert p.read_bytes() == data
     assert outcomes["refused"] > CASES, outcomes
+
+
+# ------------------------------------------------------------------------------------------- DNG
+
+DNG_CASES = 100
+
+
+def test_mutated_dngs_end_as_a_dng_or_one_named_error(tmp_path, monkeypatch, capfd, hang_guard):
+    """Seeded mutations of a small Bayer DNG (tag types, counts and offsets, IFD links, CFA colours,
+    bit flips, truncations) read and written back as the batch does: a DNG or a named error, and
+    through denoise-batch every line on stderr names its file (tifffile's and exifread's log lines
+    included)."""
+    import logging
+
+    from denoise_core.raw import RawReadError, RawWriteError, read_raw
+    from denoise_core.raw_denoise import RawDenoiser, write_dng
+    rng = random.Random("issue21-dng")
+    base = hf.valid_dng()
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    outcomes = {"dng": 0, "refused": 0}
+    for i in range(DNG_CASES):
+        data = hf.mutate(rng, "dng", base)
+        p = src / f"m{i:03d}.dng"
+        p.write_bytes(data)
+        signal.alarm(30)
+        try:
+            logging.disable(logging.WARNING)        # the command's run below checks where they go
+            img = read_raw(p)
+            write_dng(p, out / p.name, img.mosaic, img, strength=0.5)
+            outcomes["dng"] += 1
+        except (RawReadError, RawWriteError) as e:
+            assert e.path in (str(p), str(out / p.name)) and e.reason and "\n" not in e.reason, i
+            outcomes["refused"] += 1
+        except _Hang:
+            pytest.fail(f"DNG case {i} hung")
+        finally:
+            logging.disable(logging.NOTSET)
+            signal.alarm(0)
+        assert p.read_bytes() == data, i
+        assert not [q.name for q in out.iterdir() if q.name.startswith(".")], i
+    assert outcomes["refused"] > DNG_CASES // 10 and outcomes["dng"] > DNG_CASES // 10, outcomes
+
+    # the command, with the network left out (the files are what is tested): the same outcomes
+    monkeypatch.setattr(RawDenoiser, "denoise", lambda self, img, **kw: img.mosaic.copy())
+    capfd.readouterr()
+    res = tmp_path / "res"
+    r = CliRunner().invoke(main, [str(src), "-o", str(res), "--model", "seed"], catch_exceptions=False)
+    lines = r.output.splitlines()
+    assert lines[-1] == f"{outcomes['dng']} files denoised, {outcomes['refused']} failed.", r.output
+    for ln in lines[:-1]:
+        assert ln.startswith((f"error: {src}/m", f"warning: {src}/m")), ln
+        assert "unexpected" not in ln, ln
+    assert capfd.readouterr().err == ""            # LibRaw's own complaints stay off the terminal
+    assert len(list(res.iterdir())) == outcomes["dng"]
+
+
+# ------------------------------------------------------------------------------- worker requests
+
+WORKER_CASES = 150
+_INTERNALS = re.compile(r"object has no attribute|not subscriptable|unhashable|NoneType|^'\w+'$|KeyError|"
+                        r"positional argument|object is not iterable|cannot be interpreted|Traceback")
+
+
+def test_mutated_worker_requests_get_one_readable_answer_each(tmp_path, monkeypatch, hang_guard):
+    """Seeded damage to the persistent worker's requests and job files (fields of every JSON kind,
+    paths out of the job folder, a FIFO, a folder, invalid JSON and bytes): one answer each, in
+    order, an error in words where it fails, nothing read or written outside the job folders and
+    no temp file left."""
+    import io
+    import json
+    import threading
+
+    from denoise_core import worker
+    rng = random.Random("issue21-worker")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.raw").write_bytes(np.zeros(36, "<f4").tobytes())
+    lines = []
+    for i in range(WORKER_CASES):
+        folder = tmp_path / f"denoise-cnn-{i:03d}"
+        hf.job_folder(folder, outside)
+        lines.append(hf.worker_request(rng, i, folder, outside))
+    before = sorted(p.name for p in outside.iterdir())
+    out = io.StringIO()
+    monkeypatch.setattr(worker, "_OUT", [out])
+    feed, more = iter(lines + [b'{"cmd": "quit"}\n']), threading.Event()
+
+    def read_chunk():
+        for line in feed:
+            return line
+        more.wait()
+        return b""
+    signal.alarm(120)
+    try:
+        assert worker._session(read_chunk, {}, 120) == "quit"
+    except _Hang:
+        pytest.fail("the worker hung")
+    finally:
+        signal.alarm(0)
+        more.set()
+    events = [json.loads(ln) for ln in out.getvalue().splitlines()][1:-1]
+    answers = [e for e in events if e["event"] in ("done", "info", "error")]
+    assert len(answers) == sum(1 for ln in lines if ln.strip()), answers
+    outcomes = {"done": 0, "info": 0, "error": 0}
+    for e in answers:
+        outcomes[e["event"]] += 1
+        if e["event"] == "error":
+            msg = e["message"]
+            assert msg and "\n" not in msg and not _INTERNALS.search(msg), e
+    for i, line in enumerate(lines):          # each intact id is answered once
+        try:
+            sent = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(sent, dict) and sent.get("id") == i:
+            assert sum(1 for e in answers if e.get("id") == i) == 1, (i, line)
+    assert outcomes["error"] > WORKER_CASES // 4 and outcomes["done"] + outcomes["info"] > WORKER_CASES // 10, outcomes
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("denoise-cnn-")) == ["outside"]
+    assert not [p for p in tmp_path.rglob(".*.part")]

@@ -337,3 +337,446 @@ def test_resume_from_an_empty_or_damaged_state_names_it(tmp_path):
         line = [ln for ln in r.output.splitlines() if "error" in ln]
         assert len(line) == 1 and str(sp) in line[0] and words in line[0], r.output
         assert sp.read_bytes() == content
+
+
+# ==================================================================================================
+# Issue 21: hostile input, second round. Each test fails on the code before the fix.
+
+class _Hang(BaseException):     # not an Exception: nothing on the way may swallow it
+    pass
+
+
+@pytest.fixture
+def hang_guard():
+    """A call that blocks (a FIFO opened for reading) fails by name instead of stalling the suite."""
+    def hung(signum, frame):
+        raise _Hang("blocked")
+    old = signal.signal(signal.SIGALRM, hung)
+    yield lambda seconds: signal.alarm(seconds)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def run_batch(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert "Traceback" not in r.output
+    return r
+
+
+def named_lines_only(r, *paths):
+    """Every line on stderr is the summary or `error:`/`warning:` naming one of `paths`."""
+    prefixes = tuple(f"{kind}: {p}: " for kind in ("error", "warning") for p in paths)
+    for ln in r.output.splitlines():
+        assert ln.startswith(prefixes) or " denoised" in ln, ln
+
+
+# ------------------------------------------------------------------------------------- resources
+
+def test_jpeg_whose_scan_is_far_too_short_for_its_frame_is_refused_before_decoding(tmp_path, monkeypatch):
+    data = hf.jpeg_frame_size(65000, 2700)          # 634 bytes, 175.5 MP: under the pixel limit
+    assert len(data) < 700
+    (tmp_path / "x.jpg").write_bytes(data)
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
+    with pytest.raises(imageio.ImageReadError, match=r"truncated or corrupt JPEG file: \d+ bytes of scan data "
+                                                     r"cannot hold a 65000x2700 image"):
+        read_image(tmp_path / "x.jpg")
+    monkeypatch.undo()
+    _, line = batch(tmp_path / "b", "x.jpg", data, expect_ok=False)
+    assert "65000x2700" in line
+
+
+def test_png_whose_pixel_data_is_far_too_short_for_its_header_is_refused_before_decoding(tmp_path, monkeypatch):
+    data = hf.png_idat_size(60000, 2900)
+    (tmp_path / "x.png").write_bytes(data)
+    monkeypatch.setattr(imageio.imagecodecs, "png_decode", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(imageio.ImageReadError, match=r"truncated or corrupt PNG file: \d+ bytes of compressed "
+                                                     r"pixel data cannot hold a 60000x2900 image"):
+        read_image(tmp_path / "x.png")
+
+
+# ---------------------------------------------------------------------------------------- worker
+
+class _Session:
+    """The persistent worker's request loop, in this process, fed `chunks`; returns its events.
+    The input then stays open (never end-of-file, which would end the process during a job)."""
+
+    def __init__(self, monkeypatch):
+        import io
+        import threading
+
+        from denoise_core import worker
+        self.worker, self.out, self.more = worker, io.StringIO(), threading.Event()
+        monkeypatch.setattr(worker, "_OUT", [self.out])
+
+    def __call__(self, *chunks: bytes, cache=None) -> list[dict]:
+        import json
+        feed = iter(chunks + (b'{"cmd": "quit"}\n',))
+
+        def read_chunk():
+            for c in feed:
+                return c
+            self.more.wait()
+            return b""
+        try:
+            assert self.worker._session(read_chunk, {} if cache is None else cache, 120) == "quit"
+        finally:
+            self.more.set()
+        return [json.loads(ln) for ln in self.out.getvalue().splitlines()][1:-1]     # less ready, bye
+
+
+def test_worker_request_without_a_newline_is_capped(monkeypatch):
+    from denoise_core.worker import MAX_REQUEST_BYTES
+    s = _Session(monkeypatch)
+    line = b"x" * (4 << 20)
+    events = s(*(line[i:i + 65536] for i in range(0, len(line), 65536)), b"\n", b'{"cmd": "nope", "id": 7}\n')
+    assert MAX_REQUEST_BYTES <= 1 << 20
+    assert [e["event"] for e in events] == ["error", "error"], events
+    assert events[0]["message"] == f"request longer than {MAX_REQUEST_BYTES} bytes without a newline; ignored"
+    assert events[1]["id"] == 7                     # the worker reads on after the long line
+
+
+def _job_folder(tmp_path, w=4, h=3, c=3, pixels=None, **job):
+    import json
+    d = tmp_path / "denoise-cnn-job"
+    d.mkdir()
+    px = np.full((h, w, c), 0.5, "<f4") if pixels is None else pixels
+    (d / "in.raw").write_bytes(px.astype("<f4").tobytes())
+    spec = {"version": 1, "width": w, "height": h, "channels": c, "input": "in.raw", "output": "out.raw",
+            "model": "seed", "device": "cpu", "tile": 64, **job}
+    (d / "job.json").write_text(json.dumps(spec))
+    return d
+
+
+@pytest.mark.parametrize("key,value", [("output", "../x"), ("output", "ABS"), ("rgba8", "../x"),
+                                       ("rgba8_before", "ABS"), ("input", "../../../../../../../etc/hostname"),
+                                       ("input", "/etc/hostname"), ("mask", "../x"), ("input", "LINK")])
+def test_worker_job_paths_stay_inside_the_job_folder(tmp_path, monkeypatch, key, value):
+    outside = tmp_path / "x"
+    if key in ("input", "mask") and value == "../x":
+        outside.write_bytes(b"\0" * 12)
+    if value == "ABS":
+        value = str(outside)
+    if value == "LINK":
+        value = "link.raw"
+    d = _job_folder(tmp_path, **{key: value})
+    (d / "link.raw").symlink_to(tmp_path / "secret.raw")
+    (tmp_path / "secret.raw").write_bytes(np.zeros((3, 4, 3), "<f4").tobytes())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    events = _Session(monkeypatch)(f'{{"cmd": "job", "id": 1, "job": "{d / "job.json"}"}}\n'.encode())
+    assert [e["event"] for e in events] == ["error"], events
+    assert events[0]["message"] == f'job "{key}": {value!r} is not a file inside the job folder {d}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert sorted(p.name for p in d.iterdir()) == ["in.raw", "job.json", "link.raw"]
+
+
+@pytest.mark.parametrize("which", ["job.json", "in.raw"])
+def test_worker_refuses_a_fifo_for_a_job_file_without_blocking(tmp_path, monkeypatch, hang_guard, which):
+    d = _job_folder(tmp_path)
+    (d / which).unlink()
+    os.mkfifo(d / which)
+    hang_guard(60)
+    events = _Session(monkeypatch)(f'{{"cmd": "job", "id": 1, "job": "{d / "job.json"}"}}\n'.encode())
+    assert [e["event"] for e in events] == ["error"], events
+    assert events[0]["message"] == f"{d / which}: is a FIFO (named pipe), not a regular file"
+
+
+@pytest.mark.parametrize("request_line,message", [
+    (b"[1, 2, 3]", "a request is a JSON object, not an array"),
+    (b"null", "a request is a JSON object, not null"),
+    (b'"job"', "a request is a JSON object, not a string"),
+    (b"{", "a request is one line of JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+           "(char 1))"),
+    (b'{"cmd": "job"}', 'a "job" request needs "job": the path of a job file'),
+    (b'{"cmd": "job", "job": 5}', 'a "job" request needs "job": the path of a job file'),
+    (b'{"cmd": ["info"]}', "unknown request ['info'] (known: info, job, quit)"),
+    (b'{"cmd": "info", "tile": "x"}', '"tile" must be an integer, not \'x\''),
+    (b'{"cmd": "info", "noise_level": [1]}', '"noise_level" must be a number or null, not [1]'),
+])
+def test_worker_malformed_requests_get_readable_errors(monkeypatch, request_line, message):
+    events = _Session(monkeypatch)(request_line + b"\n")
+    assert [e["event"] for e in events] == ["error"], events
+    assert events[0]["message"] == message
+
+
+@pytest.mark.parametrize("job,message", [
+    ([1, 2], "job file: a job is a JSON object, not an array"),
+    ({"version": 1}, 'job file: "width" is missing'),
+    ({"version": 1, "width": "4", "height": 3, "channels": 3}, "job file: \"width\" must be an integer, not '4'"),
+    ({"version": 1, "width": 4, "height": 3, "channels": 3, "input": None}, 'job file: "input" is missing'),
+    ({"version": 1, "width": 4, "height": 3, "channels": 3, "input": "in.raw", "output": "o.raw", "crop": 5},
+     'job file: "crop" must be [x, y, w, h], not 5'),
+])
+def test_worker_malformed_job_files_get_readable_errors(tmp_path, monkeypatch, job, message):
+    import json
+    d = _job_folder(tmp_path)
+    (d / "job.json").write_text(json.dumps(job))
+    events = _Session(monkeypatch)(f'{{"cmd": "job", "job": "{d / "job.json"}"}}\n'.encode())
+    assert [e["event"] for e in events] == ["error"], events
+    assert events[0]["message"] == f"{d / 'job.json'}: {message.removeprefix('job file: ')}"
+
+
+@pytest.mark.parametrize("args,words", [(["--idle", "abc"], "--idle 'abc'"), (["--idle", "-1"], "--idle '-1'"),
+                                        (["--idle", "nan"], "--idle 'nan'"), (["--idle", "inf"], "--idle 'inf'"),
+                                        (["--socket", "/tmp/s", "--host-pid", "x"], "--host-pid 'x'")])
+def test_worker_bad_serve_options_are_usage_errors(args, words):
+    import json
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "denoise_core.worker", "--serve", *args], capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    (event,) = [json.loads(ln) for ln in p.stdout.splitlines()]
+    assert event["event"] == "error" and event["message"].startswith(words + " is not "), event
+
+
+# --------------------------------------------------------------------------- usage and checkpoints
+
+def test_checkpoint_dtype_that_is_not_a_string_is_one_line(tmp_path):
+    ck = tmp_path / "m.safetensors"
+    ck.write_bytes(hf.safetensors_dtype(["F32"]))
+    Image.fromarray(hf.RGB).save(tmp_path / "a.png")
+    r = run_batch(tmp_path / "a.png", "-o", tmp_path / "out", "--model", ck)
+    assert r.exit_code == 2
+    assert r.output.splitlines() == [f"error: {ck}: tensor 'body.0.bias' has dtype [\"F32\"]; weights must be "
+                                     "floating point (F16, BF16, F32, F64)"]
+
+
+def test_safetensors_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    data = hf.safetensors_header_padded(640)
+    assert data[:2] == b"\x80\x02"                 # pickle protocol 2's first bytes
+    ck = tmp_path / "m.safetensors"
+    ck.write_bytes(data)
+    Image.fromarray(hf.RGB).save(tmp_path / "a.png")
+    r = run_batch(tmp_path / "a.png", "-o", tmp_path / "out", "--model", ck)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_checkpoint_with_absurd_weights_fails_each_file_with_a_reason(tmp_path):
+    ck = tmp_path / "big.safetensors"
+    ck.write_bytes(hf.safetensors_scaled(1e18))
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in ("a.png", "b.png"):
+        Image.fromarray(hf.RGB).save(src / n)
+    r = run_batch(src, "-o", tmp_path / "out", "--model", ck)
+    assert r.exit_code == 1, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2 and all("the network's output is implausible" in e and str(ck) in e for e in errors)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_output_check_allows_float_input_beyond_1(tmp_path):
+    import io
+
+    import tifffile
+    b = io.BytesIO()
+    tifffile.imwrite(b, (hf.RGB / 255 * 4).astype(np.float32), photometric="rgb", metadata=None)   # up to 4.0
+    _, out = batch(tmp_path, "hdr.tif", b.getvalue(), expect_ok=True)
+    assert read_image(out / "hdr.tif").pixels.max() > 2
+
+
+@pytest.mark.parametrize("args,option", [(["--strength", "nan"], "--strength"),
+                                         (["--noise-level", "nan"], "--noise-level"),
+                                         (["--model", "raw", "--noise-level", "nan"], "--noise-level")])
+def test_nan_strength_or_noise_level_is_a_usage_error(tmp_path, args, option):
+    Image.fromarray(hf.RGB).save(tmp_path / "a.png")
+    r = CliRunner().invoke(main, [str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *args])
+    assert r.exit_code == 2, r.output
+    assert f"Invalid value for '{option}': nan is not a finite number" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_240_character_file_name_gets_a_temp_name_that_fits(tmp_path):
+    name = "n" * 236 + ".png"
+    _, out = batch(tmp_path, name, hf.valid_png(), expect_ok=True)
+    assert read_image(out / name).pixels.shape == hf.RGB.shape
+    from denoise_core.atomic import atomic_path, remove_stale_parts
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for longest in ("m" * 251 + ".png", "\u00e9" * 125 + ".webp"):     # 255 bytes: the longest name there is
+        with atomic_path(out / longest) as tmp:
+            tmp.write_bytes(b"x")
+            assert len(tmp.name.encode()) <= 255 and tmp.name.endswith(os.path.splitext(longest)[1] + ".part")
+        assert (out / longest).read_bytes() == b"x"
+        (killed / tmp.name).write_bytes(b"half")       # what a killed write leaves: the next run removes it
+        assert remove_stale_parts(killed) == [killed / tmp.name]
+
+
+# ------------------------------------------------------------------------- wrong results as success
+
+def test_float_tiff_with_a_nan_sample_is_refused(tmp_path):
+    _, line = batch(tmp_path, "nan.tif", hf.tiff_float(nan_at=(3, 4, 1)), expect_ok=False)
+    assert line.endswith("1 of 2304 colour samples is NaN or infinite; replace them before denoising")
+
+
+def test_worker_input_with_nan_samples_is_refused(tmp_path, monkeypatch):
+    px = np.full((3, 4, 3), 0.5, "<f4")
+    px[1, 2, 0] = np.nan
+    px[0, 0, 2] = np.inf
+    d = _job_folder(tmp_path, pixels=px)
+    events = _Session(monkeypatch)(f'{{"cmd": "job", "job": "{d / "job.json"}"}}\n'.encode())
+    assert events[-1]["event"] == "error", events
+    assert events[-1]["message"] == "2 of 36 colour samples are NaN or infinite; replace them before denoising"
+    assert not (d / "out.raw").exists()
+
+
+def test_float16_tiff_keeps_its_bit_depth(tmp_path):
+    _, out = batch(tmp_path, "h.tif", hf.tiff_float(np.float16), expect_ok=True)
+    with __import__("tifffile").TiffFile(out / "h.tif") as t:
+        assert t.pages.first.dtype == np.float16
+    assert read_image(out / "h.tif").pixels.dtype == np.float32      # read as float32, as before
+
+
+# ---------------------------------------------------------------------------------- camera raw
+
+def test_dng_whose_cfa_is_cyan_magenta_yellow_is_refused_by_name(tmp_path):
+    _, line = batch(tmp_path, "cmy.dng", hf.dng_with_cfa((3, 4, 4, 5)), expect_ok=False)
+    assert line.endswith("colour pattern CMMY (cyan, magenta, yellow): not a Bayer RGGB sensor, not supported")
+
+
+@pytest.mark.parametrize("data,words", [
+    (lambda: hf.valid_dng(model="   "), None),                                        # read_meta's rstrip
+    (lambda: hf.dng_tag_rewrite(258, count=1 + (64 << 16)), "BitsPerSample"),        # KeyError: 258
+    (lambda: hf.dng_tag_rewrite(273, typ=2), "StripOffsets"),                        # TypeError in seek
+    (lambda: hf.dng_tag_rewrite(273, typ=11), "StripOffsets"),
+])
+def test_damaged_dng_ends_as_a_dng_or_one_named_error(tmp_path, data, words):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "d.dng").write_bytes(data())
+    r = run_batch(src / "d.dng", "-o", out, "--model", "seed")
+    named_lines_only(r, src / "d.dng")
+    assert "unexpected" not in r.output
+    if words is None:
+        assert r.exit_code == 0 and (out / "d.dng").is_file(), r.output
+    else:
+        assert r.exit_code == 1 and words in r.output, r.output
+        assert list(out.iterdir()) == []
+
+
+def test_tifffile_log_lines_name_the_file_once(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        (src / f"loop{i}.dng").write_bytes(hf.dng_ifd_loop())
+    r = run_batch(src, "-o", out, "--model", "seed")
+    named_lines_only(r, *(src / f"loop{i}.dng" for i in range(3)))
+    said = [ln for ln in r.output.splitlines() if "circular reference" in ln]
+    assert len(said) == 3 and all(ln.startswith("warning: ") and "tifffile: " in ln and "@" not in ln for ln in said)
+
+
+# --------------------------------------------------------------------------------- clear reasons
+
+def test_unreadable_folder_is_one_named_error(tmp_path, monkeypatch):
+    src, locked = tmp_path / "in", tmp_path / "locked"
+    src.mkdir()
+    locked.mkdir()
+    Image.fromarray(hf.RGB).save(src / "a.png")
+    Image.fromarray(hf.RGB).save(locked / "b.png")
+    if os.geteuid() == 0:       # root reads any folder: simulate what mode 000 gives everyone else
+        real_scandir, real_listdir = os.scandir, os.listdir
+
+        def denied(real):
+            def call(path="."):
+                if os.fspath(path) == str(locked):
+                    raise PermissionError(13, "Permission denied", str(locked))
+                return real(path)
+            return call
+        monkeypatch.setattr(os, "scandir", denied(real_scandir))
+        monkeypatch.setattr(os, "listdir", denied(real_listdir))
+    else:
+        locked.chmod(0)
+    try:
+        r = run_batch(src, locked, "-o", tmp_path / "out", "--model", "seed")
+    finally:
+        locked.chmod(0o755)
+    assert r.exit_code == 1, r.output
+    assert f"error: {locked}: cannot list the folder: permission denied" in r.output.splitlines()
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def _refuse_open(monkeypatch, target):
+    """What mode 000 does to a reader without root's override (tests run as root here)."""
+    real = os.open
+
+    def fake(path, flags, *a, **k):
+        if os.fspath(path) == str(target):
+            raise PermissionError(13, "Permission denied", str(target))
+        return real(path, flags, *a, **k)
+    monkeypatch.setattr(os, "open", fake)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "unreadable"])
+def test_raw_input_that_is_not_a_readable_file_says_why(tmp_path, monkeypatch, hang_guard, kind):
+    src = tmp_path / "in"
+    src.mkdir()
+    p = src / "x.dng"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "devzero":
+        p.symlink_to("/dev/zero")
+    else:
+        p.write_bytes(hf.valid_dng())
+        if os.geteuid() == 0:
+            _refuse_open(monkeypatch, p)
+        else:
+            p.chmod(0)
+    hang_guard(60)
+    r = run_batch(p, "-o", tmp_path / "out", "--model", "seed")
+    want = {"fifo": "is a FIFO (named pipe), not a regular file",
+            "devzero": "is a character device, not a regular file",
+            "unreadable": "permission denied"}[kind]
+    assert r.exit_code == 1 and r.output.splitlines()[0] == f"error: {p}: {want}", r.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "folder", "broken"])
+def test_model_that_is_not_a_readable_file_says_why(tmp_path, hang_guard, kind):
+    m = tmp_path / "m.safetensors"
+    if kind == "fifo":
+        os.mkfifo(m)
+    elif kind == "devzero":
+        m.symlink_to("/dev/zero")
+    elif kind == "broken":
+        m.symlink_to(tmp_path / "gone.safetensors")
+    else:
+        m.mkdir()
+    Image.fromarray(hf.RGB).save(tmp_path / "a.png")
+    hang_guard(60)
+    r = run_batch(tmp_path / "a.png", "-o", tmp_path / "out", "--model", m)
+    want = {"fifo": "is a FIFO (named pipe), not a regular file",
+            "devzero": "is a character device, not a regular file",
+            "folder": "is a directory, not a checkpoint file",
+            "broken": f"broken symbolic link (its target {tmp_path / 'gone.safetensors'} does not exist)"}[kind]
+    assert r.exit_code == 2 and r.output.splitlines() == [f"error: {m}: {want}"], r.output
+
+
+def test_png_with_two_ihdr_chunks_says_so(tmp_path):
+    _, line = batch(tmp_path, "two.png", hf.png_two_ihdr(), expect_ok=False)
+    assert line.endswith("corrupt PNG file (2 IHDR chunks; a PNG has one, first)")
+
+
+def test_12_bit_jpeg_is_refused_by_name(tmp_path):
+    _, line = batch(tmp_path, "j12.jpg", hf.jpeg_12bit(), expect_ok=False)
+    assert line.endswith("12-bit JPEG images are not supported (only 8 bits per sample)")
+
+
+def test_broken_links_in_an_input_folder_are_named(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(hf.RGB).save(src / "a.png")
+    (src / "gone.png").symlink_to(src / "nowhere.png")
+    (src / "loop.png").symlink_to(src / "loop.png")
+    (src / "notes.txt").symlink_to(src / "nowhere.txt")          # not an image name: not an input
+    r = run_batch(src, "-o", out, "--model", "seed")
+    assert r.exit_code == 1, r.output
+    assert r.output.splitlines() == [
+        f"error: {src / 'gone.png'}: broken symbolic link (its target {src / 'nowhere.png'} does not exist)",
+        f"error: {src / 'loop.png'}: symbolic link loop (too many levels of symbolic links)",
+        "1 file denoised, 2 failed."]
+
+
+def test_tiff_whose_full_image_sits_in_a_subifd_is_refused(tmp_path):
+    _, line = batch(tmp_path, "sub.tif", hf.tiff_full_image_in_subifd(), expect_ok=False)
+    assert line.endswith("TIFF with a 32x24 image in a SubIFD besides the 8x6 image in IFD0 is not supported: only "
+                         "single-image files are denoised, so no image is lost")
