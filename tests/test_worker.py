@@ -144,7 +144,7 @@ def test_context_region_and_settings():
     with pytest.raises(ValueError):
         dc.crop_rows(bytes(9 * 7 * 4), 9, 7, 1, 5, 0, 5, 1)
     s = dc.job_settings({"model": " seed ", "strength": 0.5, "noise_level": 2})
-    assert s == {"model": "seed", "strength": 0.5, "noise_level": 2.0, "device": "auto", "tile": 1024,
+    assert s == {"model": "seed", "strength": 0.5, "noise_level": 2.0, "sigma": None, "device": "auto", "tile": 1024,
                  "precision": "auto"}
     assert dc.job_settings({"model": ""})["model"] == "default" and dc.job_settings()["noise_level"] is None
     for bad in ({"strength": 1.5}, {"noise_level": 4.5}, {"noise_level": -1}):
