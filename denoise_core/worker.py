@@ -62,6 +62,7 @@ import shutil
 import stat
 import sys
 import threading
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +115,10 @@ class _FieldError(ValueError):
 _REQUIRED = object()
 
 
-def _get(obj: dict, key: str, kind: str, default=_REQUIRED):
+def _get(obj: dict, key: str, kind: str, default: Any = _REQUIRED) -> Any:
     """obj[key] checked to be of `kind` ("int", "number", "number|null", "str"); absent or null
     gives `default` (for "number|null", null stays null), or _FieldError when there is none."""
-    value = obj.get(key)
+    value: Any = obj.get(key)
     if value is None and not (kind == "number|null" and key in obj):
         if default is _REQUIRED:
             raise _FieldError(f'"{key}" is missing')
@@ -126,8 +127,8 @@ def _get(obj: dict, key: str, kind: str, default=_REQUIRED):
         return None
     ok = {"int": type(value) is int,
           "str": isinstance(value, str),
-          "number": type(value) in (int, float) and math.isfinite(value),
-          "number|null": type(value) in (int, float) and math.isfinite(value)}[kind]
+          "number": type(value) in (int, float) and math.isfinite(float(value or 0)),
+          "number|null": type(value) in (int, float) and math.isfinite(float(value or 0))}[kind]
     if not ok:
         want = {"int": "an integer", "str": "a string", "number": "a finite number",
                 "number|null": "a number or null"}[kind]
@@ -239,7 +240,9 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
         _exit_when_parent_dies(base)
     dtype, peak = _DTYPES[dtype_name]
     size = np.dtype(dtype).itemsize
-    raw = _read_regular(paths["input"], size=w * h * c * size, what="an input file")
+    in_path, out_path = paths["input"], paths["output"]
+    assert in_path is not None and out_path is not None  # required above
+    raw = _read_regular(in_path, size=w * h * c * size, what="an input file")
     if len(raw) != w * h * c * size:
         raise ValueError(f"input holds {len(raw)} bytes, expected {w * h * c * size} for {w}x{h}x{c} {dtype_name}")
     mask = None
@@ -289,10 +292,11 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
             data[..., -1] = native[..., order][..., -1]  # alpha: the input's own integers
     else:
         data = result.astype(dtype)
-    atomic_write_bytes(paths["output"], np.ascontiguousarray(data[..., order]).tobytes())
+    atomic_write_bytes(out_path, np.ascontiguousarray(data[..., order]).tobytes())
     for key, img in (("rgba8", result), ("rgba8_before", pix)):
-        if paths[key] is not None:
-            atomic_write_bytes(paths[key], _rgba8(img, linear))
+        extra = paths[key]
+        if extra is not None:
+            atomic_write_bytes(extra, _rgba8(img, linear))
     _emit(event="done", output=job["output"], pid=os.getpid(), **reply)
 
 

@@ -255,7 +255,7 @@ def png_idat_size(width: int, height: int) -> bytes:
 
 def jpeg_12bit() -> bytes:
     import imagecodecs
-    return imagecodecs.jpeg8_encode(RGB.astype(np.uint16) * 16, bitspersample=12)
+    return bytes(imagecodecs.jpeg8_encode(RGB.astype(np.uint16) * 16, bitspersample=12))
 
 
 def png_two_ihdr() -> bytes:
@@ -263,7 +263,7 @@ def png_two_ihdr() -> bytes:
     return png[:33] + png[8:33] + png[33:]
 
 
-def tiff_float(dtype=np.float32, nan_at: tuple | None = None) -> bytes:
+def tiff_float(dtype: type = np.float32, nan_at: tuple | None = None) -> bytes:
     px = (RGB / 255).astype(dtype)
     if nan_at is not None:
         px[nan_at] = np.nan

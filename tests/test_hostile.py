@@ -435,7 +435,7 @@ def test_worker_request_without_a_newline_is_capped(monkeypatch):
     assert events[1]["id"] == 7                     # the worker reads on after the long line
 
 
-def _job_folder(tmp_path, w=4, h=3, c=3, pixels=None, **job):
+def _job_folder(tmp_path, w: int = 4, h: int = 3, c: int = 3, pixels=None, **job: Any):
     import json
     d = tmp_path / "denoise-cnn-job"
     d.mkdir()
@@ -458,7 +458,8 @@ def test_worker_job_paths_stay_inside_the_job_folder(tmp_path, monkeypatch, key,
         value = str(outside)
     if value == "LINK":
         value = "link.raw"
-    d = _job_folder(tmp_path, **{key: value})
+    fields: dict[str, Any] = {key: value}
+    d = _job_folder(tmp_path, **fields)
     (d / "link.raw").symlink_to(tmp_path / "secret.raw")
     (tmp_path / "secret.raw").write_bytes(np.zeros((3, 4, 3), "<f4").tobytes())
     before = sorted(p.name for p in tmp_path.iterdir())
