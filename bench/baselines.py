@@ -30,6 +30,23 @@ class BaselineMissing(RuntimeError):
     pass
 
 
+def best_sigma(grid, run, score):
+    """The best (score, sigma, output) of `run(sigma)` over `grid`, in ascending sigma: the oracle
+    sigma search. Quality against sigma is unimodal, so it stops two grid steps past the peak."""
+    best, worse = None, 0
+    for s in grid:
+        o = run(s)
+        p = score(o)
+        if best is None or p > best[0]:
+            best, worse = (p, s, o), 0
+        else:
+            worse += 1
+            if worse >= 2:
+                break
+    assert best is not None, "empty sigma grid"
+    return best
+
+
 def _package_dir(name: str) -> Path | None:
     """The installed package folder, found without importing (running) the package."""
     try:

@@ -55,7 +55,7 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from baselines import CBM3D, FFDNet, INSTALL_HINT, try_load  # noqa: E402
+from baselines import CBM3D, FFDNet, INSTALL_HINT, best_sigma, try_load  # noqa: E402
 from pipelines import HELD_OUT, describe, develop_pair  # noqa: E402
 
 from denoise_core.api import DEFAULT_MODEL, Denoiser, shipped_models  # noqa: E402
@@ -134,19 +134,8 @@ def jpeg_u8(clean_u8: np.ndarray, quality: int) -> np.ndarray:
 
 
 def oracle_search(run, ref_t: torch.Tensor):
-    """FFDNet's best (PSNR, sigma, output) over ORACLE_GRID, in ascending sigma; PSNR against sigma
-    is unimodal, so the search stops two grid steps past the peak."""
-    best, worse = None, 0
-    for s in ORACLE_GRID:
-        o = run(s)
-        p = psnr(to_t(o), ref_t)
-        if best is None or p > best[0]:
-            best, worse = (p, s, o), 0
-        else:
-            worse += 1
-            if worse >= 2:
-                break
-    return best
+    """FFDNet's best (PSNR, sigma, output) over ORACLE_GRID (baselines.best_sigma)."""
+    return best_sigma(ORACLE_GRID, run, lambda o: psnr(to_t(o), ref_t))
 
 
 # --------------------------------------------------------------------------- run

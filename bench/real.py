@@ -95,29 +95,13 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
     return ssim(t(a), t(b))
 
 
-def _oracle(run, clean: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """Best (PSNR, sigma, output) over GRID; PSNR against sigma is unimodal, so the search stops two
-    steps past the peak."""
-    best, worse = None, 0
-    for s in GRID:
-        o = run(s)
-        p = _psnr(o, clean)
-        if best is None or p > best[0]:
-            best, worse = (p, s, o), 0
-        else:
-            worse += 1
-            if worse >= 2:
-                break
-    assert best is not None
-    return best
-
-
-def evaluate(folder: Path, models: list[str], *, fixed_sigma: float, levels: tuple[float, ...],
+def evaluate(pairs: list[Pair], models: list[str], *, fixed_sigma: float, levels: tuple[float, ...],
              ffdnet: bool = True, log=print) -> tuple[list[str], dict[str, dict[str, tuple[float, float]]], list]:
     """{method: {pair name: (PSNR, SSIM)}} and the method order."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from baselines import best_sigma
+
     from denoise_core import Denoiser
-    pairs = find_pairs(folder)
     dns = {m: Denoiser(m) for m in models}
     ff = est = None
     if ffdnet:
@@ -153,7 +137,8 @@ def evaluate(folder: Path, models: list[str], *, fixed_sigma: float, levels: tup
                     put(f"`{_name(m)}` noise level {lv:g}", p.name, out, clean)
                 put(f"`{_name(m)}` sigma {fixed_sigma:g} (one value for all)", p.name,
                     dn.denoise(n8, sigma=fixed_sigma).astype(np.float64), clean)
-                best = _oracle(lambda s: dn.denoise(n8, sigma=s).astype(np.float64), clean)
+                best = best_sigma(GRID, lambda s: dn.denoise(n8, sigma=s).astype(np.float64),
+                                  lambda o: _psnr(o, clean))
                 put(f"`{_name(m)}` best sigma per image", p.name, best[2], clean)
                 sigmas.append((p.name, _name(m), best[1]))
         if ff is not None:
@@ -161,7 +146,7 @@ def evaluate(folder: Path, models: list[str], *, fixed_sigma: float, levels: tup
             if est is not None:
                 s_est = float(est(x, channel_axis=-1, average_sigmas=True)) * 255.0
                 put("FFDNet, estimate_sigma", p.name, _u8(ff(x, s_est) * 255.0), clean)
-            best = _oracle(lambda s: _u8(ff(x, s) * 255.0), clean)
+            best = best_sigma(GRID, lambda s: _u8(ff(x, s) * 255.0), lambda o: _psnr(o, clean))
             put("FFDNet, best sigma per image (oracle)", p.name, best[2], clean)
             sigmas.append((p.name, "FFDNet", best[1]))
         log(f"{i + 1}/{len(pairs)} {p.name} {time.perf_counter() - t0:.1f}s")
@@ -201,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     pairs = find_pairs(a.folder)
     levels = tuple(float(v) for v in a.levels.split(",") if v)
-    order, res, sigmas = evaluate(a.folder, [m for m in a.models.split(",") if m], fixed_sigma=a.sigma,
+    order, res, sigmas = evaluate(pairs, [m for m in a.models.split(",") if m], fixed_sigma=a.sigma,
                                   levels=levels, ffdnet=not a.no_ffdnet,
                                   log=lambda s: print(s, file=sys.stderr, flush=True))
     text = (f"Real pairs in {a.folder.name}: mean PSNR (dB) against the clean reference per camera and "
