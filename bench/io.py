@@ -9,11 +9,11 @@ noise, so PNG compresses it as it would a noisy photo), cut to the size asked. E
 process, so every number includes what a user's first run pays except the operating system's file
 cache (the files are read once before timing):
 
-- `imports`: `python -c "import cli.batch"` in a fresh interpreter (wall time: start, NumPy,
+- `imports`: `python -c "import denoise_cli.batch"` in a fresh interpreter (wall time: start, NumPy,
   torch, Pillow, imagecodecs, click), as the installed `denoise-batch` (the same module) pays it.
 - `model load`, `read + decode`, `model`, `encode + write`: timed inside a fresh process doing what
   `denoise-batch` does for one file (Denoiser, read_image, Denoiser.denoise, write_image).
-- `denoise-batch, whole command`: wall time of `python -m cli.batch PHOTO -o OUT --overwrite`.
+- `denoise-batch, whole command`: wall time of `python -m denoise_cli.batch PHOTO -o OUT --overwrite`.
 - `everything but the model`: the whole command minus `model` (the target's measure: it also holds
   interpreter exit and the command's own work), and the sum of the other stages beside it; issue
   16's target is 1.5 s.
@@ -60,7 +60,7 @@ def child(spec: dict) -> None:
     """One file the way denoise-batch does it, each stage timed; prints a JSON line."""
     t0 = time.perf_counter()
     sys.path.insert(0, str(ROOT))
-    import cli.batch  # noqa: F401  (the command's imports)
+    import denoise_cli.batch  # noqa: F401  (the command's imports)
     from denoise_core.api import Denoiser
     from denoise_core.device import use_all_cores
     from denoise_core.imageio import Photo, read_image, write_image
@@ -106,9 +106,9 @@ def main() -> None:
         spec = json.dumps({"photo": str(photo), "out": str(out / "photo.png"), "model": a.model})
         rows: dict[str, list[float]] = {}
         precision = "?"
-        subprocess.run([py, "-c", "import cli.batch"], cwd=ROOT, check=True)  # warm the file cache
+        subprocess.run([py, "-c", "import denoise_cli.batch"], cwd=ROOT, check=True)  # warm the file cache
         for _ in range(a.runs):
-            rows.setdefault("imports", []).append(wall([py, "-c", "import cli.batch"]))
+            rows.setdefault("imports", []).append(wall([py, "-c", "import denoise_cli.batch"]))
             r = subprocess.run([py, str(Path(__file__).resolve()), "--child", spec], cwd=ROOT, check=True,
                                capture_output=True, text=True)
             got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -117,7 +117,7 @@ def main() -> None:
             for k, v in got.items():
                 rows.setdefault(k, []).append(v)
             rows.setdefault("denoise-batch, whole command", []).append(
-                wall([py, "-m", "cli.batch", str(photo), "-o", str(out), "--overwrite", "--model", a.model]))
+                wall([py, "-m", "denoise_cli.batch", str(photo), "-o", str(out), "--overwrite", "--model", a.model]))
     best = {k: min(v) for k, v in rows.items()}
     rest = best["denoise-batch, whole command"] - best["model"]  # what a user waits for, besides the model
     parts = sum(best[k] for k in ("imports", "model load", "read + decode", "encode + write"))

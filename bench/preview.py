@@ -1,6 +1,6 @@
 """Plug-in preview latency: what a live 1:1 preview of a box costs on the persistent worker.
 
-Drives the worker exactly as the Krita dialog does (`plugins/common/denoise_client.py`: an info
+Drives the worker exactly as the Krita dialog does (`denoise_plugins/common/denoise_client.py`: an info
 request for the model's context, then a job on the box read with that context around it, as
 Krita's native 8-bit B,G,R,A bytes, cropped back to the box and rendered as 8-bit before/after
 pictures), on random photo-like pixels. "first" is a fresh worker: Python, torch, the model, then
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from plugins.common import denoise_client as dc  # noqa: E402
+from denoise_plugins.common import denoise_client as dc  # noqa: E402
 
 
 def region_bytes(rng: np.random.Generator, w: int, h: int) -> bytes:

@@ -58,13 +58,8 @@ class ModelNotFoundError(ValueError):
 
 
 def weights_dir() -> Path:
-    try:
-        p = Path(str(resources.files("denoise_core.weights")))
-        if p.is_dir():
-            return p
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "weights"
+    """The folder of the shipped weights and their cards (the package `denoise_core.weights`)."""
+    return Path(str(resources.files("denoise_core.weights")))
 
 
 RAW_ARCHS = ("raw",)  # sensor-mosaic models: camera raw files only (denoise_core.raw_denoise)

@@ -219,7 +219,7 @@ def dist_info() -> DistInfo:
 def shutdown_distributed(*, finished: bool = False) -> None:
     """Leave the process group. After a finished run every rank first waits for the others (rank 0
     still writes its reports), so they leave together; after a failure there is no barrier: another
-    rank may never come. (denoise-train then skips the interpreter's teardown: see cli/train.py.)"""
+    rank may never come. (denoise-train then skips the interpreter's teardown: see denoise_cli/train.py.)"""
     if dist.is_available() and dist.is_initialized():
         if finished:
             dist.barrier()

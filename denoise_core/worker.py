@@ -1,7 +1,7 @@
 """The worker the host plugins start: `python -m denoise_core.worker --serve` (persistent) or
 `python -m denoise_core.worker JOB.json` (one job).
 
-Protocol (the plugins' side is plugins/common/denoise_client.py):
+Protocol (the plugins' side is denoise_plugins/common/denoise_client.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
              "output": "out.raw", "transfer": "srgb" | "linear", "model": "default" | name | path,
              "strength": 0..1, "noise_level": null or 0..4 (optional, see api.py),
@@ -19,7 +19,7 @@ Optional, so that a host Python without numpy does no per-pixel work (Krita's pr
             (Krita's U8/U16), for both files.
   "crop": [x, y, w, h]  out.raw (and what follows) is only this rectangle of the input.
   "mask": "mask.raw"    w x h bytes (the crop's): out = in + (denoised - in) * mask / 255 on
-            colour (pixels with mask 0 stay bit-identical; plugins/krita/denoise_cnn/pixels.py
+            colour (pixels with mask 0 stay bit-identical; denoise_plugins/krita/denoise_cnn/pixels.py
             apply_mask is the same blend).
   "rgba8": "after.raw", "rgba8_before": "before.raw"   8-bit sRGB-encoded R,G,B,A of the output
             and of the input (crop), for an on-screen preview.
@@ -544,7 +544,7 @@ def _pid(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    atexit.register(gc.freeze)  # the last collection at exit skips torch's objects (cli/batch.py)
+    atexit.register(gc.freeze)  # the last collection at exit skips torch's objects (denoise_cli/batch.py)
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--serve"]:
         opts = dict(zip(args[1::2], args[2::2]))

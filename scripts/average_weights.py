@@ -1,8 +1,8 @@
 """Interpolate two checkpoints of one network, parameter by parameter (weight-space ensembling, as in
 WiSE-FT: a fine-tuned net and the net it started from, averaged, often keeps the gains of both).
 
-    PYTHONPATH=. python scripts/average_weights.py weights/unet.safetensors finetuned.safetensors out.safetensors \
-        --alpha 0.5 --card selection="..."
+    PYTHONPATH=. python scripts/average_weights.py denoise_core/weights/unet.safetensors finetuned.safetensors \
+        out.safetensors --alpha 0.5 --card selection="..."
 
 `alpha` is the share of the second checkpoint (0 gives the first, 1 the second). Both must hold
 the same architecture and arguments, or, with `--grow`, the second a smaller net of the first's

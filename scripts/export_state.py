@@ -4,7 +4,7 @@ The run's own `<out>` keeps its best validation step; shipping the last step ins
 picking weights on the photos the benchmark measures. The card is the run's, with the step and
 validation figures of the last evaluation, plus any `--card KEY=VALUE` lines.
 
-    PYTHONPATH=. python scripts/export_state.py unet_g4.safetensors weights/unet.safetensors \
+    PYTHONPATH=. python scripts/export_state.py unet_g4.safetensors denoise_core/weights/unet.safetensors \
         --card selection="final step (...)"
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Train the shipped weights on the allowed photos (see denoise_core/photos.py) with synthetic noise.
 
-    python scripts/train_shipped.py --arch unet --out weights/unet.safetensors --steps 16000 [--resume]
+    python scripts/train_shipped.py --arch unet --out denoise_core/weights/unet.safetensors --steps 16000 [--resume]
 
 Deepen a trained net (added blocks start as identities, so training resumes from its quality):
 
     python scripts/train_shipped.py --arch unet --arch-args '{"enc_blocks": [2, 3], "dec_blocks": [3, 2]}' \
-        --grow --init weights/unet.safetensors --out grown.safetensors ...
+        --grow --init denoise_core/weights/unet.safetensors --out grown.safetensors ...
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Write weights/<name>.md, the card of each shipped weight file, from its checkpoint metadata and,
+"""Write denoise_core/weights/<name>.md, the card of each shipped weight file, from its checkpoint metadata and,
 when given, bench/quality.py's JSON (`--quality docs/bench/quality.json`)."""
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Write weights/raw.md, the card of the raw-domain weights, from the checkpoint's metadata, the
+"""Write denoise_core/weights/raw.md, the card of the raw-domain weights, from the checkpoint's metadata, the
 training state (steps, minutes, validation curve) and bench/raw.py's Markdown table.
 
-    python scripts/write_raw_card.py --weights weights/raw.safetensors \
-        --state training/raw/raw.safetensors.state.pt --bench docs/bench/raw.md --out weights/raw.md
+    python scripts/write_raw_card.py --weights denoise_core/weights/raw.safetensors \
+        --state training/raw/raw.safetensors.state.pt --bench docs/bench/raw.md --out denoise_core/weights/raw.md
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from denoise_core.photos import PACKAGES, SELECTION, TRAIN
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--weights", default="weights/raw.safetensors")
+    ap.add_argument("--weights", default="denoise_core/weights/raw.safetensors")
     ap.add_argument("--state", default=None, help="the training run's <out>.state.pt (curves, minutes)")
     ap.add_argument("--bench", default="docs/bench/raw.md")
-    ap.add_argument("--out", default="weights/raw.md")
+    ap.add_argument("--out", default="denoise_core/weights/raw.md")
     a = ap.parse_args()
     p = Path(a.weights)
     ck = load_checkpoint(p)

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image, ImageCms
 
-from cli.batch import main
+from denoise_cli.batch import main
 from denoise_core import imageio
 from denoise_core.metrics import psnr
 from denoise_core.noise import apply_noise

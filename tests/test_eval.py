@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from cli.eval import image_metrics
-from cli.eval import main as eval_main
+from denoise_cli.eval import image_metrics
+from denoise_cli.eval import main as eval_main
 from denoise_core.checkpoint import save_checkpoint
 from denoise_core.metrics import ssim
 from denoise_core.models import create_model

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import hostile_files as hf
-from cli.batch import main
+from denoise_cli.batch import main
 from denoise_core import imageio
 from denoise_core.checkpoint import CheckpointError, load_checkpoint
 from denoise_core.imageio import ImageReadError, ImageWriteError, Photo, read_image, write_image

@@ -33,7 +33,7 @@ from denoise_core.metrics import psnr
 from denoise_core.noise import apply_noise
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_SRC = ROOT / "plugins" / "gimp" / "denoise-cnn" / "denoise-cnn.py"
+PLUGIN_SRC = ROOT / "denoise_plugins" / "gimp" / "denoise-cnn" / "denoise-cnn.py"
 CHROOT = Path(os.environ.get("GIMP_CHROOT", "/work/gimp-chroot"))
 GIMP = "/usr/bin/gimp-console-3.0"
 GIMP_GUI = "/usr/bin/gimp-3.0"
@@ -55,7 +55,7 @@ def load_plugin_module():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """`denoise-plugin ARGS`: the real click command, from this checkout."""
-    code = "import sys; from cli.plugin import main; sys.argv[0] = 'denoise-plugin'; main()"
+    code = "import sys; from denoise_cli.plugin import main; sys.argv[0] = 'denoise-plugin'; main()"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
 
@@ -92,7 +92,8 @@ def test_install_and_uninstall_layout(tmp_path):
     script = d / "denoise-cnn.py"
     assert script.stat().st_mode & stat.S_IXUSR
     assert script.read_bytes() == PLUGIN_SRC.read_bytes()
-    assert (d / "denoise_client.py").read_bytes() == (ROOT / "plugins" / "common" / "denoise_client.py").read_bytes()
+    common = ROOT / "denoise_plugins" / "common"
+    assert (d / "denoise_client.py").read_bytes() == (common / "denoise_client.py").read_bytes()
     cfg = json.loads((d / "denoise_worker.json").read_text())
     assert cfg["python"] == sys.executable and MODEL in cfg["models"] and cfg["default_model"]
     assert "pythonpath" in cfg

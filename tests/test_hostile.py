@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import hostile_files as hf
-from cli.batch import main
+from denoise_cli.batch import main
 from denoise_core import imageio
 from denoise_core.imageio import read_image
 
@@ -134,9 +134,9 @@ def test_fifo_is_refused_without_hanging(tmp_path):
     # and fails this test, instead of an alarm with no handler killing the whole test run
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "cli.batch", str(src / "x.png"), str(src / "good.png"), "-o", str(out),
-                        "--model", "seed"], cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "denoise_cli.batch", str(src / "x.png"), str(src / "good.png"),
+                        "-o", str(out), "--model", "seed"], cwd=os.path.dirname(os.path.dirname(__file__)),
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr
     assert f"error: {src / 'x.png'}: is a FIFO (named pipe), not a regular file" in r.stderr.splitlines()
     assert (out / "good.png").is_file()
@@ -238,7 +238,7 @@ def test_sigterm_to_a_real_process_leaves_no_part_file(tmp_path):
             "    open(sys.argv[1], 'w').close()\n"
             "    import time; time.sleep(60)\n"
             "io._WRITERS['TIFF'] = slow\n"
-            "from cli.batch import main\n"
+            "from denoise_cli.batch import main\n"
             "main(sys.argv[2:])\n")
     flag = tmp_path / "writing"
     p = subprocess.Popen([sys.executable, "-c", code, str(flag), str(src), "-o", str(out), "--model", "seed",
@@ -295,7 +295,7 @@ def test_sigkill_mid_write_leaves_a_temp_file_the_next_run_removes(tmp_path):
             "    open(sys.argv[1], 'w').close()\n"
             "    import time; time.sleep(60)\n"
             "io._WRITERS['PNG'] = slow\n"
-            "from cli.batch import main\n"
+            "from denoise_cli.batch import main\n"
             "main(sys.argv[2:])\n")
     flag = tmp_path / "writing"
     p = subprocess.Popen([sys.executable, "-c", code, str(flag), str(src), "-o", str(out), "--model", "seed"],
@@ -321,7 +321,7 @@ def test_sigkill_mid_write_leaves_a_temp_file_the_next_run_removes(tmp_path):
 # ---------------------------------------------------------------------------------- --resume state
 
 def test_resume_from_an_empty_or_damaged_state_names_it(tmp_path):
-    from cli.train import main as train_main
+    from denoise_cli.train import main as train_main
     from denoise_core.train import state_path
     clean = tmp_path / "clean"
     clean.mkdir()

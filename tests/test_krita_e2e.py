@@ -347,7 +347,7 @@ def krita_run(tmp_path_factory, photo_rgb):
     tmpdir = tmp_path_factory.mktemp("krita-tmp")  # where the client's job folders go
     env.update(HOME=str(home), LANG="C.UTF-8", LC_ALL="C.UTF-8", TMPDIR=str(tmpdir))
     # the real install command (the `denoise-plugin` console script runs this same click group)
-    r = subprocess.run([py, "-m", "cli.plugin", "install", "krita", "--python", py],
+    r = subprocess.run([py, "-m", "denoise_cli.plugin", "install", "krita", "--python", py],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     pykrita = home / ".local/share/krita/pykrita"
@@ -356,7 +356,7 @@ def krita_run(tmp_path_factory, photo_rgb):
     (pykrita / "denoise_cnn_test/__init__.py").write_text(TEST_PLUGIN)
     (pykrita / "denoise_cnn_test.desktop").write_text(TEST_DESKTOP)
     sys.path.insert(0, str(REPO))
-    from cli.install_krita import set_kritarc_flag
+    from denoise_cli.install_krita import set_kritarc_flag
     set_kritarc_flag(home / ".config/kritarc", "enable_denoise_cnn_test", "true")
 
     clean = photo_rgb[:H, :W].astype(np.float32) / 255.0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PIXELS = REPO / "plugins/krita/denoise_cnn/pixels.py"
+PIXELS = REPO / "denoise_plugins/krita/denoise_cnn/pixels.py"
 
 
 def _load_pixels(numpy_ok: bool):
@@ -147,13 +147,13 @@ def test_preview_rgba8_and_crop(px):
 
 
 def test_plugin_package_imports_without_krita():
-    sys.path.insert(0, str(REPO / "plugins/krita"))
+    sys.path.insert(0, str(REPO / "denoise_plugins/krita"))
     try:
         import denoise_cnn  # noqa: F401  (no krita module: registers nothing, raises nothing)
         from denoise_cnn import job, pixels  # noqa: F401
         assert job.client().CONFIG_NAME == "denoise_worker.json"
     finally:
-        sys.path.remove(str(REPO / "plugins/krita"))
+        sys.path.remove(str(REPO / "denoise_plugins/krita"))
         for m in [m for m in sys.modules if m == "denoise_cnn" or m.startswith("denoise_cnn.")]:
             del sys.modules[m]
 
@@ -168,13 +168,13 @@ def home(tmp_path, monkeypatch):
 
 
 def test_plugin_files_point_at_repo():
-    from cli.plugin_files import common_client, plugin_source
+    from denoise_cli.plugin_files import common_client, plugin_source
     assert (plugin_source("krita") / "denoise_cnn.desktop").is_file()
     assert common_client().name == "denoise_client.py" and common_client().is_file()
 
 
 def test_install_layout_kritarc_and_uninstall(home):
-    from cli import install_krita as ik
+    from denoise_cli import install_krita as ik
 
     rc = home / ".config/kritarc"
     rc.parent.mkdir(parents=True)
@@ -209,7 +209,7 @@ def test_install_layout_kritarc_and_uninstall(home):
 
 
 def test_install_with_dest_and_fresh_kritarc(home, tmp_path):
-    from cli import install_krita as ik
+    from denoise_cli import install_krita as ik
 
     dest = tmp_path / "profile"
     ik.install(dest=dest, python=sys.executable)
@@ -227,7 +227,7 @@ def test_install_with_dest_and_fresh_kritarc(home, tmp_path):
 def test_install_finds_krita_folders_on_each_platform(home, monkeypatch, platform, resources, kritarc):
     """Where Krita keeps its resources and kritarc for a user, per platform (Krita's manual), in a
     fake home: Windows from APPDATA / LOCALAPPDATA, macOS under ~/Library."""
-    from cli import install_krita as ik
+    from denoise_cli import install_krita as ik
 
     monkeypatch.setattr(sys, "platform", platform)
     if platform == "win32":
@@ -244,7 +244,7 @@ def test_install_finds_krita_folders_on_each_platform(home, monkeypatch, platfor
 
 
 def test_kritarc_edits(tmp_path):
-    from cli.install_krita import kritarc_flag, set_kritarc_flag
+    from denoise_cli.install_krita import kritarc_flag, set_kritarc_flag
 
     rc = tmp_path / "kritarc"
     assert set_kritarc_flag(rc, "enable_x", "true")
@@ -260,7 +260,7 @@ def test_kritarc_edits(tmp_path):
 def test_install_rejects_python_without_core(home):
     import click
 
-    from cli import install_krita as ik
+    from denoise_cli import install_krita as ik
 
     with pytest.raises(click.ClickException, match="cannot"):
         ik.install(python="/bin/false")

@@ -154,7 +154,7 @@ def test_noise_level_refused_by_name(level_ckpt, tmp_path):
 
 
 def test_cli_noise_level_on_a_blind_model_is_a_usage_error(tmp_path):
-    from cli.batch import main
+    from denoise_cli.batch import main
 
     path = tmp_path / "blind.safetensors"
     save_checkpoint(path, create_model("seed"), {})

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage import data
 
-from cli.batch import main as batch_main
+from denoise_cli.batch import main as batch_main
 from denoise_core import device as devmod
 from denoise_core.api import Denoiser
 from denoise_core.device import cpu_has_bf16, pick_precision

@@ -14,7 +14,7 @@ import tifffile
 import torch
 from click.testing import CliRunner
 
-from cli.batch import main
+from denoise_cli.batch import main
 from denoise_core import raw as R
 from denoise_core.checkpoint import save_checkpoint
 from denoise_core.models import create_model
@@ -508,7 +508,7 @@ def clean_photos(tmp_path_factory):
 
 
 def _train_raw_cli(args):
-    from cli.train import main as train_main
+    from denoise_cli.train import main as train_main
     return CliRunner().invoke(train_main, [str(a) for a in args])
 
 

@@ -72,7 +72,7 @@ def _folder(tmp_path, img):
 
 
 def test_cli_sigma_writes_the_apis_result(level_net, tmp_path):
-    from cli.batch import main
+    from denoise_cli.batch import main
     _, path = level_net
     img = (np.random.default_rng(1).random((40, 56, 3)) * 255).astype(np.uint8)
     src = _folder(tmp_path, img)
@@ -90,7 +90,7 @@ def test_cli_sigma_writes_the_apis_result(level_net, tmp_path):
     (["--sigma", "101"], "--sigma"),
 ])
 def test_cli_sigma_usage_errors(level_net, tmp_path, args, words):
-    from cli.batch import main
+    from denoise_cli.batch import main
     _, path = level_net
     src = _folder(tmp_path, np.zeros((16, 16, 3), np.uint8))
     r = CliRunner().invoke(main, [str(src), "-o", str(tmp_path / "out"), "--model", str(path), *args])
@@ -116,7 +116,7 @@ def test_worker_passes_sigma(level_net, tmp_path):
 
 
 def test_client_settings_refuse_both_and_range():
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "plugins" / "common"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "denoise_plugins" / "common"))
     import denoise_client as c
     assert c.job_settings(sigma=7)["sigma"] == 7.0 and c.job_settings()["sigma"] is None
     with pytest.raises(c.WorkerError, match="not both"):

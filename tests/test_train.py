@@ -16,9 +16,9 @@ from PIL import Image
 from skimage import data
 from test_pairs import CAMERA, write_pairs
 
-from cli.eval import image_metrics
-from cli.eval import main as eval_main
-from cli.train import main as train_main
+from denoise_cli.eval import image_metrics
+from denoise_cli.eval import main as eval_main
+from denoise_cli.train import main as train_main
 from denoise_core.checkpoint import load_checkpoint, save_checkpoint
 from denoise_core.metrics import psnr, ssim
 from denoise_core.models import create_model
@@ -115,7 +115,7 @@ def test_torchrun_two_processes_train(tmp_path):
     out = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "cli.train",
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "denoise_cli.train",
                         "--clean", str(cd), "--noise", "gaussian:25", "--arch", "seed", "--out", str(out),
                         "--steps", "40", "--batch", "4", "--val-every", "20", "--device", "cpu"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -418,8 +418,8 @@ def test_arch_help_names_the_shipped_unet_arguments():
     shipped `unet` weights were built with, and they must be the ones their metadata records."""
     import json
 
-    from cli.train import SHIPPED_UNET_ARGS
-    shipped = load_checkpoint(REPO / "weights/unet.safetensors")
+    from denoise_cli.train import SHIPPED_UNET_ARGS
+    shipped = load_checkpoint(REPO / "denoise_core/weights/unet.safetensors")
     assert json.loads(SHIPPED_UNET_ARGS) == shipped.arch_args
     assert create_model("unet", **shipped.arch_args).state_dict().keys() == shipped.state_dict.keys()
     assert create_model("unet").state_dict().keys() != shipped.state_dict.keys()  # not the same network

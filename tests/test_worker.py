@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins" / "common"))
+sys.path.insert(0, str(ROOT / "denoise_plugins" / "common"))
 import denoise_client as dc  # noqa: E402
 
 
@@ -163,7 +163,7 @@ def test_worker_stops_and_cleans_up_when_the_plugin_dies(tmp_path):
     plugin = subprocess.Popen(
         [sys.executable, "-c", (
             "import sys, numpy as np\n"
-            f"sys.path.insert(0, {str(ROOT / 'plugins' / 'common')!r})\n"
+            f"sys.path.insert(0, {str(ROOT / 'denoise_plugins' / 'common')!r})\n"
             "import denoise_client as dc\n"
             "img = np.random.default_rng(0).random((2048, 2048, 3), dtype=np.float32)\n"
             f"dc.run_denoise(img.tobytes(), 2048, 2048, 3, python=sys.executable, pythonpath={str(ROOT)!r},\n"
@@ -234,7 +234,7 @@ def test_native_pixels_crop_mask_and_preview_match_the_krita_conversions(photo_r
     """The worker-side conversions (Krita's native bytes in and out, crop, selection blend, 8-bit
     preview) give exactly what the plugin's own pixels.py gives from the float path."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("kpx", ROOT / "plugins/krita/denoise_cnn/pixels.py")
+    spec = importlib.util.spec_from_file_location("kpx", ROOT / "denoise_plugins/krita/denoise_cnn/pixels.py")
     assert spec is not None and spec.loader is not None
     px = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(px)

@@ -2,8 +2,8 @@
 
 Layout (Krita 5):
   RESOURCES/pykrita/denoise_cnn.desktop
-  RESOURCES/pykrita/denoise_cnn/            the plugin package (plugins/krita/denoise_cnn)
-  RESOURCES/pykrita/denoise_cnn/denoise_client.py   copy of plugins/common/denoise_client.py
+  RESOURCES/pykrita/denoise_cnn/            the plugin package (denoise_plugins/krita/denoise_cnn)
+  RESOURCES/pykrita/denoise_cnn/denoise_client.py   copy of denoise_plugins/common/denoise_client.py
   RESOURCES/pykrita/denoise_cnn/denoise_worker.json  {"python", "pythonpath", "models", "default_model"}
 and `[python]` `enable_denoise_cnn=true` in kritarc, without which Krita does not load the plugin.
 

@@ -84,7 +84,8 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit(0)
 
 
-# the arguments weights/unet.safetensors was built with (tests/test_train.py checks them against its metadata)
+# the arguments denoise_core/weights/unet.safetensors was built with (tests/test_train.py checks them against
+# its metadata)
 SHIPPED_UNET_ARGS = '{"dec_blocks": [2, 2], "enc_blocks": [2, 2], "level_input": true}'
 RAW_PATCH = 128  # --domain raw's default patch: 128x128 photosites, 64x64 per packed plane
 

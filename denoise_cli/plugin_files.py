@@ -1,8 +1,5 @@
-"""What both plugin installers share: where the plugins' source files are (installed package
-`denoise_plugins`, or the repo's `plugins/`), and the worker settings (`denoise_worker.json`).
-
-Installed from a wheel, `plugins/` ships as the package `denoise_plugins`; in a source checkout
-(`python -m cli.plugin`, or an editable install) the files are the repo's `plugins/` folder.
+"""What both plugin installers share: where the plugins' source files are (the package
+`denoise_plugins`, installed or in a source checkout), and the worker settings (`denoise_worker.json`).
 """
 from __future__ import annotations
 
@@ -22,24 +19,15 @@ CLIENT_NAME = "denoise_client.py"
 _PROBE = ("import json; from denoise_core.api import shipped_models; "
           "print(json.dumps({'models': sorted(shipped_models())}))")
 
-_REPO_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
-
 
 def plugins_root() -> Path:
-    """The folder that holds `common/`, `krita/`, `gimp/`."""
-    try:
-        from importlib.resources import files
+    """The folder that holds `common/`, `krita/`, `gimp/`: the package `denoise_plugins`."""
+    import denoise_plugins
 
-        root = Path(str(files("denoise_plugins")))
-        if (root / "common" / "denoise_client.py").is_file():
-            return root
-    except (ImportError, ModuleNotFoundError, TypeError):
-        pass
-    if (_REPO_PLUGINS / "common" / "denoise_client.py").is_file():
-        return _REPO_PLUGINS
-    raise FileNotFoundError("plugin files not found: neither package denoise_plugins nor "
-                            f"{_REPO_PLUGINS} holds common/denoise_client.py")
-
+    root = Path(denoise_plugins.__file__).resolve().parent
+    if not (root / "common" / CLIENT_NAME).is_file():
+        raise FileNotFoundError(f"plugin files not found: {root} holds no common/{CLIENT_NAME}")
+    return root
 
 def plugin_source(host: str) -> Path:
     """The folder with HOST's plugin files (`krita` or `gimp`)."""
