@@ -1,7 +1,8 @@
 """`denoise-plugin install gimp`: the GIMP 3 plug-in for this user, wired to this Python.
 
 GIMP 3 loads `<profile>/plug-ins/NAME/NAME.py` (folder and script names must match, run bit set).
-We install `denoise-cnn/denoise-cnn.py`, the shared stdlib worker client beside it, and
+We install `denoise-cnn/denoise-cnn.py`, the shared stdlib worker client and the protocol's constants
+(`denoise_client.py`, `denoise_protocol.py`) beside it, and
 `denoise_worker.json`, which records the interpreter the plug-in starts the denoiser with (GIMP's
 own Python has no torch), the PYTHONPATH it needs (a source checkout) and the shipped models.
 """
@@ -13,7 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from .plugin_files import CLIENT_NAME, CONFIG_NAME, common_client, plugin_source, worker_settings
+from denoise_plugins.common.denoise_protocol import CONFIG_NAME
+
+from .plugin_files import common_files, plugin_source, worker_settings
 
 PLUGIN_NAME = "denoise-cnn"
 
@@ -48,7 +51,8 @@ def install(dest: Path | str | None = None, python: str = sys.executable) -> lis
     src = plugin_source("gimp") / PLUGIN_NAME
     script = f"{PLUGIN_NAME}.py"
     _write(target / script, (src / script).read_bytes(), 0o755)
-    _write(target / CLIENT_NAME, Path(common_client()).read_bytes(), 0o644)
+    for f in common_files():
+        _write(target / f.name, f.read_bytes(), 0o644)
     _write(target / CONFIG_NAME, (json.dumps(settings, indent=2) + "\n").encode(), 0o644)
     shutil.rmtree(target / "__pycache__", ignore_errors=True)  # stale bytecode of an older client
     pythonpath = f" (PYTHONPATH {settings['pythonpath']})" if settings["pythonpath"] else ""

@@ -4,6 +4,7 @@ Layout (Krita 5):
   RESOURCES/pykrita/denoise_cnn.desktop
   RESOURCES/pykrita/denoise_cnn/            the plugin package (denoise_plugins/krita/denoise_cnn)
   RESOURCES/pykrita/denoise_cnn/denoise_client.py   copy of denoise_plugins/common/denoise_client.py
+  RESOURCES/pykrita/denoise_cnn/denoise_protocol.py copy of denoise_plugins/common/denoise_protocol.py
   RESOURCES/pykrita/denoise_cnn/denoise_worker.json  {"python", "pythonpath", "models", "default_model"}
 and `[python]` `enable_denoise_cnn=true` in kritarc, without which Krita does not load the plugin.
 
@@ -24,7 +25,9 @@ import sys
 from pathlib import Path
 
 
-from .plugin_files import CLIENT_NAME, CONFIG_NAME, common_client, plugin_source, worker_settings
+from denoise_plugins.common.denoise_protocol import CONFIG_NAME
+
+from .plugin_files import common_files, plugin_source, worker_settings
 
 NAME = "denoise_cnn"
 SECTION = "python"
@@ -141,7 +144,8 @@ def install(dest: Path | str | None = None, python: str = sys.executable,
     pykrita.mkdir(parents=True, exist_ok=True)
     pkg = pykrita / NAME
     _copy_package(src / NAME, pkg)
-    shutil.copyfile(common_client(), pkg / CLIENT_NAME)
+    for f in common_files():
+        shutil.copyfile(f, pkg / f.name)
     (pkg / CONFIG_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(src / f"{NAME}.desktop", pykrita / f"{NAME}.desktop")
     rc = Path(kritarc) if kritarc else default_kritarc()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-CONFIG_NAME = "denoise_worker.json"
 CLIENT_NAME = "denoise_client.py"
+PROTOCOL_NAME = "denoise_protocol.py"
 
 # asks the worker interpreter what it can run; prints one JSON line
 _PROBE = ("import json; from denoise_core.api import shipped_models; "
@@ -39,7 +39,12 @@ def plugin_source(host: str) -> Path:
 
 def common_client() -> Path:
     """The stdlib-only worker client shared by the plugins."""
-    return plugins_root() / "common" / "denoise_client.py"
+    return plugins_root() / "common" / CLIENT_NAME
+
+
+def common_files() -> list[Path]:
+    """What every plug-in gets beside it: the worker client and the protocol constants it imports."""
+    return [plugins_root() / "common" / name for name in (CLIENT_NAME, PROTOCOL_NAME)]
 
 
 def _checkout_root() -> Path | None:

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from denoise_plugins.common.denoise_protocol import DEFAULT_TILE, MAX_NOISE_LEVEL, MAX_SIGMA
+
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import autocast, pick_device, pick_precision, precision_name
 from .files import file_problem
@@ -41,10 +43,7 @@ from .models import list_models
 from .tiler import make_grid, read_window
 
 DEFAULT_MODEL = "unet"
-DEFAULT_TILE = 1024  # a model call sees (tile + 2 * overlap)^2 pixels: ~300 MB for `unet` on the CPU
 DEFAULT_BORDER = 16  # mirrored context past the image edge (see tiler); the full overlap costs time, not quality
-MAX_NOISE_LEVEL = 4.0
-MAX_SIGMA = 100.0  # absolute noise level, 0-255 scale
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 

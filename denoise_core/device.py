@@ -13,7 +13,8 @@ import os
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from denoise_plugins.common.denoise_protocol import DEVICES
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,7 +1,8 @@
 """The worker the host plugins start: `python -m denoise_core.worker --serve` (persistent) or
 `python -m denoise_core.worker JOB.json` (one job).
 
-Protocol (the plugins' side is denoise_plugins/common/denoise_client.py):
+Protocol (the plugins' side is denoise_plugins/common/denoise_client.py; the constants both sides use,
+PROTOCOL_VERSION, MAX_NOISE_LEVEL, MAX_SIGMA, IDLE_S and the rest, are denoise_plugins/common/denoise_protocol.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
              "output": "out.raw", "transfer": "srgb" | "linear", "model": "default" | name | path,
              "strength": 0..1, "noise_level": null or 0..4 (optional, see api.py),
@@ -67,12 +68,12 @@ from pathlib import Path
 
 import numpy as np
 
+from denoise_plugins.common.denoise_protocol import (DEFAULT_TILE, IDLE_S, JOB_DIR_PREFIX, MAX_REQUEST_BYTES,
+                                                     PROTOCOL_VERSION, SAMPLE_BYTES)
+
 from .files import file_problem
 
-PROTOCOL_VERSION = 1
-IDLE_S = 600  # a persistent worker with no request for this long exits (and frees its memory)
 MAX_CACHED = 2  # loaded models kept by a persistent worker
-MAX_REQUEST_BYTES = 1 << 20  # a request line (a path and a few settings); a longer one is answered with an error
 MAX_JOB_BYTES = 1 << 20  # a job file
 _TOO_LONG = object()  # what the reader queues for a request over MAX_REQUEST_BYTES
 
@@ -102,7 +103,7 @@ def _exit_when_parent_dies(job_dir: Path) -> None:
                 pass
         except OSError:
             pass
-        if job_dir.name.startswith("denoise-cnn-"):
+        if job_dir.name.startswith(JOB_DIR_PREFIX):
             shutil.rmtree(job_dir, ignore_errors=True)
         os._exit(3)
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
@@ -196,7 +197,7 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
     """One job file. `cache` keeps loaded models between jobs (persistent mode); `reply` is added
     to every event (the request id). Everything the job names is checked (its fields, and its
     files: inside its folder, regular, of the right size) before any work."""
-    from .api import DEFAULT_TILE, check_finite
+    from .api import check_finite
     from .atomic import atomic_write_bytes
 
     reply = reply or {}
@@ -222,7 +223,7 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
         if not 0.0 <= strength <= 1.0:
             raise _FieldError(f'"strength" must be within 0..1, not {_shown(strength)}')
         dtype_name = _get(job, "dtype", "str", "f32")
-        if dtype_name not in _DTYPES:
+        if dtype_name not in SAMPLE_BYTES:
             raise ValueError(f"unknown dtype {_shown(dtype_name)}")
         crop = job.get("crop")
         if crop is not None and (not isinstance(crop, list) or len(crop) != 4
@@ -238,7 +239,7 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
             raise ValueError(f"crop {crop} leaves the {w}x{h} input")
     if job.get("parent_pipe"):
         _exit_when_parent_dies(base)
-    dtype, peak = _DTYPES[dtype_name]
+    dtype, peak = SAMPLE_TYPES[dtype_name]
     size = np.dtype(dtype).itemsize
     in_path, out_path = paths["input"], paths["output"]
     assert in_path is not None and out_path is not None  # required above
@@ -300,7 +301,8 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
     _emit(event="done", output=job["output"], pid=os.getpid(), **reply)
 
 
-_DTYPES = {"f32": ("<f4", 0), "f16": ("=f2", 0), "u8": (np.uint8, 255), "u16": ("=u2", 65535)}
+# the protocol's sample types (SAMPLE_BYTES) as numpy types, and their integer scale (0: float)
+SAMPLE_TYPES = {"f32": ("<f4", 0), "f16": ("=f2", 0), "u8": (np.uint8, 255), "u16": ("=u2", 65535)}
 
 
 def _rgba8(img: np.ndarray, linear: bool) -> bytes:
@@ -334,7 +336,6 @@ def _denoiser(cache: dict | None, model, device, precision, tile):
 
 
 def _info(req: dict, cache: dict) -> dict:
-    from .api import DEFAULT_TILE
 
     model, device, precision, tile, level = _settings(req, DEFAULT_TILE)
     dn = _denoiser(cache, model, device, precision, tile)
@@ -383,7 +384,7 @@ def _session(read_chunk, cache: dict, idle_s: float) -> str:
             pass
         d = current["dir"]
         if d is not None:
-            if d.name.startswith("denoise-cnn-"):
+            if d.name.startswith(JOB_DIR_PREFIX):
                 shutil.rmtree(d, ignore_errors=True)
             os._exit(3)
         requests.put(None)

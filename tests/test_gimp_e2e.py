@@ -88,12 +88,14 @@ def test_install_and_uninstall_layout(tmp_path):
         r = run_cli("install", "gimp", "--dest", str(profile), "--python", sys.executable)
         assert r.returncode == 0, r.stderr
     d = profile / "plug-ins" / "denoise-cnn"
-    assert sorted(p.name for p in d.iterdir()) == ["denoise-cnn.py", "denoise_client.py", "denoise_worker.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["denoise-cnn.py", "denoise_client.py", "denoise_protocol.py",
+                                                    "denoise_worker.json"]
     script = d / "denoise-cnn.py"
     assert script.stat().st_mode & stat.S_IXUSR
     assert script.read_bytes() == PLUGIN_SRC.read_bytes()
     common = ROOT / "denoise_plugins" / "common"
-    assert (d / "denoise_client.py").read_bytes() == (common / "denoise_client.py").read_bytes()
+    for name in ("denoise_client.py", "denoise_protocol.py"):
+        assert (d / name).read_bytes() == (common / name).read_bytes(), name
     cfg = json.loads((d / "denoise_worker.json").read_text())
     assert cfg["python"] == sys.executable and MODEL in cfg["models"] and cfg["default_model"]
     assert "pythonpath" in cfg

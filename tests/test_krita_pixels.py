@@ -184,7 +184,8 @@ def test_install_layout_kritarc_and_uninstall(home):
     pyk = home / ".local/share/krita/pykrita"
     desktop = (pyk / "denoise_cnn.desktop").read_text()
     assert "X-KDE-Library=denoise_cnn" in desktop and "ServiceTypes=Krita/PythonPlugin" in desktop
-    for f in ("__init__.py", "extension.py", "job.py", "dialog.py", "pixels.py", "denoise_client.py"):
+    for f in ("__init__.py", "extension.py", "job.py", "dialog.py", "pixels.py", "denoise_client.py",
+              "denoise_protocol.py"):
         assert (pyk / "denoise_cnn" / f).is_file(), f
     assert not (pyk / "denoise_cnn/__pycache__").exists()
     cfg = json.loads((pyk / "denoise_cnn/denoise_worker.json").read_text())

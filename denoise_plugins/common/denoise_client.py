@@ -24,12 +24,13 @@ import tempfile
 import threading
 import time
 
-CONFIG_NAME = "denoise_worker.json"
-PROTOCOL_VERSION = 1
-MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL
-MAX_SIGMA = 100.0  # denoise_core.api.MAX_SIGMA: absolute noise level on the 0-255 scale
-SAMPLE_BYTES = {"f32": 4, "f16": 2, "u16": 2, "u8": 1}
-IDLE_S = 600  # the worker exits after this long without a request (denoise_core.worker.IDLE_S)
+try:  # in a package: Krita's plug-in (the installer copies denoise_protocol.py beside this file), or
+    # denoise_plugins.common
+    from .denoise_protocol import (CONFIG_NAME, DEFAULT_TILE, JOB_DIR_PREFIX, MAX_NOISE_LEVEL, MAX_SIGMA,
+                                   PROTOCOL_VERSION, SAMPLE_BYTES)
+except ImportError:  # a top-level module: GIMP's plug-in folder (beside this file, on sys.path)
+    from denoise_protocol import (CONFIG_NAME, DEFAULT_TILE, JOB_DIR_PREFIX, MAX_NOISE_LEVEL, MAX_SIGMA,
+                                  PROTOCOL_VERSION, SAMPLE_BYTES)
 
 
 class WorkerError(RuntimeError):
@@ -77,7 +78,7 @@ def job_settings(settings: dict | None = None, **overrides) -> dict:
         if level is not None:
             raise WorkerError("give a relative noise level or an absolute sigma, not both")
     return {"model": model, "strength": strength, "noise_level": level, "sigma": sigma,
-            "device": str(s.get("device") or "auto"), "tile": int(s.get("tile") or 1024),
+            "device": str(s.get("device") or "auto"), "tile": int(s.get("tile") or DEFAULT_TILE),
             "precision": str(s.get("precision") or "auto")}
 
 
@@ -435,7 +436,7 @@ def run_denoise(
     noise_level: float | None = None,
     sigma: float | None = None,
     device: str = "auto",
-    tile: int = 1024,
+    tile: int = DEFAULT_TILE,
     precision: str = "auto",
     on_progress=None,
     is_cancelled=None,
@@ -477,7 +478,7 @@ def run_denoise(
             raise WorkerError(f"the denoiser's Python {python} no longer exists: reinstall with "
                               f"`denoise-plugin install`")
         worker = shared_worker(python, pythonpath, env)
-    tmp = tempfile.mkdtemp(prefix="denoise-cnn-")  # mode 0700: private to the user
+    tmp = tempfile.mkdtemp(prefix=JOB_DIR_PREFIX)  # mode 0700: private to the user
     try:
         with open(os.path.join(tmp, "in.raw"), "wb") as f:
             f.write(pixels)

@@ -23,9 +23,8 @@ from typing import Any
 
 PROC_NAME = "plug-in-denoise-cnn"
 PLUGIN_DIR = os.path.dirname(os.path.realpath(__file__))
-CONFIG_NAME = "denoise_worker.json"
-MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL (no torch here, so not imported)
-MAX_SIGMA = 100.0  # denoise_core.api.MAX_SIGMA
+sys.path.insert(0, PLUGIN_DIR)  # denoise_client.py and denoise_protocol.py, copied here by the installer
+from denoise_protocol import CONFIG_NAME, DEFAULT_TILE, MAX_NOISE_LEVEL, MAX_SIGMA  # noqa: E402
 
 
 def read_settings(plugin_dir=PLUGIN_DIR):
@@ -69,7 +68,6 @@ def main():
     gi.require_version("Gtk", "3.0")
     from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk
 
-    sys.path.insert(0, PLUGIN_DIR)
     import denoise_client
 
     def _(message):
@@ -83,7 +81,7 @@ def main():
                                     config.get_property("set-sigma"), config.get_property("sigma"))
         return denoise_client.job_settings(
             model=config.get_property("model"), strength=config.get_property("strength"),
-            noise_level=level, sigma=sigma, device=cfg.get("device", "auto"), tile=cfg.get("tile", 1024))
+            noise_level=level, sigma=sigma, device=cfg.get("device", "auto"), tile=cfg.get("tile", DEFAULT_TILE))
 
     def host_worker(cfg):
         # GIMP starts this script anew for every run; the worker (model loaded) stays up between

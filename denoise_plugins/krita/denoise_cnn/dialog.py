@@ -27,13 +27,16 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QD
 
 from . import job, pixels
 
+try:  # the installer copies denoise_protocol.py into this package
+    from .denoise_protocol import (  # pyright: ignore[reportMissingImports]
+        DEFAULT_TILE, DEVICES, MAX_NOISE_LEVEL, MAX_SIGMA)
+except ImportError:  # a source checkout: denoise_plugins/common on sys.path
+    from denoise_protocol import DEFAULT_TILE, DEVICES, MAX_NOISE_LEVEL, MAX_SIGMA
+
 CHECKPOINT_ITEM = "Checkpoint file…"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 PREVIEW = 512  # the preview box's largest side, in layer pixels (shown 1:1)
 OVERVIEW = 200  # the overview's largest side, in screen pixels
 PREVIEW_DELAY_MS = 250  # after the last control change, before the preview updates
-MAX_NOISE_LEVEL = 4.0  # denoise_core.api.MAX_NOISE_LEVEL (no torch here, so not imported)
-MAX_SIGMA = 100.0  # denoise_core.api.MAX_SIGMA
 SIGMA_SLIDER = 40.0  # the slider's top; the box takes up to MAX_SIGMA
 LEVEL_TIP = ("Off: automatic, the model judges the noise (one pass). On: tell it how much to remove, "
              "relative to what it finds by itself: 1 is about automatic, 2 also removes noise that "
@@ -257,9 +260,9 @@ class DenoiseDialog(QDialog):
         dev = _read_setting("device", "auto")
         self.device.setCurrentIndex(max(0, self.device.findText(dev)))
         try:
-            self.tile.setValue(int(_read_setting("tile", "1024")))
+            self.tile.setValue(int(_read_setting("tile", str(DEFAULT_TILE))))
         except ValueError:
-            self.tile.setValue(1024)
+            self.tile.setValue(DEFAULT_TILE)
 
     def settings(self) -> dict:
         """What the job gets; `noise_level` and `sigma` are None for automatic."""
