@@ -27,8 +27,8 @@ for p in (str(HERE.parent), str(HERE)):
 from baselines import FFDNet, try_load  # noqa: E402
 from quality import DEFAULT_PHOTOS, _seed, crops_of, ensure_photos, make_noisy, to_u8  # noqa: E402
 
-from denoise_core.api import Denoiser  # noqa: E402
-from denoise_core.photos import BENCHMARK, load_photos  # noqa: E402
+from denoise_core.inference.api import Denoiser  # noqa: E402
+from denoise_core.training.photos import BENCHMARK, load_photos  # noqa: E402
 
 BOX = 8
 

@@ -24,9 +24,9 @@ for p in (str(HERE.parent), str(HERE)):
 from quality import DEFAULT_PHOTOS, ensure_photos, make_noisy  # noqa: E402
 from speed import image_shape  # noqa: E402
 
-from denoise_core.api import DEFAULT_TILE, Denoiser  # noqa: E402
-from denoise_core.photos import BENCHMARK  # noqa: E402
-from denoise_core.tiler import make_grid  # noqa: E402
+from denoise_core.inference.api import DEFAULT_TILE, Denoiser  # noqa: E402
+from denoise_core.training.photos import BENCHMARK  # noqa: E402
+from denoise_core.inference.tiler import make_grid  # noqa: E402
 
 NOISES = {"σ=25": {"kind": "gaussian", "sigma": 25.0},
           "camera": {"kind": "camera", "camera": "Nikon D750", "iso": 12800.0, "ev": 0.0}}

@@ -32,8 +32,8 @@ from baselines import FFDNet, try_load  # noqa: E402
 from pipelines import HELD_OUT, develop_pair  # noqa: E402
 from quality import _seed, crops_of, ensure_photos, oracle_search, score, to_t, to_u8  # noqa: E402
 
-from denoise_core.api import Denoiser  # noqa: E402
-from denoise_core.photos import SELECTION  # noqa: E402
+from denoise_core.inference.api import Denoiser  # noqa: E402
+from denoise_core.training.photos import SELECTION  # noqa: E402
 
 # each swap: the keyword arguments of `develop_pair` that put one factor back
 SWAPS = {

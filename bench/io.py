@@ -41,7 +41,7 @@ def make_photo(path: Path, w: int, h: int, bits: int) -> None:
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from denoise_core.imageio import Photo, read_image, write_image
+    from denoise_core.imaging.imageio import Photo, read_image, write_image
 
     src = np.asarray(Image.open(ROOT / "examples/evening-glow_iso12800.png").convert("RGB"))
     tile = np.concatenate([src, src[:, ::-1]], axis=1)
@@ -61,9 +61,9 @@ def child(spec: dict) -> None:
     t0 = time.perf_counter()
     sys.path.insert(0, str(ROOT))
     import denoise_cli.batch  # noqa: F401  (the command's imports)
-    from denoise_core.api import Denoiser
-    from denoise_core.device import use_all_cores
-    from denoise_core.imageio import Photo, read_image, write_image
+    from denoise_core.inference.api import Denoiser
+    from denoise_core.inference.device import use_all_cores
+    from denoise_core.imaging.imageio import Photo, read_image, write_image
     t1 = time.perf_counter()
     use_all_cores()
     dn = Denoiser(spec["model"])

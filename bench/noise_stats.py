@@ -57,9 +57,9 @@ def real_stats(folder: Path) -> list[dict[str, float]]:
 def sim_stats(spec: str, n: int, seed: int, photos: Path | None) -> list[dict[str, float]]:
     import torch
 
-    from denoise_core.noise import noisy_pair
-    from denoise_core.photos import SELECTION, load_photos, require_prepared
-    from denoise_core.train import random_patches
+    from denoise_core.noise.synth import noisy_pair
+    from denoise_core.training.photos import SELECTION, load_photos, require_prepared
+    from denoise_core.training.train import random_patches
 
     imgs = load_photos(require_prepared(photos, SELECTION), SELECTION)
     gen = torch.Generator().manual_seed(seed)

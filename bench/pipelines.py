@@ -1,6 +1,6 @@
 """Camera developments for the benchmark: the held-out pipelines, and training's own for comparison.
 
-Held out from training (`denoise_core.pipeline.TRAIN_SETTINGS`) on purpose, so that a model that
+Held out from training (`denoise_core.noise.pipeline.TRAIN_SETTINGS`) on purpose, so that a model that
 only memorized the simulator does not score well here:
 
 - demosaicing by LibRaw (AHD, DHT, AAHD through rawpy), not by the simulator's own four;
@@ -21,8 +21,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from denoise_core import pipeline as P
-from denoise_core.pipeline import Development
+from denoise_core.noise import pipeline as P
+from denoise_core.noise.pipeline import Development
 
 HELD_OUT = {
     "held-out PNG": dict(demosaic="libraw-ahd", curve="srgb", sharpen="laplacian", sharpen_amount=0.5,
@@ -42,7 +42,7 @@ HELD_OUT_JPEG_Q = (85, 90)
 def libraw_demosaic(algorithm: str):
     """A demosaic function (N=1 RGGB mosaic tensor -> RGB) that runs LibRaw's `algorithm` on a DNG."""
     import rawpy
-    from denoise_core.raw import write_bayer_dng
+    from denoise_core.raw.rawfile import write_bayer_dng
 
     algo = getattr(rawpy.DemosaicAlgorithm, algorithm.upper())
     headroom = 4.0  # white-balanced, pushed mosaics exceed 1; LibRaw clips at the white level

@@ -1,12 +1,12 @@
 """Quality benchmark: our models against FFDNet and CBM3D on photos never trained on or selected on.
 
-The benchmark photos (`denoise_core.photos.BENCHMARK`: never trained on, never used to pick
+The benchmark photos (`denoise_core.training.photos.BENCHMARK`: never trained on, never used to pick
 weights, 2x box-downscaled) are cut into crops (default: 2 per photo, up to 512x512). Each crop gets
 
 - Gaussian noise, sigma 15, 25 and 50 (0-255 scale);
 - the simulator's own camera noise (`camera:` specs, part of every training mix, so this measures
   how well the simulator is learnt, not real cameras): darktable noise profiles through the
-  unprocessing pipeline of `denoise_core.noise` for several cameras (default: Canon EOS 5D Mark
+  unprocessing pipeline of `denoise_core.noise.synth` for several cameras (default: Canon EOS 5D Mark
   III, Nikon D750, Sony ILCE-7M3, Panasonic DC-G9), ISO log-uniform in 6400-25600, exposure pushed
   0-2 EV, random white balance and colour matrix;
 - camera developments (`bench/pipelines.py`): signal and noise through a whole camera pipeline,
@@ -58,10 +58,11 @@ for p in (str(ROOT), str(HERE)):
 from baselines import CBM3D, FFDNet, INSTALL_HINT, best_sigma, try_load  # noqa: E402
 from pipelines import HELD_OUT, describe, develop_pair  # noqa: E402
 
-from denoise_core.api import DEFAULT_MODEL, Denoiser, shipped_models  # noqa: E402
-from denoise_core.metrics import psnr, ssim  # noqa: E402
-from denoise_core.noise import NoiseSpec, apply_noise, find_camera  # noqa: E402
-from denoise_core.photos import BENCHMARK, SELECTION, download_packages, prepare  # noqa: E402
+from denoise_core.inference.api import DEFAULT_MODEL, Denoiser, shipped_models  # noqa: E402
+from denoise_core.training.metrics import psnr, ssim  # noqa: E402
+from denoise_core.noise.camera import find_camera  # noqa: E402
+from denoise_core.noise.synth import NoiseSpec, apply_noise  # noqa: E402
+from denoise_core.training.photos import BENCHMARK, SELECTION, download_packages, prepare  # noqa: E402
 
 DEFAULT_PHOTOS = Path(os.environ.get("DENOISE_PHOTOS", "~/.cache/denoise-cnn/photos")).expanduser()
 CAMERAS = ("Canon EOS 5D Mark III", "Nikon D750", "Sony ILCE-7M3", "Panasonic DC-G9")

@@ -39,14 +39,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from denoise_core.api import Denoiser  # noqa: E402
-from denoise_core.device import use_all_cores  # noqa: E402
-from denoise_core.metrics import psnr, ssim  # noqa: E402
-from denoise_core.noise import find_camera  # noqa: E402
-from denoise_core.photos import BENCHMARK, load_photos, require_prepared  # noqa: E402
-from denoise_core.pipeline import draw_development, unprocess  # noqa: E402
-from denoise_core.raw import read_raw, write_bayer_dng  # noqa: E402
-from denoise_core.raw_denoise import RawDenoiser, develop, write_dng  # noqa: E402
+from denoise_core.inference.api import Denoiser  # noqa: E402
+from denoise_core.inference.device import use_all_cores  # noqa: E402
+from denoise_core.training.metrics import psnr, ssim  # noqa: E402
+from denoise_core.noise.camera import find_camera  # noqa: E402
+from denoise_core.training.photos import BENCHMARK, load_photos, require_prepared  # noqa: E402
+from denoise_core.noise.pipeline import draw_development, unprocess  # noqa: E402
+from denoise_core.raw.rawfile import read_raw, write_bayer_dng  # noqa: E402
+from denoise_core.raw.denoise import RawDenoiser, develop, write_dng  # noqa: E402
 
 # (camera, ISO) per photo: training makers and makers training never saw (pipeline.HELDOUT_MAKERS)
 CASES = (("Nikon D750", 3200), ("Canon EOS 5D Mark III", 6400), ("Sony ILCE-7M3", 12800),

@@ -90,7 +90,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def _ssim(a: np.ndarray, b: np.ndarray) -> float:
     import torch
 
-    from denoise_core.metrics import ssim
+    from denoise_core.training.metrics import ssim
     t = lambda x: torch.from_numpy(np.ascontiguousarray(x / 255.0)).permute(2, 0, 1)[None]  # noqa: E731
     return ssim(t(a), t(b))
 

@@ -93,7 +93,7 @@ def child(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from denoise_core.device import use_all_cores
+    from denoise_core.inference.device import use_all_cores
 
     use_all_cores()  # as denoise-batch does
     h, w = spec["h"], spec["w"]
@@ -109,7 +109,7 @@ def child(spec: dict) -> dict:
         # warm-up (oneDNN primitive creation) on a small image
         run(make_image(256, 256, 1))
     else:
-        from denoise_core.api import Denoiser
+        from denoise_core.inference.api import Denoiser
         dn = Denoiser(spec["model"], device="cpu", precision=spec.get("precision", "auto"),
                       **({"tile": spec["tile"]} if spec.get("tile") else {}))
         params = sum(p.numel() for p in dn.model.parameters())
@@ -137,7 +137,7 @@ def child(spec: dict) -> dict:
 def _random_checkpoint(arch: str, folder: Path) -> Path:
     import torch
 
-    from denoise_core.checkpoint import save_checkpoint
+    from denoise_core.inference.checkpoint import save_checkpoint
     from denoise_core.models import create_model
     torch.manual_seed(0)
     net = create_model(arch)
@@ -202,15 +202,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from denoise_core.api import DEFAULT_TILE, shipped_models
-    from denoise_core.device import pick_precision, precision_name
+    from denoise_core.inference.api import DEFAULT_TILE, shipped_models
+    from denoise_core.inference.device import pick_precision, precision_name
     from denoise_core.models import list_models
 
     archs = list_models() if args.archs == "all" else [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = [a for a in archs if a not in list_models()]
     if unknown:
         ap.error(f"unknown architecture(s) {', '.join(unknown)}; valid: {', '.join(list_models())}")
-    from denoise_core.checkpoint import CheckpointError, load_checkpoint
+    from denoise_core.inference.checkpoint import CheckpointError, load_checkpoint
     extra = [Path(m.strip()) for m in args.models.split(",") if m.strip()]
     for m in extra:
         try:

@@ -28,13 +28,13 @@ from typing import NoReturn
 
 import click
 
-from denoise_core.api import DEFAULT_TILE, MAX_NOISE_LEVEL, MAX_SIGMA, RAW_ARCHS, Denoiser, ModelNotFoundError
-from denoise_core.atomic import Terminated, remove_stale_parts, signals_as_interrupts
-from denoise_core.checkpoint import CheckpointError
-from denoise_core.device import DEVICES, PRECISIONS, use_all_cores
-from denoise_core.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
-                                  format_for_path, library_log_as_warnings, read_image, write_image)
-from denoise_core.raw import RAW_EXTENSIONS, is_raw
+from denoise_core.inference.api import DEFAULT_TILE, MAX_NOISE_LEVEL, MAX_SIGMA, RAW_ARCHS, Denoiser, ModelNotFoundError
+from denoise_core.imaging.atomic import Terminated, remove_stale_parts, signals_as_interrupts
+from denoise_core.inference.checkpoint import CheckpointError
+from denoise_core.inference.device import DEVICES, PRECISIONS, use_all_cores
+from denoise_core.imaging.imageio import (SUPPORTED_EXTENSIONS, ImageReadError, ImageWarning, ImageWriteError, Photo,
+                                          format_for_path, library_log_as_warnings, read_image, write_image)
+from denoise_core.raw.rawfile import RAW_EXTENSIONS, is_raw
 
 from .suggest import did_you_mean
 
@@ -323,7 +323,7 @@ def main(inputs, outdir: Path, recursive, model, strength, noise_level, sigma, d
             for src, rel in files:
                 name = rel.name if out_format is None else rel.stem + _FORMAT_EXT[out_format]
                 if is_raw(src):  # a DNG gives a DNG, other raw files a developed TIFF (or --format)
-                    from denoise_core.raw_denoise import output_name
+                    from denoise_core.raw.denoise import output_name
                     name = output_name(rel, out_format)
                 dst = outdir if single else outdir / rel.parent / name
                 if bar:
@@ -426,10 +426,10 @@ _RAW_DENOISERS: dict = {}
 
 def _process_raw(dn: Denoiser, src: Path, dst: Path, report: Report, *, strength: float,
                  noise_level: float | None, out_format: str | None, quality: int | None) -> None:
-    """A camera raw file: the `raw` model on the mosaic (denoise_core.raw_denoise), on --model's
+    """A camera raw file: the `raw` model on the mosaic (denoise_core.raw.denoise), on --model's
     weights when they are a raw model, else the shipped `raw` weights; --noise-level scales the
     camera profile's noise level."""
-    from denoise_core.raw_denoise import RawDenoiser, process_raw
+    from denoise_core.raw.denoise import RawDenoiser, process_raw
     s = str(src)
     try:
         key = (str(dn.path) if dn.arch == "raw" else "raw", str(dn.device), dn.precision)

@@ -3,7 +3,7 @@
     denoise-eval --noisy high_iso/ --clean base_iso/ --model unet [--compare-dir cmp/]
 
 Pairs are matched, checked, aligned and exposure-matched exactly as for training
-(denoise_core.pairs). Prints per-image and mean PSNR/SSIM of the noisy input and of the denoised
+(denoise_core.training.pairs). Prints per-image and mean PSNR/SSIM of the noisy input and of the denoised
 result against the clean image; --compare-dir gets a noisy | denoised | clean PNG per pair (a
 central crop of at most 1024 px, written atomically). Exit status: 0 done, 1 failure, 2 bad usage
 or input, 130 on Ctrl-C, 143/129 on SIGTERM/SIGHUP (no temp file is left).
@@ -18,13 +18,13 @@ import click
 import numpy as np
 import torch
 
-from denoise_core.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
-from denoise_core.atomic import Terminated, signals_as_interrupts
-from denoise_core.checkpoint import CheckpointError
-from denoise_core.device import DEVICES, PRECISIONS, use_all_cores
-from denoise_core.metrics import ssim
-from denoise_core.pairs import PairCheck, PairError, load_pairs, to_unit
-from denoise_core.train import save_comparison
+from denoise_core.inference.api import DEFAULT_TILE, Denoiser, ModelNotFoundError
+from denoise_core.imaging.atomic import Terminated, signals_as_interrupts
+from denoise_core.inference.checkpoint import CheckpointError
+from denoise_core.inference.device import DEVICES, PRECISIONS, use_all_cores
+from denoise_core.training.metrics import ssim
+from denoise_core.training.pairs import PairCheck, PairError, load_pairs, to_unit
+from denoise_core.training.train import save_comparison
 
 from .suggest import did_you_mean
 

@@ -16,7 +16,7 @@ CLIENT_NAME = "denoise_client.py"
 PROTOCOL_NAME = "denoise_protocol.py"
 
 # asks the worker interpreter what it can run; prints one JSON line
-_PROBE = ("import json; from denoise_core.api import shipped_models; "
+_PROBE = ("import json; from denoise_core.inference.api import shipped_models; "
           "print(json.dumps({'models': sorted(shipped_models())}))")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import os
 
-from denoise_core.api import shipped_models
+from denoise_core.inference.api import shipped_models
 
 
 def did_you_mean(model: str | os.PathLike) -> str:

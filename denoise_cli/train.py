@@ -25,18 +25,20 @@ import click
 import numpy as np
 import torch
 
-from denoise_core.api import RAW_ARCHS, ModelNotFoundError, resolve_model
-from denoise_core.checkpoint import CheckpointError, load_checkpoint
-from denoise_core.device import DEVICES, PRECISIONS, pick_device, pick_precision, precision_name, use_all_cores
-from denoise_core.imageio import ImageReadError, read_image
-from denoise_core.metrics import psnr
+from denoise_core.inference.api import RAW_ARCHS, ModelNotFoundError, resolve_model
+from denoise_core.inference.checkpoint import CheckpointError, load_checkpoint
+from denoise_core.inference.device import (DEVICES, PRECISIONS, pick_device, pick_precision, precision_name,
+                                           use_all_cores)
+from denoise_core.imaging.imageio import ImageReadError, read_image
+from denoise_core.training.metrics import psnr
 from denoise_core.models import create_model, list_models
-from denoise_core.levels import training_levels
-from denoise_core.noise import CURRENT_MIX, MIX_VERSIONS, NoiseSpecError, list_cameras, noisy_pair, parse_noise
-from denoise_core.pairs import PairCheck, PairError, image_files, load_pairs
-from denoise_core.train import (LOSSES, Progress, TrainConfig, TrainingError, fixed_val_set, init_distributed,
-                                pair_val_set, random_patches, report_paths, shutdown_distributed,
-                                split_by_image, state_path, train)
+from denoise_core.inference.levels import training_levels
+from denoise_core.noise.camera import NoiseSpecError, list_cameras
+from denoise_core.noise.synth import CURRENT_MIX, MIX_VERSIONS, noisy_pair, parse_noise
+from denoise_core.training.pairs import PairCheck, PairError, image_files, load_pairs
+from denoise_core.training.train import (LOSSES, Progress, TrainConfig, TrainingError, fixed_val_set, init_distributed,
+                                         pair_val_set, random_patches, report_paths, shutdown_distributed,
+                                         split_by_image, state_path, train)
 
 from .suggest import did_you_mean
 
@@ -323,8 +325,8 @@ def _check_sizes(named, patch: int, when: str = "") -> None:
 def _run_raw(clean: Path, out: Path, arch: str, args: dict, init_path: str, patch: int, batch: int, steps: int,
              lr: float, val_fraction: float, val_every: int | None, checkpoint_every: int, seed: int, threads: int,
              precision: str, resume: bool) -> None:
-    """--domain raw: denoise_core.raw_train on the --clean photos, split by whole images."""
-    from denoise_core.raw_train import RAW_LOSS, noise_description, noisy_psnr, train_raw, val_set
+    """--domain raw: denoise_core.training.raw_train on the --clean photos, split by whole images."""
+    from denoise_core.training.raw_train import RAW_LOSS, noise_description, noisy_psnr, train_raw, val_set
 
     files, images = _read_photos(clean, patch)
     tr, va = split_by_image(len(images), val_fraction, seed)

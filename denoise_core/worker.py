@@ -5,7 +5,7 @@ Protocol (the plugins' side is denoise_plugins/common/denoise_client.py; the con
 PROTOCOL_VERSION, MAX_NOISE_LEVEL, MAX_SIGMA, IDLE_S and the rest, are denoise_plugins/common/denoise_protocol.py):
   JOB.json  {"version": 1, "width": W, "height": H, "channels": 1-4, "input": "in.raw",
              "output": "out.raw", "transfer": "srgb" | "linear", "model": "default" | name | path,
-             "strength": 0..1, "noise_level": null or 0..4 (optional, see api.py),
+             "strength": 0..1, "noise_level": null or 0..4 (optional, see inference/api.py),
              "sigma": null or 0..100 (optional: absolute, 0-255 scale; excludes noise_level), "device": "auto",
              "tile": 1024, "precision": "auto" (optional),
              "parent_pipe": true (optional)}
@@ -71,7 +71,7 @@ import numpy as np
 from denoise_plugins.common.denoise_protocol import (DEFAULT_TILE, IDLE_S, JOB_DIR_PREFIX, MAX_REQUEST_BYTES,
                                                      PROTOCOL_VERSION, SAMPLE_BYTES)
 
-from .files import file_problem
+from .imaging.files import file_problem
 
 MAX_CACHED = 2  # loaded models kept by a persistent worker
 MAX_JOB_BYTES = 1 << 20  # a job file
@@ -197,8 +197,8 @@ def run_job(job_path: Path, cache: dict | None = None, reply: dict | None = None
     """One job file. `cache` keeps loaded models between jobs (persistent mode); `reply` is added
     to every event (the request id). Everything the job names is checked (its fields, and its
     files: inside its folder, regular, of the right size) before any work."""
-    from .api import check_finite
-    from .atomic import atomic_write_bytes
+    from .inference.api import check_finite
+    from .imaging.atomic import atomic_write_bytes
 
     reply = reply or {}
     job_path = Path(job_path)
@@ -318,8 +318,8 @@ def _rgba8(img: np.ndarray, linear: bool) -> bytes:
 
 
 def _denoiser(cache: dict | None, model, device, precision, tile):
-    from .api import Denoiser, resolve_model
-    from .device import available_cores
+    from .inference.api import Denoiser, resolve_model
+    from .inference.device import available_cores
 
     if cache is None:  # the worker owns its process: every core (a Denoiser alone leaves the count)
         return Denoiser(model, device=device, tile=tile, precision=precision, threads=available_cores())

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, cast
 
-from denoise_core.checkpoint import load_checkpoint, save_checkpoint
+from denoise_core.inference.checkpoint import load_checkpoint, save_checkpoint
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import argparse
 
 import torch
 
-from denoise_core.checkpoint import load_checkpoint, save_checkpoint
+from denoise_core.inference.checkpoint import load_checkpoint, save_checkpoint
 from denoise_core.models import create_model
-from denoise_core.train import state_path
+from denoise_core.training.train import state_path
 
 
 def main() -> None:

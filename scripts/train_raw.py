@@ -1,5 +1,5 @@
-"""Reproduce the shipped raw-domain weights (`raw`): denoise_core/raw_train.py on the allowed
-package photos (denoise_core/photos.py) with their fixed split (TRAIN; SELECTION validates), and a
+"""Reproduce the shipped raw-domain weights (`raw`): denoise_core/training/raw_train.py on the allowed
+package photos (denoise_core/training/photos.py) with their fixed split (TRAIN; SELECTION validates), and a
 time limit per session. Resumable: run it again with --resume to continue.
 
     python scripts/train_raw.py --out training/raw/raw.safetensors --steps 20000 --minutes 30 --threads 1
@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from denoise_core.photos import PACKAGES, SELECTION, TRAIN, load_photos, require_prepared
-from denoise_core.raw_train import RAW_LOSS, noise_description, train_raw, val_set
-from denoise_core.train import TrainConfig
+from denoise_core.training.photos import PACKAGES, SELECTION, TRAIN, load_photos, require_prepared
+from denoise_core.training.raw_train import RAW_LOSS, noise_description, train_raw, val_set
+from denoise_core.training.train import TrainConfig
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Train the shipped weights on the allowed photos (see denoise_core/photos.py) with synthetic noise.
+"""Train the shipped weights on the allowed photos (see denoise_core/training/photos.py) with synthetic noise.
 
     python scripts/train_shipped.py --arch unet --out denoise_core/weights/unet.safetensors --steps 16000 [--resume]
 
@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from denoise_core.checkpoint import load_checkpoint
-from denoise_core.levels import training_levels
-from denoise_core.noise import noisy_pair, parse_noise
-from denoise_core.photos import SELECTION, TRAIN, load_photos, require_prepared
-from denoise_core.train import TrainConfig, fixed_val_set, random_patches, state_path, train
+from denoise_core.inference.checkpoint import load_checkpoint
+from denoise_core.inference.levels import training_levels
+from denoise_core.noise.synth import noisy_pair, parse_noise
+from denoise_core.training.photos import SELECTION, TRAIN, load_photos, require_prepared
+from denoise_core.training.train import TrainConfig, fixed_val_set, random_patches, state_path, train
 
 
 def main() -> None:

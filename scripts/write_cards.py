@@ -7,13 +7,13 @@ import hashlib
 import json
 from pathlib import Path
 
-from denoise_core.api import shipped_models
-from denoise_core.checkpoint import load_checkpoint
+from denoise_core.inference.api import shipped_models
+from denoise_core.inference.checkpoint import load_checkpoint
 
 _CAMERA = ("camera noise (a random darktable profile of 374 camera models at ISO 1600-25600, exposure "
            "pushed 0-2 EV, random white balance and colour matrix, through unprocessing: sRGB -> linear -> "
            "Bayer mosaic -> Poisson-Gaussian -> bilinear demosaic of the noise -> sRGB)")
-_DEVELOP = ("camera developments (`denoise_core.pipeline`, TRAIN_SETTINGS: a darktable profile of a camera "
+_DEVELOP = ("camera developments (`denoise_core.noise.pipeline`, TRAIN_SETTINGS: a darktable profile of a camera "
             "whose maker is not held out, ISO 800-25600, pushed 0-2 EV; sRGB -> inverse tone curve (sRGB, "
             "sRGB + S-curve or a camera base curve) -> inverse colour matrix and white balance -> RGGB mosaic -> "
             "per-photosite Poisson-Gaussian noise -> white balance -> demosaic of signal and noise together "
@@ -80,7 +80,7 @@ def card(name: str, path: Path, quality: dict | None, real: str | None = None) -
         *([f"- averaged: {c['averaged']}"] if c.get("averaged") else []),
         *(["- noise-level input: a map of the local noise (in units of 25/255) and a given-flag; half the "
            "training patches were told their true map, half nothing (blind, the default at inference); "
-           "`noise_level` / `--noise-level` sets it (`denoise_core/levels.py`)"]
+           "`noise_level` / `--noise-level` sets it (`denoise_core/inference/levels.py`)"]
           if ck.arch_args.get("level_input") else []),
         f"- validation during training: PSNR {c.get('val_psnr', '?')} dB, SSIM {c.get('val_ssim', '?')} "
         f"({c.get('val_noise', 'mix')}, 2 crops of 256x256 from each validation photo)"

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from denoise_core.atomic import atomic_write_bytes
-from denoise_core.checkpoint import load_checkpoint
-from denoise_core.photos import PACKAGES, SELECTION, TRAIN
+from denoise_core.imaging.atomic import atomic_write_bytes
+from denoise_core.inference.checkpoint import load_checkpoint
+from denoise_core.training.photos import PACKAGES, SELECTION, TRAIN
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
         f"{card.get('patch')}x{card.get('patch')} packed pixels ({2 * int(card.get('patch', 0))}x"
         f"{2 * int(card.get('patch', 0))} photosites) with flips/rotations, L1 after a square root, Adam with "
         f"warm-up and cosine decay, gradient clipping 1.0, one CPU thread, {card.get('precision')} forward pass "
-        "(scripts/train_raw.py, denoise_core/raw_train.py)",
+        "(scripts/train_raw.py, denoise_core/training/raw_train.py)",
         f"- validation during training: PSNR {card.get('val_psnr')} dB, SSIM {card.get('val_ssim')} (2 crops of "
         "256x256 photosites from each selection photo, each under its own development: Malvar demosaic, white "
         "balance, colour matrix, tone curve; sRGB against the development of the clean mosaic)",

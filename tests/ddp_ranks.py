@@ -1,5 +1,5 @@
 """Launched by tests/test_train.py under `torchrun --nproc_per_node 2`: trains a tiny `seed` net with
-denoise_core.train.train (which wraps it in DistributedDataParallel) and writes, per rank, the
+denoise_core.training.train.train (which wraps it in DistributedDataParallel) and writes, per rank, the
 final weights and a fingerprint of every batch that rank drew, to OUTDIR/rank<R>.pt.
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_ranks.py OUTDIR
@@ -16,9 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from denoise_core.models import create_model  # noqa: E402
-from denoise_core.noise import noisy_pair  # noqa: E402
-from denoise_core.train import (TrainConfig, dist_info, init_distributed, random_patches,  # noqa: E402
-                                shutdown_distributed, train)
+from denoise_core.noise.synth import noisy_pair  # noqa: E402
+from denoise_core.training.train import (TrainConfig, dist_info, init_distributed, random_patches,  # noqa: E402
+                                         shutdown_distributed, train)
 
 
 def main(outdir: Path) -> None:

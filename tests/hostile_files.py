@@ -74,7 +74,7 @@ def _add_exif_ifd(tif: bytes) -> bytes:
     import tempfile
     from pathlib import Path
 
-    from denoise_core import imageio
+    from denoise_core.imaging import imageio
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "x.tif"
         p.write_bytes(tif)
@@ -289,7 +289,7 @@ def valid_dng(model: str = "NIKON D750") -> bytes:
     import tempfile
     from pathlib import Path
 
-    from denoise_core.raw import write_bayer_dng
+    from denoise_core.raw.rawfile import write_bayer_dng
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "x.dng"
         write_bayer_dng(p, MOSAIC, make="NIKON CORPORATION", model=model, iso=3200, black=512, white=4095)

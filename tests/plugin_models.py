@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from denoise_core.api import Denoiser, resolve_model
-from denoise_core.checkpoint import load_checkpoint, save_checkpoint
+from denoise_core.inference.api import Denoiser, resolve_model
+from denoise_core.inference.checkpoint import load_checkpoint, save_checkpoint
 from denoise_core.models import create_model
 
 

@@ -6,7 +6,7 @@ import struct
 import pytest
 import torch
 
-from denoise_core.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from denoise_core.inference.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 from denoise_core.models import create_model
 
 
@@ -110,7 +110,7 @@ def test_wrong_architecture_diff_is_readable(tmp_path):
 
 
 def test_build_still_checks_weights_given_in_memory():
-    from denoise_core.checkpoint import Checkpoint
+    from denoise_core.inference.checkpoint import Checkpoint
     sd = dict(create_model("seed").state_dict())
     del sd["body.0.bias"]
     with pytest.raises(CheckpointError, match="missing keys.*body.0.bias"):
@@ -189,7 +189,7 @@ def _seed_with_args(tmp_path, arch_args, arch="seed", weights=None):
     ("seed", "[1, 2]", ("arch_args metadata is an array, not a JSON object",)),
 ])
 def test_bad_arch_args_refused_before_any_network_is_built(tmp_path, monkeypatch, arch, args, words):
-    import denoise_core.checkpoint as ck
+    import denoise_core.inference.checkpoint as ck
     p = _seed_with_args(tmp_path, args, arch)
     built = []
     real = ck.create_model
@@ -202,7 +202,7 @@ def test_bad_arch_args_refused_before_any_network_is_built(tmp_path, monkeypatch
 def test_arguments_of_other_architectures_may_be_numbers_and_short_lists(tmp_path, monkeypatch):
     """A later architecture's float scales and size lists pass the range check (a checkpoint of the
     raw model records input_scale=4.0); the layout check then decides."""
-    import denoise_core.checkpoint as ck
+    import denoise_core.inference.checkpoint as ck
     args = {}
     monkeypatch.setattr(ck, "create_model", lambda arch, **kw: args.update(kw) or create_model("seed"))
     p = _seed_with_args(tmp_path, '{"input_scale": 4.0, "detail_scale": 16.0, "sizes": [2, 3], "act": "relu"}')
@@ -211,7 +211,7 @@ def test_arguments_of_other_architectures_may_be_numbers_and_short_lists(tmp_pat
 
 
 def test_layout_is_checked_before_any_tensor_is_read(tmp_path, monkeypatch):
-    import denoise_core.checkpoint as ck
+    import denoise_core.inference.checkpoint as ck
     p = _seed_with_args(tmp_path, '{"width": 16}')       # weights are width 32
     monkeypatch.setattr(ck, "safe_open", lambda *a, **k: pytest.fail("tensors read before the layout check"))
     _expect(p, "do not match architecture 'seed'", "body.0.weight")

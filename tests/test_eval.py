@@ -9,8 +9,8 @@ from skimage.metrics import structural_similarity
 
 from denoise_cli.eval import image_metrics
 from denoise_cli.eval import main as eval_main
-from denoise_core.checkpoint import save_checkpoint
-from denoise_core.metrics import ssim
+from denoise_core.inference.checkpoint import save_checkpoint
+from denoise_core.training.metrics import ssim
 from denoise_core.models import create_model
 
 

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 import hostile_files as hf
 from denoise_cli.batch import main
-from denoise_core import imageio
-from denoise_core.checkpoint import CheckpointError, load_checkpoint
-from denoise_core.imageio import ImageReadError, ImageWriteError, Photo, read_image, write_image
+from denoise_core.imaging import imageio
+from denoise_core.inference.checkpoint import CheckpointError, load_checkpoint
+from denoise_core.imaging.imageio import ImageReadError, ImageWriteError, Photo, read_image, write_image
 
 CASES = 120
 BASES = {"png": hf.valid_png, "png16": hf.valid_png16, "jpg": hf.valid_jpeg, "mpo": hf.jpeg_with_mpf_preview,
@@ -212,8 +212,8 @@ def test_mutated_dngs_end_as_a_dng_or_one_named_error(tmp_path, monkeypatch, cap
     included)."""
     import logging
 
-    from denoise_core.raw import RawReadError, RawWriteError, read_raw
-    from denoise_core.raw_denoise import RawDenoiser, write_dng
+    from denoise_core.raw.rawfile import RawReadError, RawWriteError, read_raw
+    from denoise_core.raw.denoise import RawDenoiser, write_dng
     rng = random.Random("issue21-dng")
     base = hf.valid_dng()
     src, out = tmp_path / "in", tmp_path / "out"

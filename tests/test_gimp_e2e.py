@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from denoise_core.api import Denoiser
-from denoise_core.imageio import Photo, read_image, write_image
-from denoise_core.metrics import psnr
-from denoise_core.noise import apply_noise
+from denoise_core.inference.api import Denoiser
+from denoise_core.imaging.imageio import Photo, read_image, write_image
+from denoise_core.training.metrics import psnr
+from denoise_core.noise.synth import apply_noise
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = ROOT / "denoise_plugins" / "gimp" / "denoise-cnn" / "denoise-cnn.py"

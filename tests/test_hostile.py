@@ -13,8 +13,8 @@ from PIL import Image
 
 import hostile_files as hf
 from denoise_cli.batch import main
-from denoise_core import imageio
-from denoise_core.imageio import read_image
+from denoise_core.imaging import imageio
+from denoise_core.imaging.imageio import read_image
 
 
 def digest(folder):
@@ -231,7 +231,7 @@ def test_sigterm_to_a_real_process_leaves_no_part_file(tmp_path):
     out.mkdir()
     big = np.random.default_rng(0).integers(0, 65536, (1500, 2000, 3), dtype=np.uint16)
     imageio.write_image(src / "big.tif", imageio.Photo(big), format="TIFF")
-    code = ("import sys, denoise_core.imageio as io\n"
+    code = ("import sys, denoise_core.imaging.imageio as io\n"
             "real = io._WRITERS['TIFF']\n"
             "def slow(tmp, photo, q):\n"
             "    real(tmp, photo, q)\n"
@@ -262,7 +262,7 @@ def test_sigterm_to_a_real_process_leaves_no_part_file(tmp_path):
 
 
 def test_rerun_removes_temp_files_of_a_killed_run_but_not_of_a_live_one(tmp_path):
-    from denoise_core.atomic import atomic_path
+    from denoise_core.imaging.atomic import atomic_path
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     out.mkdir()
@@ -288,7 +288,7 @@ def test_sigkill_mid_write_leaves_a_temp_file_the_next_run_removes(tmp_path):
     src.mkdir()
     out.mkdir()
     Image.fromarray(hf.RGB).save(src / "a.png")
-    code = ("import sys, denoise_core.imageio as io\n"
+    code = ("import sys, denoise_core.imaging.imageio as io\n"
             "real = io._WRITERS['PNG']\n"
             "def slow(tmp, photo, q):\n"
             "    real(tmp, photo, q)\n"
@@ -322,7 +322,7 @@ def test_sigkill_mid_write_leaves_a_temp_file_the_next_run_removes(tmp_path):
 
 def test_resume_from_an_empty_or_damaged_state_names_it(tmp_path):
     from denoise_cli.train import main as train_main
-    from denoise_core.train import state_path
+    from denoise_core.training.train import state_path
     clean = tmp_path / "clean"
     clean.mkdir()
     Image.fromarray(hf.RGB).save(clean / "a.png")
@@ -592,7 +592,7 @@ def test_a_240_character_file_name_gets_a_temp_name_that_fits(tmp_path):
     name = "n" * 236 + ".png"
     _, out = batch(tmp_path, name, hf.valid_png(), expect_ok=True)
     assert read_image(out / name).pixels.shape == hf.RGB.shape
-    from denoise_core.atomic import atomic_path, remove_stale_parts
+    from denoise_core.imaging.atomic import atomic_path, remove_stale_parts
     killed = tmp_path / "killed"
     killed.mkdir()
     for longest in ("m" * 251 + ".png", "\u00e9" * 125 + ".webp"):     # 255 bytes: the longest name there is

@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms, JpegImagePlugin, TiffImagePlugin
 
-from denoise_core import imageio
-from denoise_core.imageio import ImageReadError, ImageWriteError, Photo, read_image, write_image
+from denoise_core.imaging import imageio
+from denoise_core.imaging.imageio import ImageReadError, ImageWriteError, Photo, read_image, write_image
 
 RNG = np.random.default_rng(1234)
 H, W = 24, 32

@@ -29,9 +29,9 @@ import pytest
 import torch
 from skimage import data
 
-from denoise_core.api import Denoiser
-from denoise_core.metrics import psnr
-from denoise_core.noise import apply_noise
+from denoise_core.inference.api import Denoiser
+from denoise_core.training.metrics import psnr
+from denoise_core.noise.synth import apply_noise
 
 REPO = Path(__file__).resolve().parent.parent
 LEVEL = 2.0  # the noise level the level case sets in the dialog

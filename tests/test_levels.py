@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from denoise_core.api import Denoiser
-from denoise_core.checkpoint import save_checkpoint
-from denoise_core.levels import level_map, level_planes, training_levels
+from denoise_core.inference.api import Denoiser
+from denoise_core.inference.checkpoint import save_checkpoint
+from denoise_core.inference.levels import level_map, level_planes, training_levels
 from denoise_core.models import create_model
 
 SMALL = {"widths": (8, 16, 16), "enc_blocks": (1, 1), "mid_blocks": 1, "dec_blocks": (1, 1)}

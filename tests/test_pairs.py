@@ -1,4 +1,4 @@
-"""Pair matching and checks (denoise_core.pairs) on pairs synthesized from scikit-image's photos:
+"""Pair matching and checks (denoise_core.training.pairs) on pairs synthesized from scikit-image's photos:
 camera noise, a small shift and an exposure difference, as real high/base-ISO pairs have."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from skimage import data
 
-from denoise_core.metrics import psnr
-from denoise_core.noise import apply_noise, linear_to_srgb, srgb_to_linear
-from denoise_core.pairs import (PairCheck, PairError, align_pair, estimate_shift, load_pairs, match_files,
-                                overlap_slices, to_unit)
-from denoise_core.train import split_by_image
+from denoise_core.training.metrics import psnr
+from denoise_core.noise.synth import apply_noise, linear_to_srgb, srgb_to_linear
+from denoise_core.training.pairs import (PairCheck, PairError, align_pair, estimate_shift, load_pairs, match_files,
+                                         overlap_slices, to_unit)
+from denoise_core.training.train import split_by_image
 
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
 CAMERA = 'camera:"Nikon D750"@12800'

@@ -9,9 +9,10 @@ import pytest
 import torch
 from skimage import data
 
-from denoise_core import pipeline as P
-from denoise_core.metrics import psnr
-from denoise_core.noise import CameraProfile, NoiseSpecError, apply_noise, find_camera, noisy_pair, parse_noise
+from denoise_core.noise import pipeline as P
+from denoise_core.training.metrics import psnr
+from denoise_core.noise.camera import CameraProfile, NoiseSpecError, find_camera
+from denoise_core.noise.synth import apply_noise, noisy_pair, parse_noise
 
 
 def _photo(size: int = 96) -> torch.Tensor:
@@ -90,8 +91,8 @@ def test_sharpening_adds_detail_and_chroma_nr_touches_chroma_only():
     x = _photo()
     sharp = P.sharpen(x, "usm", 1.0, 1.0, luma_only=False)
     assert float((sharp - x).abs().mean()) > 0.005
-    ycc = P._to_ycc(x)
-    nr = P._to_ycc(P.chroma_nr(x, 2.0))
+    ycc = P.to_ycc(x)
+    nr = P.to_ycc(P.chroma_nr(x, 2.0))
     torch.testing.assert_close(nr[:, 0], ycc[:, 0], atol=1e-5, rtol=0)
     assert float((nr[:, 1:] - ycc[:, 1:]).abs().mean()) > 1e-3
 
@@ -157,7 +158,7 @@ def test_pipeline_spec_for_one_camera():
 
 @pytest.mark.parametrize("mix", ["mix-v4", "mix-v5", "mix-v6"])
 def test_later_mixes_give_each_part_its_declared_share(mix):
-    from denoise_core.noise import _AS_V3, _V3_PARTS, _as_v3
+    from denoise_core.noise.synth import _AS_V3, _V3_PARTS, _as_v3
     shares = _AS_V3[mix]
     n = 100_000
     parts = [0] * len(_V3_PARTS)
@@ -172,7 +173,7 @@ def test_later_mixes_give_each_part_its_declared_share(mix):
 def test_mild_camera_noise_is_mild_correlated_and_colour():
     """What cameras write at moderate ISO: a few levels on 0-255, neighbouring pixels correlated
     (white noise has ~0 correlation at 1 px), chroma present; measured on flat grey, no JPEG draw."""
-    from denoise_core.noise import mild_camera_noise
+    from denoise_core.noise.synth import mild_camera_noise
     x = torch.full((1, 3, 256, 256), 0.5)
     sig, corr, chroma = [], [], []
     for seed in range(40):

@@ -10,12 +10,12 @@ from PIL import Image
 from skimage import data
 
 from denoise_cli.batch import main as batch_main
-from denoise_core import device as devmod
-from denoise_core.api import Denoiser
-from denoise_core.device import cpu_has_bf16, pick_precision
-from denoise_core.metrics import psnr
-from denoise_core.train import TrainConfig, fixed_val_set, random_patches, train
-from denoise_core.noise import apply_noise
+from denoise_core.inference import device as devmod
+from denoise_core.inference.api import Denoiser
+from denoise_core.inference.device import cpu_has_bf16, pick_precision
+from denoise_core.training.metrics import psnr
+from denoise_core.training.train import TrainConfig, fixed_val_set, random_patches, train
+from denoise_core.noise.synth import apply_noise
 
 
 @pytest.mark.parametrize("native_bf16, device, want", [

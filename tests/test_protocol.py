@@ -35,8 +35,8 @@ def test_protocol_module_is_standard_library_only():
 def test_values_the_core_uses_are_the_protocol_module():
     """One definition: the core's limits are the protocol module's objects, not copies."""
     import denoise_client
-    from denoise_core import device, worker
-    from denoise_core import api
+    from denoise_core import worker
+    from denoise_core.inference import api, device
 
     for name, mod in (("MAX_NOISE_LEVEL", api), ("MAX_SIGMA", api), ("DEFAULT_TILE", api), ("DEVICES", device),
                       ("PROTOCOL_VERSION", worker), ("IDLE_S", worker), ("MAX_REQUEST_BYTES", worker)):

@@ -15,12 +15,12 @@ import torch
 from click.testing import CliRunner
 
 from denoise_cli.batch import main
-from denoise_core import raw as R
-from denoise_core.checkpoint import save_checkpoint
+from denoise_core.raw import rawfile as R
+from denoise_core.inference.checkpoint import save_checkpoint
 from denoise_core.models import create_model
-from denoise_core.noise import find_camera
-from denoise_core.raw_denoise import RawDenoiser, process_raw, srgb_icc, write_dng
-from denoise_core.raw_train import pack_t, unpack_t
+from denoise_core.noise.camera import find_camera
+from denoise_core.raw.denoise import RawDenoiser, process_raw, srgb_icc, write_dng
+from denoise_core.training.raw_train import pack_t, unpack_t
 
 BLACK, WHITE = 256, 16383
 CFAS = {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}
@@ -343,7 +343,7 @@ def test_batch_continues_past_bad_raw_files(tmp_path, tiny_model):
 
 
 def test_exif_block_of_a_tiff_based_raw_drops_orientation(tmp_path):
-    from denoise_core.raw_denoise import raw_exif
+    from denoise_core.raw.denoise import raw_exif
     A3, B3 = profile_ab3("Nikon D750", 6400)
     R.write_bayer_dng(tmp_path / "a.dng", noisy_mosaic("RGGB", 32, 32, A3, B3), make="Nikon", model="D750",
                       iso=6400, black=BLACK, white=WHITE, orientation=6)
@@ -390,7 +390,7 @@ def test_make_model_iso_of_raf_and_cr3_containers(tmp_path):
 
 def test_raw_model_is_for_raw_files_only():
     """The shipped raw model is not offered as an image model, and asking for it on an image says why."""
-    from denoise_core.api import Denoiser, shipped_models
+    from denoise_core.inference.api import Denoiser, shipped_models
 
     assert "raw" in shipped_models(include_raw=True) and "raw" not in shipped_models()
     with pytest.raises(ValueError, match="camera raw files"):
@@ -469,9 +469,9 @@ def test_raw_exif_over_the_metadata_cap_is_a_warning_and_the_result_is_kept(tmp_
     """EXIF that the copy refuses (imageio.MAX_METADATA_BYTES, hostile or corrupt tags) used to raise
     ValueError out of raw_exif after the denoising: a traceback through the API, a failed file in
     the batch. Now the result is written without EXIF and one warning names the file."""
-    from denoise_core import imageio
-    from denoise_core.imageio import ImageWarning
-    from denoise_core.raw_denoise import raw_exif
+    from denoise_core.imaging import imageio
+    from denoise_core.imaging.imageio import ImageWarning
+    from denoise_core.raw.denoise import raw_exif
     A3, B3 = profile_ab3("Nikon D750", 6400)
     write(tmp_path / "in.nef", noisy_mosaic("RGGB", 64, 64, A3, B3))
     assert raw_exif(tmp_path / "in.nef") is not None
@@ -520,9 +520,9 @@ def test_denoise_train_domain_raw_writes_a_raw_model_that_learns(tmp_path, clean
 
     from PIL import Image
 
-    from denoise_core.checkpoint import load_checkpoint
-    from denoise_core.raw_train import evaluate, noise_description, noisy_psnr, val_set
-    from denoise_core.train import state_path
+    from denoise_core.inference.checkpoint import load_checkpoint
+    from denoise_core.training.raw_train import evaluate, noise_description, noisy_psnr, val_set
+    from denoise_core.training.train import state_path
     out = tmp_path / "mine.safetensors"
     r = _train_raw_cli(["--domain", "raw", "--clean", clean_photos, "--out", out, "--steps", 200, "--batch", 4,
                         "--patch", 64, "--val-every", 50, "--lr", 3e-3, "--val-fraction", 0.34, "--threads", 1,
@@ -558,7 +558,7 @@ def test_denoise_train_domain_raw_writes_a_raw_model_that_learns(tmp_path, clean
 def test_denoise_train_domain_raw_one_photo_keeps_the_last_weights_and_resumes(tmp_path, clean_photos):
     """One photo: nothing to validate on, so the loss is reported and the last weights kept; --resume
     continues the run; --init raw fine-tunes the shipped raw weights."""
-    from denoise_core.checkpoint import load_checkpoint
+    from denoise_core.inference.checkpoint import load_checkpoint
     one = tmp_path / "one"
     one.mkdir()
     (one / "coffee.png").write_bytes((clean_photos / "coffee.png").read_bytes())
@@ -628,7 +628,7 @@ def test_real_camera_raw_file(tmp_path, path):
     """A real file: read as a Bayer mosaic with its camera and ISO, denoised by the shipped raw model
     into a DNG (for a DNG) or a developed TIFF that LibRaw/tifffile read back, with less noise than
     the input by the image's own estimate."""
-    from denoise_core.raw_denoise import output_name
+    from denoise_core.raw.denoise import output_name
     img = R.read_raw(path)
     assert img.meta.make and img.meta.iso, img.meta
     print(f"{path.name}: {img.meta.camera} ISO {img.meta.iso:g}, {img.mosaic.shape}, noise {img.noise_source}")

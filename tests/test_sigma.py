@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from denoise_core.api import Denoiser
-from denoise_core.checkpoint import save_checkpoint
+from denoise_core.inference.api import Denoiser
+from denoise_core.inference.checkpoint import save_checkpoint
 from denoise_core.models import create_model
 
 SMALL = {"widths": (8, 16, 16), "enc_blocks": (1, 1), "mid_blocks": 1, "dec_blocks": (1, 1)}

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from denoise_core.api import Denoiser
-from denoise_core.checkpoint import save_checkpoint
+from denoise_core.inference.api import Denoiser
+from denoise_core.inference.checkpoint import save_checkpoint
 from denoise_core.models import create_model
-from denoise_core.tiler import make_grid, mirror_indices, read_window
+from denoise_core.inference.tiler import make_grid, mirror_indices, read_window
 
 
 @pytest.mark.parametrize("h,w,tile,overlap,mult", [(1, 1, 64, 8, 8), (37, 53, 16, 8, 8),
@@ -143,7 +143,7 @@ def _mirror_pad_reference(net, img: np.ndarray, border: int, multiple: int) -> n
 
 @pytest.mark.parametrize("shape,tile", [((37, 53, 3), 16), ((150, 230, 3), 32), ((90, 70, 1), 24), ((5, 3, 3), 8)])
 def test_tiled_output_equals_an_independent_mirror_pad_reference(random_unet, shape, tile):
-    from denoise_core.checkpoint import load_checkpoint
+    from denoise_core.inference.checkpoint import load_checkpoint
     net: Any = load_checkpoint(random_unet.path).build()
     img = np.random.default_rng(8).random(shape).astype(np.float32)
     want = _mirror_pad_reference(net, img, random_unet.border, net.size_multiple)
@@ -170,7 +170,7 @@ def test_strength_zero_is_identity_and_half_is_between(random_unet):
 
 
 def test_progress_and_cancel(random_unet):
-    from denoise_core.api import Cancelled
+    from denoise_core.inference.api import Cancelled
     img = np.zeros((100, 100, 3), np.float32)
     seen = []
     random_unet.denoise(img, tile=32, progress=lambda d, t: seen.append((d, t)))

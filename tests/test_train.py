@@ -1,4 +1,4 @@
-"""Training (denoise_core.train), `denoise-train` and `denoise-eval`: the seed net learns from
+"""Training (denoise_core.training.train), `denoise-train` and `denoise-eval`: the seed net learns from
 synthesized pairs, resume equals an uninterrupted run, torchrun with 2 processes trains, and bad
 input fails before training with exit status 2."""
 from __future__ import annotations
@@ -19,13 +19,14 @@ from test_pairs import CAMERA, write_pairs
 from denoise_cli.eval import image_metrics
 from denoise_cli.eval import main as eval_main
 from denoise_cli.train import main as train_main
-from denoise_core.checkpoint import load_checkpoint, save_checkpoint
-from denoise_core.metrics import psnr, ssim
+from denoise_core.inference.checkpoint import load_checkpoint, save_checkpoint
+from denoise_core.training.metrics import psnr, ssim
 from denoise_core.models import create_model
-from denoise_core.noise import NoiseSpecError, find_camera, noisy_pair, parse_noise
-from denoise_core.pairs import load_pairs
-from denoise_core.train import (TrainConfig, TrainingError, fixed_val_set, loss_function, pair_val_set,
-                                random_patches, report_paths, state_path, train)
+from denoise_core.noise.camera import NoiseSpecError, find_camera
+from denoise_core.noise.synth import noisy_pair, parse_noise
+from denoise_core.training.pairs import load_pairs
+from denoise_core.training.train import (TrainConfig, TrainingError, fixed_val_set, loss_function, pair_val_set,
+                                         random_patches, report_paths, state_path, train)
 
 REPO = Path(__file__).resolve().parent.parent
 HIGH_ISO = 'camera:"Nikon D750"@25600'

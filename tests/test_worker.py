@@ -215,7 +215,7 @@ def _ppid(p: Path) -> int:
 
 
 def test_noise_level_reaches_the_model(photo_rgb, tmp_path):
-    from denoise_core.api import Denoiser
+    from denoise_core.inference.api import Denoiser
     from plugin_models import level_model
     model = level_model(tmp_path)
     rng = np.random.default_rng(4)

@@ -6,7 +6,7 @@ upsampling, and a global residual so the net predicts the noise and a clean inpu
 
 With `level_input=True` the net also takes a noise-level map (FFDNet/CBDNet-style conditioning):
 two extra input planes, the local noise standard deviation in units of 25/255
-(`denoise_core.levels`) and a flag that says whether that level is given (1) or left to the net
+(`denoise_core.inference.levels`) and a flag that says whether that level is given (1) or left to the net
 (0, blind: the map is ignored and the net estimates the noise itself, as without the input).
 """
 from __future__ import annotations

@@ -461,7 +461,7 @@ def run_denoise(
     is called from this thread; `is_cancelled()` is polled and, when true, the worker is killed
     (the next call starts another) and Cancelled raised. Errors raise WorkerError with a readable
     message. `noise_level` None is automatic (one blind pass); a number 0..4 is passed on to the
-    model (see denoise_core/levels.py); `sigma` instead is the noise's standard deviation on the
+    model (see denoise_core/inference/levels.py); `sigma` instead is the noise's standard deviation on the
     0-255 scale; a model without a noise-level input makes the worker say so.
     """
     size = SAMPLE_BYTES[dtype]

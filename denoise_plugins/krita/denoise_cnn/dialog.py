@@ -8,7 +8,7 @@ context, so the preview is exactly what OK will give there). A change while one 
 more; none is killed, so the worker keeps its model.
 
 Noise level: unchecked is automatic (the model judges the noise, one pass); checked sends a value
-0..4 (1 about automatic, 2 removes noise automatic leaves, 0 keeps the image; denoise_core/levels.py).
+0..4 (1 about automatic, 2 removes noise automatic leaves, 0 keeps the image; denoise_core/inference/levels.py).
 Noise sigma: the noise as an absolute standard deviation on the 0-255 scale (one pass). Setting one
 of the two clears the other.
 

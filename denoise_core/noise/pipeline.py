@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .noise import CameraProfile, _bayer_masks, _demosaic_bilinear, _profiles, _interp_profile, _norm
+from .camera import CameraProfile, bayer_masks, camera_key, camera_table, demosaic_masked, interp_profile
 
 # --------------------------------------------------------------------------- tone curves
 _LUT_N = 4096
@@ -94,8 +94,8 @@ def _site_masks(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def demosaic_bilinear(m: torch.Tensor) -> torch.Tensor:
-    masks = _bayer_masks(m.shape[-2], m.shape[-1], m.device).to(m)
-    return _demosaic_bilinear(m * masks)
+    masks = bayer_masks(m.shape[-2], m.shape[-1], m.device).to(m)
+    return demosaic_masked(m * masks)
 
 
 _MHC_G = torch.tensor([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1],
@@ -196,11 +196,11 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 _YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 
 
-def _to_ycc(x: torch.Tensor) -> torch.Tensor:
+def to_ycc(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", _YCC.to(x), x)
 
 
-def _from_ycc(y: torch.Tensor) -> torch.Tensor:
+def from_ycc(y: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(_YCC).to(y), y)
 
 
@@ -209,7 +209,7 @@ def sharpen(x: torch.Tensor, kind: str, radius: float, amount: float, luma_only:
     on all channels or on luma only, as cameras and raw converters do."""
     if kind == "none" or amount <= 0:
         return x
-    src = _to_ycc(x)[:, :1] if luma_only else x
+    src = to_ycc(x)[:, :1] if luma_only else x
     if kind == "usm":
         detail = src - gaussian_blur(src, radius)
     elif kind == "laplacian":
@@ -223,9 +223,9 @@ def sharpen(x: torch.Tensor, kind: str, radius: float, amount: float, luma_only:
 
 def chroma_nr(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """In-camera noise reduction that smooths chroma only (what leaves low-frequency blotches)."""
-    y = _to_ycc(x)
+    y = to_ycc(x)
     y = torch.cat([y[:, :1], gaussian_blur(y[:, 1:], sigma)], 1)
-    return _from_ycc(y)
+    return from_ycc(y)
 
 
 def jpeg(x: torch.Tensor, quality: int, subsampling: str) -> torch.Tensor:
@@ -306,33 +306,34 @@ def _pick(gen: torch.Generator, items: tuple, weights: tuple[float, ...] | None 
     return items[int(torch.multinomial(w, 1, generator=gen))]
 
 
-def _camera_keys(which: str) -> list[tuple[str, str]]:
-    table = _profiles()
+def camera_keys(which: str) -> list[tuple[str, str]]:
+    table = camera_table()
     keys = sorted({(mk, md) for mk, md, _ in table.values()})
-    held = {_norm(m) for m in HELDOUT_MAKERS}
+    held = {camera_key(m) for m in HELDOUT_MAKERS}
     if which == "train":
-        return [k for k in keys if _norm(k[0]) not in held]
+        return [k for k in keys if camera_key(k[0]) not in held]
     if which == "heldout":
-        return [k for k in keys if _norm(k[0]) in held]
+        return [k for k in keys if camera_key(k[0]) in held]
     if which == "all":
         return keys
-    return [k for k in keys if _norm(f"{k[0]} {k[1]}") == _norm(which) or _norm(k[1]) == _norm(which)]
+    want = camera_key(which)
+    return [k for k in keys if camera_key(f"{k[0]} {k[1]}") == want or camera_key(k[1]) == want]
 
 
 def draw_camera(gen: torch.Generator, which: str, iso_range: tuple[float, float]) -> CameraProfile:
-    table = _profiles()
-    keys = _camera_keys(which)
+    table = camera_table()
+    keys = camera_keys(which)
     if not keys:
         raise ValueError(f"no camera profiles match {which!r}")
     for _ in range(1000):
         mk, md = _pick(gen, tuple(keys))
-        key = _norm(f"{mk} {md}")
-        profs = table[key][2] if key in table else table[_norm(md)][2]
+        key = camera_key(f"{mk} {md}")
+        profs = table[key][2] if key in table else table[camera_key(md)][2]
         lo, hi = max(iso_range[0], profs[0][0]), min(iso_range[1], profs[-1][0])
         if lo > hi:
             continue
         iso = math.exp(_u(gen, math.log(lo), math.log(hi)))
-        a, b = _interp_profile(profs, iso)
+        a, b = interp_profile(profs, iso)
         return CameraProfile(mk, md, iso, a, b)
     raise ValueError(f"no profile of {which!r} covers ISO {iso_range}")
 
@@ -374,7 +375,7 @@ def unprocess(x: torch.Tensor, d: Development) -> torch.Tensor:
     cam = torch.einsum("ij,njhw->nihw", torch.linalg.inv(ccm), lin).clamp_min(0)
     wb = torch.tensor(d.wb, dtype=x.dtype).reshape(1, 3, 1, 1)
     raw = cam / wb / 2.0 ** d.ev_push
-    masks = _bayer_masks(x.shape[-2], x.shape[-1], x.device).to(x)
+    masks = bayer_masks(x.shape[-2], x.shape[-1], x.device).to(x)
     return (raw * masks).sum(1, keepdim=True)
 
 
@@ -382,7 +383,7 @@ def add_sensor_noise(mosaic: torch.Tensor, cam: CameraProfile, gen: torch.Genera
     """Per-photosite Poisson-Gaussian noise, variance 4*(a*x + b) (darktable's profiles report half
     the standard deviation), a and b of the photosite's colour."""
     h, w = mosaic.shape[-2:]
-    masks = _bayer_masks(h, w, mosaic.device).to(mosaic)
+    masks = bayer_masks(h, w, mosaic.device).to(mosaic)
     a = (torch.tensor(cam.a, dtype=mosaic.dtype).clamp_min(0).reshape(1, 3, 1, 1) * masks).sum(1, keepdim=True)
     b = (torch.tensor(cam.b, dtype=mosaic.dtype).clamp_min(0).reshape(1, 3, 1, 1) * masks).sum(1, keepdim=True)
     var = 4.0 * (a * mosaic.clamp_min(0) + b)
@@ -418,7 +419,7 @@ def develop(mosaic: torch.Tensor, d: Development, demosaic: Callable[[torch.Tens
     interpolating), demosaic, then `develop_rgb`."""
     h, w = mosaic.shape[-2:]
     gains = torch.tensor(d.wb, dtype=mosaic.dtype).reshape(1, 3, 1, 1) * 2.0 ** d.ev_push
-    site_gain = (gains * _bayer_masks(h, w, mosaic.device).to(mosaic)).sum(1, keepdim=True)
+    site_gain = (gains * bayer_masks(h, w, mosaic.device).to(mosaic)).sum(1, keepdim=True)
     rgb = (demosaic or DEMOSAICS[d.demosaic])(mosaic * site_gain)
     return develop_rgb(rgb, d)
 
@@ -459,7 +460,7 @@ def pipeline_pair(x: torch.Tensor, gen: torch.Generator, settings: Settings = TR
         d = draw_development(gen, settings, camera=camera)
         n, t = simulate(x[i:i + 1], d, gen)
         if out_size is not None:
-            n, t = _random_crop(n, t, out_size, gen)
+            n, t = random_crop(n, t, out_size, gen)
         noisy.append(n)
         target.append(t)
     return torch.cat(noisy), torch.cat(target)
@@ -474,13 +475,13 @@ def clean_development_pair(x: torch.Tensor, gen: torch.Generator, settings: Sett
         d = draw_development(gen, settings)
         y = finish(develop(unprocess(upscale_source(x[i:i + 1], d), d), d).clamp(0, 1), d)
         if out_size is not None:
-            y = _random_crop(y, y, out_size, gen)[0]
+            y = random_crop(y, y, out_size, gen)[0]
         outs.append(y)
     y = torch.cat(outs)
     return y, y.clone()
 
 
-def _random_crop(a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generator):
+def random_crop(a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generator):
     h, w = a.shape[-2:]
     m = 8 if min(h, w) >= size + 16 else max(0, (min(h, w) - size) // 2)
     if h < size or w < size:

@@ -9,7 +9,7 @@ draws from an explicit `torch.Generator` so runs are reproducible. Specs are str
     camera:"Nikon D750"@12800   darktable profile through an unprocessing pipeline
     camera:random        a random camera profile at ISO 1600-25600 per image
     pipeline             a random camera development of signal and noise together
-                         (`denoise_core.pipeline`: demosaic, tone curve, sharpening, chroma NR,
+                         (`denoise_core.noise.pipeline`: demosaic, tone curve, sharpening, chroma NR,
                          scaling, JPEG); the target is the noise-free development
     pipeline:"Nikon D750"@12800   the same with that camera's profile at that ISO (your camera)
     mild-camera          what cameras write at moderate ISO after their own processing: mild
@@ -23,21 +23,14 @@ whose target is the clean input itself (all but `pipeline` and `mix-v3` onwards)
 """
 from __future__ import annotations
 
-import difflib
-import functools
-import gzip
-import json
 import math
 import re
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
-import torch.nn.functional as F
 
-
-class NoiseSpecError(ValueError):
-    pass
+from . import pipeline
+from .camera import CameraProfile, NoiseSpecError, bayer_masks, demosaic_masked, find_camera, random_camera
 
 
 MIX_VERSIONS = ("mix-v1", "mix-v2", "mix-v3", "mix-v4", "mix-v5", "mix-v6")
@@ -58,99 +51,6 @@ def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, levels: int = 255) -> torch.Tensor:
     return torch.round(x.clamp(0.0, 1.0) * levels) / levels
-
-
-# --------------------------------------------------------------------------- camera profiles
-@dataclass(frozen=True)
-class CameraProfile:
-    maker: str
-    model: str
-    iso: float
-    a: tuple[float, float, float]
-    b: tuple[float, float, float]
-
-    @property
-    def name(self) -> str:
-        return f"{self.maker} {self.model}@{self.iso:g}"
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-@functools.lru_cache(maxsize=1)
-def _profiles() -> dict[str, tuple[str, str, list]]:
-    raw = resources.files("denoise_core.data").joinpath("noiseprofiles.json.gz").read_bytes()
-    data = json.loads(gzip.decompress(raw))
-    table: dict[str, tuple[str, str, list]] = {}
-    for maker in data["noiseprofiles"]:
-        for model in maker["models"]:
-            profs = sorted(model["profiles"], key=lambda p: p[0])
-            display = model["model"]
-            key = _norm(display if display.lower().startswith(maker["maker"].lower())
-                        else f"{maker['maker']} {display}")
-            table[key] = (maker["maker"], display, profs)
-            table.setdefault(_norm(display), (maker["maker"], display, profs))
-    return table
-
-
-def list_cameras() -> list[str]:
-    seen = {(mk, md) for mk, md, _ in _profiles().values()}
-    return sorted(f"{mk} {md}" for mk, md in seen)
-
-
-def find_camera(name: str, iso: float) -> CameraProfile:
-    """Look a camera up by "MAKER MODEL" (case and spacing ignored) and interpolate its ISO."""
-    table = _profiles()
-    key = _norm(name)
-    if key not in table:
-        near = difflib.get_close_matches(key, list(table), n=5, cutoff=0.6)
-        names = sorted({f"{table[k][0]} {table[k][1]}" for k in near})
-        hint = f"; did you mean: {', '.join(names)}?" if names else "; `denoise-train --list-cameras` lists them"
-        raise NoiseSpecError(f"unknown camera {name!r}{hint}")
-    maker, model, profs = table[key]
-    isos = [p[0] for p in profs]
-    if not isos[0] * 0.5 <= iso <= isos[-1] * 2:
-        raise NoiseSpecError(
-            f"{maker} {model} has noise profiles for ISO {isos[0]:g}-{isos[-1]:g}, not {iso:g}")
-    a, b = _interp_profile(profs, iso)
-    return CameraProfile(maker, model, float(iso), a, b)
-
-
-def _interp_profile(profs: list, iso: float) -> tuple[tuple, tuple]:
-    """Interpolate a and b linearly in ISO between the two nearest measured profiles."""
-    isos = [p[0] for p in profs]
-    if iso <= isos[0] or len(profs) == 1:
-        lo = hi = profs[0] if iso <= isos[0] else profs[-1]
-        t = iso / lo[0]
-        return tuple(v * t for v in lo[1]), tuple(v * t * t for v in lo[2])
-    if iso >= isos[-1]:
-        hi = profs[-1]
-        t = iso / hi[0]
-        return tuple(v * t for v in hi[1]), tuple(v * t * t for v in hi[2])
-    for lo, hi in zip(profs, profs[1:]):
-        if lo[0] <= iso <= hi[0]:
-            t = (iso - lo[0]) / max(hi[0] - lo[0], 1e-9)
-            a = tuple((1 - t) * x + t * y for x, y in zip(lo[1], hi[1]))
-            b = tuple((1 - t) * x + t * y for x, y in zip(lo[2], hi[2]))
-            return a, b
-    raise AssertionError("unreachable")
-
-
-def random_camera(gen: torch.Generator, iso_range: tuple[float, float] = (1600, 25600)) -> CameraProfile:
-    table = _profiles()
-    keys = sorted({(mk, md) for mk, md, _ in table.values()})
-    while True:
-        mk, md = keys[int(torch.randint(len(keys), (1,), generator=gen))]
-        profs = table[_norm(f"{mk} {md}")][2] if _norm(f"{mk} {md}") in table else table[_norm(md)][2]
-        lo = max(iso_range[0], profs[0][0])
-        hi = min(iso_range[1], profs[-1][0])
-        if lo > hi:
-            continue
-        u = float(torch.rand((), generator=gen))
-        iso = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-        a, b = _interp_profile(profs, iso)
-        return CameraProfile(mk, md, iso, a, b)
 
 
 # --------------------------------------------------------------------------- noise models
@@ -180,26 +80,6 @@ def _signed_linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
 def _log_uniform(n: int, rng: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
     u = torch.rand(n, generator=gen)
     return torch.exp(math.log(rng[0]) + u * (math.log(rng[1]) - math.log(rng[0]))).reshape(n, 1, 1, 1)
-
-
-_K_RB = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 4.0
-_K_G = torch.tensor([[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]]) / 4.0
-
-
-def _bayer_masks(h: int, w: int, device) -> torch.Tensor:
-    """RGGB masks, shape (1, 3, h, w)."""
-    yy = torch.arange(h, device=device).reshape(h, 1) % 2
-    xx = torch.arange(w, device=device).reshape(1, w) % 2
-    r = ((yy == 0) & (xx == 0)).float()
-    b = ((yy == 1) & (xx == 1)).float()
-    g = 1.0 - r - b
-    return torch.stack([r, g, b]).unsqueeze(0)
-
-
-def _demosaic_bilinear(mosaic3: torch.Tensor) -> torch.Tensor:
-    """Bilinear demosaic of a masked (N, 3, H, W) mosaic (zeros where a channel is absent)."""
-    k = torch.stack([_K_RB, _K_G, _K_RB]).unsqueeze(1).to(mosaic3)
-    return F.conv2d(F.pad(mosaic3, (1, 1, 1, 1), mode="reflect"), k, groups=3)
 
 
 def add_camera_noise(
@@ -236,9 +116,9 @@ def add_camera_noise(
     cam = torch.einsum("nij,njhw->nihw", torch.linalg.inv(ccm), lin)
     raw = cam / wb / gain  # what the sensor recorded, white = 1
     var = 4.0 * (a * raw.clamp_min(0) + b)
-    masks = _bayer_masks(h, w, dev)
+    masks = bayer_masks(h, w, dev)
     noise_raw = var.sqrt() * torch.randn(x.shape, generator=gen, dtype=dt).to(dev) * masks
-    noise = _demosaic_bilinear(noise_raw) * wb * gain
+    noise = demosaic_masked(noise_raw) * wb * gain
     out = torch.einsum("nij,njhw->nihw", ccm, cam + noise)
     return linear_to_srgb(out)
 
@@ -319,7 +199,6 @@ def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
         spec = parse_noise(spec)
     n = x.shape[0]
     if spec.kind in _PAIRED:
-        from . import pipeline  # local: pipeline imports this module
         noisy, target = [], []
         choice = torch.rand(n, generator=gen)
         for i in range(n):
@@ -341,7 +220,7 @@ def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
             else:  # mix-v4 on: a noise-free camera file, left as it is
                 ni, ti = pipeline.clean_development_pair(xi, gen)
             if out_size is not None:
-                ni, ti = pipeline._random_crop(ni, ti, out_size, gen)
+                ni, ti = pipeline.random_crop(ni, ti, out_size, gen)
             noisy.append(ni.clamp(0, 1))
             target.append(ti.clamp(0, 1))
         return torch.cat(noisy), torch.cat(target)
@@ -370,8 +249,7 @@ def noisy_pair(x: torch.Tensor, spec: NoiseSpec | str, gen: torch.Generator,
     y = quantize(y) if spec.quantize else y.clamp(0.0, 1.0)
     target = x
     if out_size is not None:
-        from .pipeline import _random_crop
-        pairs = [_random_crop(y[i:i + 1], x[i:i + 1], out_size, gen) for i in range(n)]
+        pairs = [pipeline.random_crop(y[i:i + 1], x[i:i + 1], out_size, gen) for i in range(n)]
         y, target = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
     return y, target
 
@@ -445,10 +323,9 @@ def _as_v3(u: float, shares: tuple[float, ...]) -> float:
 
 def _blurred_unit(shape: tuple[int, ...], sigma: float, gen: torch.Generator) -> torch.Tensor:
     """White Gaussian noise blurred by a Gaussian of `sigma` px, scaled back to unit variance."""
-    from .pipeline import gaussian_blur  # local: pipeline imports this module
     w = torch.randn(shape, generator=gen)
     if sigma > 0:
-        w = gaussian_blur(w, sigma)
+        w = pipeline.gaussian_blur(w, sigma)
     return w / w.std().clamp_min(1e-6)
 
 
@@ -459,7 +336,6 @@ def mild_camera_noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     luma sigma 1-9 on 0-255 (log-uniform), chroma 0.3-1.3x luma; scaled with the square root of
     the signal, then 8-bit and, 70% of the time, JPEG q80-98. One image (1, 3, H, W) in [0, 1].
     Fitted to the statistics of real camera JPEGs (bench/noise_stats.py)."""
-    from .pipeline import _from_ycc, _to_ycc, jpeg  # local: pipeline imports this module
     _, _, h, w = x.shape
 
     def u(lo: float, hi: float) -> float:
@@ -474,13 +350,13 @@ def mild_camera_noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         share = u(0.02, 0.25) if k == 0 else u(0.1, 0.5)
         planes.append(sigma * (math.sqrt(1 - share) * fine + math.sqrt(share) * blot))
     n = torch.cat(planes, 1)
-    ycc = _to_ycc(x)
+    ycc = pipeline.to_ycc(x)
     floor = u(0.3, 0.7)  # the signal-independent share (read noise)
     amp = floor + (1 - floor) * ycc[:, :1].clamp(0, 1).sqrt() / math.sqrt(0.5)  # 1 at mid-grey
-    y = _from_ycc(ycc + n * amp).clamp(0, 1)
+    y = pipeline.from_ycc(ycc + n * amp).clamp(0, 1)
     y = quantize(y)
     if float(torch.rand((), generator=gen)) < 0.7:
-        y = jpeg(y, int(round(u(80, 98))), "4:2:0" if float(torch.rand((), generator=gen)) < 0.6 else "4:4:4")
+        y = pipeline.jpeg(y, int(round(u(80, 98))), "4:2:0" if float(torch.rand((), generator=gen)) < 0.6 else "4:4:4")
     return y
 
 

@@ -8,7 +8,7 @@ mosaic is reflect-padded by one row/column where needed: reflection keeps the CF
 `unpack` undoes it exactly.
 
 The noise level of a photosite is the standard deviation sqrt(4 * (a * x + b)) of the darktable
-profile of the file's camera at its ISO (`denoise_core.noise.find_camera`, interpolated in ISO),
+profile of the file's camera at its ISO (`denoise_core.noise.camera.find_camera`, interpolated in ISO),
 x the local signal. Without a profile (an unknown camera, or an ISO outside its range), a and b
 are estimated from the image itself (`estimate_noise`) and `RawImage.noise_source` says so.
 
@@ -29,12 +29,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .files import file_problem
-from .imageio import ImageReadError, ImageWriteError
-from .noise import CameraProfile, NoiseSpecError, find_camera
+from ..imaging.files import file_problem
+from ..imaging.imageio import RAW_EXTENSIONS, ImageReadError, ImageWriteError
+from ..noise.camera import CameraProfile, NoiseSpecError, find_camera
 
-RAW_EXTENSIONS: tuple[str, ...] = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".raf", ".orf",
-                                   ".rw2", ".pef", ".srw")
 PLANES = ("R", "G1", "G2", "B")
 
 
@@ -47,7 +45,7 @@ class RawWriteError(ImageWriteError):
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """LibRaw prints its own complaints ("Unexpected end of file") on file descriptor 2; the batch
     reports each file in one line, so they are swallowed while LibRaw runs."""
     try:
@@ -358,7 +356,7 @@ def open_raw(path):
     except OSError as e:
         raise RawReadError(path, e.strerror or str(e)) from None
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             raw = rawpy.imread(str(p))  # opens only; LibRaw unpacks lazily
             try:
                 raw.unpack()  # now, quietly: a truncated file fails here
@@ -500,7 +498,7 @@ def write_bayer_dng(path, mosaic: np.ndarray, *, make: str, model: str, iso: flo
                     color_matrix: np.ndarray | None = None, orientation: int | None = None) -> None:
     """A minimal Bayer DNG (uint16 mosaic + the tags LibRaw needs), written atomically."""
     import tifffile
-    from .atomic import atomic_path
+    from ..imaging.atomic import atomic_path
     codes = {"R": 0, "G": 1, "B": 2}
     cm = np.eye(3) if color_matrix is None else np.asarray(color_matrix, np.float64)
     tags = [(271, "s", 0, make, True), (272, "s", 0, model, True),

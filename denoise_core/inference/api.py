@@ -7,7 +7,7 @@
     out = dn.denoise(pixels, sigma=8)           # the noise is sigma 8 on the 0-255 scale
 
 `strength` blends the result with the input (0 keeps it, 1 is the full result). `noise_level`
-(models with a noise-level input, the default among them; see `denoise_core.levels`) tells the
+(models with a noise-level input, the default among them; see `denoise_core.inference.levels`) tells the
 net how much noise to remove, relative to what it finds by itself: None (default) is blind and
 one pass; a number runs a blind pass, maps the noise it removed, and runs again told that map
 times the number: 0 keeps the image, 1 is about the blind result, 2 removes noise the blind pass
@@ -37,9 +37,9 @@ from denoise_plugins.common.denoise_protocol import DEFAULT_TILE, MAX_NOISE_LEVE
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import autocast, pick_device, pick_precision, precision_name
-from .files import file_problem
+from ..imaging.files import file_problem
 from .levels import LEVEL_RADIUS, LEVEL_UNIT, level_map, level_planes
-from .models import list_models
+from ..models import list_models
 from .tiler import make_grid, read_window
 
 DEFAULT_MODEL = "unet"
@@ -61,7 +61,7 @@ def weights_dir() -> Path:
     return Path(str(resources.files("denoise_core.weights")))
 
 
-RAW_ARCHS = ("raw",)  # sensor-mosaic models: camera raw files only (denoise_core.raw_denoise)
+RAW_ARCHS = ("raw",)  # sensor-mosaic models: camera raw files only (denoise_core.raw.denoise)
 
 
 def shipped_models(*, include_raw: bool = False) -> dict[str, Path]:

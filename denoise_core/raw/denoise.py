@@ -1,6 +1,6 @@
 """Denoise camera raw files with the `raw` model and write what a photographer continues with.
 
-    from denoise_core.raw_denoise import RawDenoiser, process_raw
+    from denoise_core.raw.denoise import RawDenoiser, process_raw
     rd = RawDenoiser("raw")
     process_raw(rd, "IMG_0001.NEF", "out/IMG_0001.tif")          # LibRaw development, 16-bit TIFF
     process_raw(rd, "IMG_0002.dng", "out/IMG_0002.dng")          # a DNG with new raw data
@@ -36,14 +36,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .api import check_output
-from .atomic import atomic_path
-from .checkpoint import load_checkpoint
-from .device import autocast, precision_name
-from .imageio import ImageWarning, Photo, write_image
-from .raw import (RawImage, RawReadError, RawWriteError, _quiet_stderr, cfa_page, noise_sigma, open_raw, read_raw,
+from ..inference.api import check_output
+from ..imaging.atomic import atomic_path
+from ..inference.checkpoint import load_checkpoint
+from ..inference.device import autocast, precision_name
+from ..imaging.imageio import ImageWarning, Photo, write_image
+from .rawfile import (RawImage, RawReadError, RawWriteError, quiet_stderr, cfa_page, noise_sigma, open_raw, read_raw,
                   unpack)
-from .tiler import make_grid, read_window
+from ..inference.tiler import make_grid, read_window
 
 DEFAULT_RAW_MODEL = "raw"
 DEFAULT_RAW_TILE = 512  # packed pixels (a 1024x1024 mosaic window)
@@ -54,7 +54,7 @@ ProgressFn = Callable[[int, int], None]
 class RawDenoiser:
     def __init__(self, model: str | os.PathLike = DEFAULT_RAW_MODEL, *, device: str = "cpu",
                  precision: str = "auto", tile: int = DEFAULT_RAW_TILE) -> None:
-        from .api import build_for_inference, resolve_model
+        from ..inference.api import build_for_inference, resolve_model
         self.path = resolve_model(model)
         ckpt = load_checkpoint(self.path)
         if ckpt.arch != "raw":
@@ -133,7 +133,7 @@ def develop(path, mosaic: np.ndarray | None, img: RawImage, **overrides) -> np.n
                 raise RawReadError(path, f"raw data changed size ({vis.shape} vs {mosaic.shape})")
             vis[...] = img.to_raw_values(mosaic)
         params = {**DEVELOP_PARAMS, **overrides}
-        with _quiet_stderr():
+        with quiet_stderr():
             return raw.postprocess(**params)
     except rawpy.LibRawError as e:
         raise RawReadError(path, f"LibRaw cannot develop it ({type(e).__name__})") from None
@@ -159,7 +159,7 @@ def raw_exif(path) -> bytes | None:
 
 
 def _raw_exif(path) -> bytes | None:
-    from .imageio import _IFD0_EXIF_TAGS, _pack_ifd, _read_ifd
+    from ..imaging.imageio import IFD0_EXIF_TAGS, pack_ifd, read_ifd
     p = Path(path)
     try:
         with open(p, "rb") as f:
@@ -187,13 +187,13 @@ def _raw_exif(path) -> bytes | None:
     if bo is None or len(buf) < 8:
         return None
     try:
-        entries = _read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo, keep=_IFD0_EXIF_TAGS - {274})
+        entries = read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo, keep=IFD0_EXIF_TAGS - {274})
     except struct.error:
         return None
     if not entries:
         return None
     header = (b"II*\0" if bo == "<" else b"MM\0*") + struct.pack(bo + "I", 8)
-    return b"Exif\0\0" + header + _pack_ifd(entries, 8, bo)
+    return b"Exif\0\0" + header + pack_ifd(entries, 8, bo)
 
 
 def write_developed(src, dst, mosaic: np.ndarray, img: RawImage, *, format: str = "TIFF",

@@ -25,7 +25,7 @@ This module owns:
     XMP tag stored as a number is refused instead of becoming that many zero bytes; compressed
     pixel data too short for the declared size at the format's best ratio (JPEG scan, PNG IDAT,
     TIFF strips; `_check_data_size`) is refused before a decoder allocates that size.
-  * atomic output (denoise_core.atomic): a failed write leaves nothing behind and never a partial file.
+  * atomic output (denoise_core.imaging.atomic): a failed write leaves nothing behind and never a partial file.
   * format choice: reading goes by the file's content (a PNG named .jpg reads as PNG); writing goes
     by `format=`, else the destination's extension, else photo.format.
 
@@ -75,8 +75,8 @@ import numpy as np
 import tifffile
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from denoise_core.atomic import atomic_path
-from denoise_core.files import file_problem
+from denoise_core.imaging.atomic import atomic_path
+from denoise_core.imaging.files import file_problem
 
 # Largest image (width * height) read, for every format alike; checked on the header, before any
 # pixel is decoded. Pillow's DecompressionBombWarning is superseded by it (a 100 MP camera file
@@ -84,6 +84,9 @@ from denoise_core.files import file_problem
 MAX_PIXELS: int | None = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow's default, when unset
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
+# the camera raw files denoise_core.raw reads (read_image refuses them, naming that way)
+RAW_EXTENSIONS: tuple[str, ...] = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".raf", ".orf",
+                                   ".rw2", ".pef", ".srw")
 _EXT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 _FORMAT_ALIASES = {"PNG": "PNG", "TIFF": "TIFF", "TIF": "TIFF", "JPEG": "JPEG", "JPG": "JPEG", "WEBP": "WEBP"}
 _RAW_EXTENSIONS = frozenset(".dng .nef .nrw .cr2 .cr3 .crw .arw .srf .sr2 .orf .rw2 .raf .pef .srw .3fr "
@@ -144,10 +147,9 @@ def format_for_path(path) -> str:
 # ----------------------------------------------------------------------------------------- reading
 
 def _raw_reason(ext: str) -> str:
-    """Why read_image refuses a camera raw file, true for the formats denoise_core.raw reads and the rest."""
-    from denoise_core.raw import RAW_EXTENSIONS
+    """Why read_image refuses a camera raw file, true for the formats denoise_core.raw.rawfile reads and the rest."""
     if ext in RAW_EXTENSIONS:
-        return ("a camera raw file: denoise it with denoise-batch (or denoise_core.raw_denoise); "
+        return ("a camera raw file: denoise it with denoise-batch (or denoise_core.raw.denoise); "
                 "read_image reads PNG, TIFF, JPEG and WebP")
     return (f"{ext[1:].upper()} camera raw files are not supported (denoise-batch reads "
             f"{', '.join(e[1:].upper() for e in RAW_EXTENSIONS)}); develop it to TIFF or PNG first")
@@ -795,7 +797,7 @@ _READERS = {"PNG": _read_png, "TIFF": _read_tiff, "JPEG": _read_jpeg, "WEBP": _r
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 _EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 34665, 34853, 40965
-_IFD0_EXIF_TAGS = frozenset({270, 271, 272, 274, 305, 306, 315, 316, 33432, _EXIF_IFD, _GPS_IFD})
+IFD0_EXIF_TAGS = frozenset({270, 271, 272, 274, 305, 306, 315, 316, 33432, _EXIF_IFD, _GPS_IFD})
 
 
 class _ExifTooLarge(ValueError):
@@ -806,7 +808,7 @@ class _ExifTooLarge(ValueError):
 _SUB_IFDS = {None: (_EXIF_IFD, _GPS_IFD), _EXIF_IFD: (_INTEROP_IFD,), _GPS_IFD: (), _INTEROP_IFD: ()}
 
 
-def _read_ifd(buf, offset: int, bo: str, keep: frozenset | None = None, *, kind: int | None = None,
+def read_ifd(buf, offset: int, bo: str, keep: frozenset | None = None, *, kind: int | None = None,
               seen: set | None = None, left: list | None = None) -> list:
     """Entries of the IFD at `offset`. Each IFD is followed once (a pointer back to one already read
     is dropped, so loops end), a tag once per IFD, and all the bytes copied stay under
@@ -824,7 +826,7 @@ def _read_ifd(buf, offset: int, bo: str, keep: frozenset | None = None, *, kind:
             continue
         if tag in (_EXIF_IFD, _GPS_IFD, _INTEROP_IFD):
             if count == 1 and typ in (4, 13) and tag in _SUB_IFDS[kind]:
-                sub = _read_ifd(buf, struct.unpack_from(bo + "I", buf, pos + 8)[0], bo, kind=tag, seen=seen, left=left)
+                sub = read_ifd(buf, struct.unpack_from(bo + "I", buf, pos + 8)[0], bo, kind=tag, seen=seen, left=left)
                 if sub:
                     tags.add(tag)
                     entries.append((tag, 4, 1, sub))
@@ -846,7 +848,7 @@ def _read_ifd(buf, offset: int, bo: str, keep: frozenset | None = None, *, kind:
     return sorted(entries, key=lambda e: e[0])
 
 
-def _pack_ifd(entries: list, offset: int, bo: str) -> bytes:
+def pack_ifd(entries: list, offset: int, bo: str) -> bytes:
     """The IFD placed at file offset `offset` (even), followed by its out-of-line values and sub-IFDs."""
     data_start = offset + 2 + 12 * len(entries) + 4
     fields, tail = [], bytearray()
@@ -854,7 +856,7 @@ def _pack_ifd(entries: list, offset: int, bo: str) -> bytes:
         if isinstance(value, list) or len(value) > 4:
             tail += b"\0" * (len(tail) & 1)
             at = data_start + len(tail)
-            tail += _pack_ifd(value, at, bo) if isinstance(value, list) else value
+            tail += pack_ifd(value, at, bo) if isinstance(value, list) else value
             fields.append(struct.pack(bo + "HHII", tag, typ, count, at))
         else:
             fields.append(struct.pack(bo + "HHI", tag, typ, count) + value.ljust(4, b"\0"))
@@ -867,7 +869,7 @@ def _exif_ifd0(exif: bytes | None) -> tuple[str, list]:
     if bo is None:
         return "<", []
     try:
-        return bo, _read_ifd(tiff, struct.unpack_from(bo + "I", tiff, 4)[0], bo, keep=_IFD0_EXIF_TAGS)
+        return bo, read_ifd(tiff, struct.unpack_from(bo + "I", tiff, 4)[0], bo, keep=IFD0_EXIF_TAGS)
     except struct.error:
         return bo, []
 
@@ -875,13 +877,13 @@ def _exif_ifd0(exif: bytes | None) -> tuple[str, list]:
 def _tiff_file_exif(p: Path, bo: str, budget: _Budget) -> bytes | None:
     with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
-            entries = _read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo, keep=_IFD0_EXIF_TAGS)
+            entries = read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo, keep=IFD0_EXIF_TAGS)
         except struct.error:
             return None
     if not entries:
         return None
     header = (b"II*\0" if bo == "<" else b"MM\0*") + struct.pack(bo + "I", 8)
-    exif = b"Exif\0\0" + header + _pack_ifd(entries, 8, bo)
+    exif = b"Exif\0\0" + header + pack_ifd(entries, 8, bo)
     budget.take(len(exif), "the EXIF tags")
     return exif
 
@@ -893,12 +895,12 @@ def _add_exif_to_tiff(tmp: Path, bo: str, exif_entries: list) -> None:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             if bytes(buf[2:4]) != struct.pack(bo + "H", 42):
                 return
-            current = _read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo, left=[sys.maxsize])
+            current = read_ifd(buf, struct.unpack_from(bo + "I", buf, 4)[0], bo, left=[sys.maxsize])
             end = len(buf)
         have = {e[0] for e in current}
         entries = sorted(current + [e for e in exif_entries if e[0] not in have], key=lambda e: e[0])
         at = end + (end & 1)
-        block = _pack_ifd(entries, at, bo)
+        block = pack_ifd(entries, at, bo)
         if at + len(block) >= 1 << 32:
             return
         f.seek(end)

@@ -18,7 +18,7 @@ white balance, colour matrix and tone curve of its draw, no sharpening), PSNR in
 development of the clean mosaic: the quantity the raw benchmark measures.
 
 The loop is small and its own (the generic `train.train` validates single-input sRGB models):
-Adam, warm-up and cosine decay (`train._lr_at`), gradient clipping, bf16 autocast where the CPU
+Adam, warm-up and cosine decay (`train.lr_at`), gradient clipping, bf16 autocast where the CPU
 has it, resumable state in `<out>.state.pt` written atomically (model, optimizer, patch generator,
 step, best, curves); the best validation weights go to `<out>` with a card, beside them the
 `.curves.png` and `.compare.png` of the sRGB trainer.
@@ -37,16 +37,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .atomic import atomic_path
-from .checkpoint import save_checkpoint
-from .device import autocast, pick_precision, precision_name
+from ..imaging.atomic import atomic_path
+from ..inference.checkpoint import save_checkpoint
+from ..inference.device import autocast, pick_precision, precision_name
 from .metrics import psnr, ssim
-from .models import create_model
-from .noise import CameraProfile
-from .noise import _interp_profile, _norm, _profiles
-from .pipeline import (Development, Settings, _camera_keys, add_sensor_noise, demosaic_malvar, develop,
+from ..models import create_model
+from ..noise.camera import CameraProfile, camera_key, camera_table, interp_profile
+from ..noise.pipeline import (Development, Settings, camera_keys, add_sensor_noise, demosaic_malvar, develop,
                        draw_development, unprocess)
-from .train import (TrainConfig, TrainingError, _load_init, _lr_at, random_patches, report_paths, save_comparison,
+from .train import (TrainConfig, TrainingError, load_init, lr_at, random_patches, report_paths, save_comparison,
                     save_curves, state_path)
 
 RAW_SETTINGS = Settings(iso=(800, 25600), cameras="train")
@@ -85,11 +84,11 @@ def profile_ab_t(cam: CameraProfile) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.lru_cache(maxsize=8)
 def _cameras(which: str, iso: tuple[float, float]) -> tuple:
     """(maker, model, profiles, lo, hi) of every camera `which` selects that covers part of `iso`."""
-    table = _profiles()
+    table = camera_table()
     out = []
-    for mk, md in _camera_keys(which):
-        key = _norm(f"{mk} {md}")
-        profs = table[key][2] if key in table else table[_norm(md)][2]
+    for mk, md in camera_keys(which):
+        key = camera_key(f"{mk} {md}")
+        profs = table[key][2] if key in table else table[camera_key(md)][2]
         lo, hi = max(iso[0], profs[0][0]), min(iso[1], profs[-1][0])
         if lo <= hi:
             out.append((mk, md, profs, lo, hi))
@@ -103,7 +102,7 @@ def draw_camera(gen: torch.Generator, settings: Settings = RAW_SETTINGS) -> Came
     mk, md, profs, lo, hi = cams[int(torch.randint(len(cams), (1,), generator=gen))]
     u = float(torch.rand((), generator=gen))
     iso = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-    a, b = _interp_profile(profs, iso)
+    a, b = interp_profile(profs, iso)
     return CameraProfile(mk, md, iso, a, b)
 
 
@@ -111,7 +110,7 @@ def raw_sample(x: torch.Tensor, gen: torch.Generator, settings: Settings = RAW_S
                d: Development | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Development]:
     """One clean sRGB image (1, 3, H, W), H and W even -> (noisy planes, clean planes, sigma planes,
     development), planes (1, 4, H/2, W/2)."""
-    from .raw import noise_sigma
+    from ..raw.rawfile import noise_sigma
     d = d or draw_development(gen, settings, camera=draw_camera(gen, settings))
     clean = unprocess(x, d).clamp(0, 1)
     noisy = add_sensor_noise(clean, d.camera, gen).clamp_max(1.0)
@@ -138,12 +137,12 @@ def raw_batches(images: Sequence[np.ndarray], patch: int, batch: int,
 
 def val_set(images: Sequence[np.ndarray], crop: int = 256, per_image: int = 2, seed: int = 4321):
     """Fixed (noisy, clean, sigma, development) crops of whole photos, same noise every time."""
-    from .train import _to_float, _val_windows
+    from .train import to_float, val_windows
     gen = torch.Generator().manual_seed(seed)
     out = []
     for im in images:
-        for sy, sx in _val_windows(im.shape[0], im.shape[1], crop, per_image):
-            out.append(raw_sample(_to_float(im[sy, sx])[None], gen))
+        for sy, sx in val_windows(im.shape[0], im.shape[1], crop, per_image):
+            out.append(raw_sample(to_float(im[sy, sx])[None], gen))
     return out
 
 
@@ -192,7 +191,7 @@ def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray]
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, **cfg.arch_args)
     if cfg.init and not resume:
-        _load_init(model, cfg)
+        load_init(model, cfg)
     model = model.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]  # 2x faster on CPU; torch's stubs omit it
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     amp_dtype = pick_precision(torch.device("cpu"), cfg.precision)
@@ -230,7 +229,7 @@ def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray]
     stop = False
     while step < cfg.steps and not stop:
         for g in opt.param_groups:
-            g["lr"] = _lr_at(cfg, step)
+            g["lr"] = lr_at(cfg, step)
         noisy, clean, sigma = (t.contiguous(memory_format=torch.channels_last) for t in batches(gen))
         with autocast(torch.device("cpu"), amp_dtype):
             pred = model(noisy, sigma)

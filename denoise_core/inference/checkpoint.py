@@ -28,9 +28,9 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
-from .atomic import atomic_write_bytes
-from .files import file_problem
-from .models import create_model, is_model, list_models
+from ..imaging.atomic import atomic_write_bytes
+from ..imaging.files import file_problem
+from ..models import create_model, is_model, list_models
 
 FORMAT = "denoise-cnn"
 FORMAT_VERSION = 1

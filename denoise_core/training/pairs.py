@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import SUPPORTED_EXTENSIONS, ImageReadError, read_image
-from .noise import linear_to_srgb, srgb_to_linear
+from ..imaging.imageio import SUPPORTED_EXTENSIONS, ImageReadError, read_image
+from ..noise.synth import linear_to_srgb, srgb_to_linear
 
 
 class PairError(ValueError):

@@ -28,12 +28,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_path
-from .checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
-from .device import autocast, available_cores, pick_device, pick_precision, precision_name
+from ..imaging.atomic import atomic_path
+from ..inference.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
+from ..inference.device import autocast, available_cores, pick_device, pick_precision, precision_name
 from .metrics import psnr, ssim
-from .models import create_model
-from .noise import NoiseSpec, noisy_pair
+from ..models import create_model
+from ..noise.synth import NoiseSpec, noisy_pair
 
 
 class TrainingError(RuntimeError):
@@ -106,7 +106,7 @@ def random_patches(images: Sequence[np.ndarray], n: int, size: int, gen: torch.G
             crops.append(partners[i][y:y + size, x:x + size])
         res = []
         for c in crops:
-            t = _to_float(c)
+            t = to_float(c)
             t = torch.rot90(t, k, dims=(1, 2))
             if flip:
                 t = torch.flip(t, dims=(2,))
@@ -118,7 +118,7 @@ def random_patches(images: Sequence[np.ndarray], n: int, size: int, gen: torch.G
     return (torch.stack(out_p), clean) if partners is not None else clean
 
 
-def _to_float(a: np.ndarray) -> torch.Tensor:
+def to_float(a: np.ndarray) -> torch.Tensor:
     """(H, W[, C]) pixels -> float (3, H, W) in [0, 1]; grayscale becomes three equal channels,
     as the models are RGB and the Denoiser feeds gray images that way."""
     t = torch.from_numpy(np.ascontiguousarray(a))
@@ -143,7 +143,8 @@ def split_by_image(n: int, fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(order[k:]), sorted(order[:k])
 
 
-def _val_windows(h: int, w: int, crop: int, per_image: int):
+def val_windows(h: int, w: int, crop: int, per_image: int):
+    """The (rows, cols) slices of the `per_image` fixed validation windows of an h x w image."""
     c = min(crop, h, w) // 8 * 8
     for j in range(per_image):
         y = (h - c) * (j + 1) // (per_image + 1)
@@ -157,8 +158,8 @@ def fixed_val_set(images: Sequence[np.ndarray], noise: NoiseSpec | str, *, crop:
     gen = torch.Generator().manual_seed(seed)
     pairs = []
     for im in images:
-        for sy, sx in _val_windows(im.shape[0], im.shape[1], crop, per_image):
-            clean = _to_float(im[sy, sx])[None]
+        for sy, sx in val_windows(im.shape[0], im.shape[1], crop, per_image):
+            clean = to_float(im[sy, sx])[None]
             pairs.append(noisy_pair(clean, noise, gen))
     return pairs
 
@@ -166,8 +167,8 @@ def fixed_val_set(images: Sequence[np.ndarray], noise: NoiseSpec | str, *, crop:
 def pair_val_set(noisy: Sequence[np.ndarray], clean: Sequence[np.ndarray], *, crop: int = 256,
                  per_image: int = 2):
     """Deterministic (noisy, clean) crops from aligned validation pairs."""
-    return [(_to_float(n[sy, sx])[None], _to_float(c[sy, sx])[None])
-            for n, c in zip(noisy, clean) for sy, sx in _val_windows(n.shape[0], n.shape[1], crop, per_image)]
+    return [(to_float(n[sy, sx])[None], to_float(c[sy, sx])[None])
+            for n, c in zip(noisy, clean) for sy, sx in val_windows(n.shape[0], n.shape[1], crop, per_image)]
 
 
 @torch.inference_mode()
@@ -262,7 +263,8 @@ def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 
 # --------------------------------------------------------------------------- loop
-def _lr_at(cfg: TrainConfig, step: int) -> float:
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """The learning rate at `step`: linear warm-up, then cosine decay from cfg.lr to cfg.min_lr."""
     warm = min(200, cfg.steps // 10)
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -270,7 +272,7 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _load_init(model: nn.Module, cfg: TrainConfig) -> None:
+def load_init(model: nn.Module, cfg: TrainConfig) -> None:
     try:
         ckpt = load_checkpoint(cfg.init)
     except CheckpointError as e:
@@ -319,7 +321,7 @@ def train(
     model: nn.Module | None = None,
 ) -> dict:
     """Train; `batches(gen)` returns one (noisy, clean) batch drawn from `gen`, or (noisy, clean,
-    level planes) for a model with a noise-level input (`denoise_core.levels`). Returns the card,
+    level planes) for a model with a noise-level input (`denoise_core.inference.levels`). Returns the card,
     the validation history and the best PSNR. Joins DDP when a process group is initialized
     (see `init_distributed`); `on_progress` is called on rank 0 only."""
     loss_fn = loss_function(cfg.loss)
@@ -332,7 +334,7 @@ def train(
     torch.manual_seed(cfg.seed)
     model = model or create_model(cfg.arch, **cfg.arch_args)
     if cfg.init and not resume:
-        _load_init(model, cfg)
+        load_init(model, cfg)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     amp_dtype = pick_precision(device, cfg.precision)
@@ -387,7 +389,7 @@ def train(
             torch.save(blob, tmp)
 
     while step < cfg.steps:
-        lr = _lr_at(cfg, step)
+        lr = lr_at(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr
         batch = batches(gen)

@@ -92,7 +92,7 @@ def require_prepared(folder: str | Path | None, names: tuple[str, ...]) -> Path:
         raise SystemExit(
             f"{folder}: {len(missing)} of {len(names)} prepared photos missing (e.g. {missing[0]}.png). Pass "
             f"--photos DIR or set DENOISE_PHOTOS to a folder of them, or build them there (apt-get download "
-            f"of {', '.join(PACKAGES)}; no root needed):\n  python -c \"from denoise_core.photos import "
+            f"of {', '.join(PACKAGES)}; no root needed):\n  python -c \"from denoise_core.training.photos import "
             f"download_packages, prepare; import tempfile; prepare(download_packages(tempfile.mkdtemp()), "
             f"'{folder}')\"")
     return folder
