@@ -225,6 +225,26 @@ def test_tiled_equals_whole(tmp_path, tiny_model):
     assert not np.allclose(whole, img.mosaic, atol=1e-4)  # the (random) net did change the mosaic
 
 
+def test_progress_and_cancel(tmp_path, tiny_model):
+    """Raw files go through the same tile loop as images: progress after every tile, and a cancel
+    asked before every tile stops the run with Cancelled."""
+    from denoise_core import Cancelled
+    A3, B3 = profile_ab3("Nikon D750", 6400)
+    write(tmp_path / "a.dng", noisy_mosaic("RGGB", 202, 262, A3, B3))
+    img = R.read_raw(tmp_path / "a.dng")
+    rd = RawDenoiser(tiny_model, precision="fp32", tile=40)
+    seen: list[tuple[int, int]] = []
+    rd.denoise(img, progress=lambda d, t: seen.append((d, t)))
+    total = seen[-1][1]
+    assert total > 4 and seen == [(i + 1, total) for i in range(total)]
+    asked: list[int] = []
+    with pytest.raises(Cancelled):
+        rd.denoise(img, cancel=lambda: asked.append(1) is None and len(asked) > 3)
+    assert len(asked) == 4  # asked before tiles 1-4; the fourth answer stopped it
+    assert RawDenoiser(tiny_model).device.type == ("cuda" if torch.cuda.is_available() else
+                                                   "mps" if torch.backends.mps.is_available() else "cpu")
+
+
 def test_strength_and_noise_level(tmp_path, tiny_model):
     A3, B3 = profile_ab3("Nikon D750", 6400)
     write(tmp_path / "a.dng", noisy_mosaic("RGGB", 64, 96, A3, B3))

@@ -169,6 +169,25 @@ def test_strength_zero_is_identity_and_half_is_between(random_unet):
     np.testing.assert_allclose(half, (img + full) / 2, atol=1e-5)
 
 
+@pytest.mark.parametrize("h,w,tile,overlap,multiple", [(100, 130, 32, 8, 4), (57, 41, 16, 5, 1), (20, 20, 64, 4, 2)])
+def test_tile_loop_of_an_identity_model_gives_the_image_back(h, w, tile, overlap, multiple):
+    """run_tiles with a `run` that returns its window: the blend weights sum to one, so the image
+    comes back, delivered in row bands that cover every row once, top to bottom."""
+    from denoise_core.inference.tiler import run_tiles
+    img = np.random.default_rng(0).random((h, w, 2)).astype(np.float32)
+    grid = make_grid(h, w, tile=tile, overlap=overlap, multiple=multiple, border=overlap)
+    out = np.full_like(img, np.nan)
+    bands: list[tuple[int, int]] = []
+
+    def put(y0: int, rows: np.ndarray) -> None:
+        bands.append((y0, y0 + rows.shape[0]))
+        out[y0:y0 + rows.shape[0]] = rows
+
+    run_tiles(img, grid, lambda win: np.asarray(win, np.float32), 2, put)
+    np.testing.assert_allclose(out, img, atol=1e-6)
+    assert bands[0][0] == 0 and bands[-1][1] == h and all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+
+
 def test_progress_and_cancel(random_unet):
     from denoise_core.inference.api import Cancelled
     img = np.zeros((100, 100, 3), np.float32)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -40,16 +39,10 @@ from .device import autocast, pick_device, pick_precision, precision_name
 from ..imaging.files import file_problem
 from .levels import LEVEL_RADIUS, LEVEL_UNIT, level_map, level_planes
 from ..models import list_models
-from .tiler import make_grid, read_window
+from .tiler import CancelFn, Cancelled, ProgressFn, make_grid, run_tiles
 
 DEFAULT_MODEL = "unet"
 DEFAULT_BORDER = 16  # mirrored context past the image edge (see tiler); the full overlap costs time, not quality
-ProgressFn = Callable[[int, int], None]
-CancelFn = Callable[[], bool]
-
-
-class Cancelled(Exception):
-    pass
 
 
 class ModelNotFoundError(ValueError):
@@ -202,38 +195,22 @@ class Denoiser:
         if overlap is None:
             overlap = self.overlap if self._overlap_given or noise_level is None else self.context(noise_level)
         grid = make_grid(h, w, tile=tile or self.tile, overlap=overlap, multiple=self.multiple, border=self.border)
-        band = np.zeros((0, w, c), np.float32)  # float accumulator for rows not yet final
-        band_y0 = 0
-        total = len(grid)
-        for t in grid:
-            if cancel is not None and cancel():
-                raise Cancelled("denoising cancelled")
-            win = read_window(arr, t.window).astype(np.float32) / scale
+
+        def run(window: np.ndarray) -> np.ndarray:
+            win = window.astype(np.float32) / scale
             x = torch.from_numpy(np.ascontiguousarray(win)).permute(2, 0, 1)[None]
             if c == 1:
                 x = x.expand(1, 3, *x.shape[2:])
             y = self.run_tensor(x, noise_level, sigma)[0]
             if c == 1:
                 y = y.mean(0, keepdim=True)
-            y = y.permute(1, 2, 0).numpy()
-            sy0, sx0, sy1, sx1 = t.support
-            oy, ox = sy0 - t.window[0], sx0 - t.window[1]
-            pred = y[oy:oy + sy1 - sy0, ox:ox + sx1 - sx0]
-            if strength < 1.0:
-                src = win[oy:oy + sy1 - sy0, ox:ox + sx1 - sx0]
-                pred = src + strength * (pred - src)
-            if sy1 - band_y0 > band.shape[0]:
-                band = np.concatenate([band, np.zeros((sy1 - band_y0 - band.shape[0], w, c), np.float32)])
-            band[sy0 - band_y0:sy1 - band_y0, sx0:sx1] += pred * grid.weights(t)[..., None]
-            last_in_row = t.core[3] == w
-            if last_in_row:
-                done = grid.rows_done_before(t.row + 1)
-                if done > band_y0:
-                    out[band_y0:done] = _to_dtype(band[:done - band_y0], arr.dtype, scale)
-                    band = band[done - band_y0:].copy()
-                    band_y0 = done
-            if progress is not None:
-                progress(t.index + 1, total)
+            pred = y.permute(1, 2, 0).numpy()
+            return pred if strength == 1.0 else win + strength * (pred - win)
+
+        def put_rows(y0: int, rows: np.ndarray) -> None:
+            out[y0:y0 + rows.shape[0]] = _to_dtype(rows, arr.dtype, scale)
+
+        run_tiles(arr, grid, run, c, put_rows, progress=progress, cancel=cancel)
         return out[..., 0] if squeeze else out
 
 

@@ -1,6 +1,7 @@
-"""Tile geometry: where tiles sit, how much context each reads, and how their outputs blend.
+"""Tiled inference: where tiles sit, how much context each reads, how their outputs blend, and the
+one tile loop (`run_tiles`) that both the sRGB `Denoiser` and the raw `RawDenoiser` run.
 
-Pure geometry, no model: the image is partitioned into core boxes whose origins are multiples of
+The geometry knows no model: the image is partitioned into core boxes whose origins are multiples of
 the model's size multiple (so a translation-variant net, e.g. one that pixel-unshuffles, sees every
 tile on the same grid as the whole image). Each tile reads its core plus `overlap` pixels of
 context on every inner side and `border` pixels (mirrored) past the image edge, so a model call
@@ -14,8 +15,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+ProgressFn = Callable[[int, int], None]  # (tiles done, tiles in all)
+CancelFn = Callable[[], bool]  # asked before every tile: True stops the run
+
+
+class Cancelled(Exception):
+    """The run's `cancel` callback asked to stop; nothing of the result is returned."""
 
 
 @dataclass(frozen=True)
@@ -146,3 +155,37 @@ def read_window(image: np.ndarray, window: tuple[int, int, int, int]) -> np.ndar
     box = image[r0:int(rows.max()) + 1, c0:int(cols.max()) + 1]
     box = box[y0 - r0:y1 - r0] if 0 <= y0 and y1 <= h else np.take(box, rows - r0, axis=0)
     return box[:, x0 - c0:x1 - c0] if 0 <= x0 and x1 <= w else np.take(box, cols - c0, axis=1)
+
+
+def run_tiles(image: np.ndarray, grid: TileGrid, run: Callable[[np.ndarray], np.ndarray], channels: int,
+              put_rows: Callable[[int, np.ndarray], None], *, progress: ProgressFn | None = None,
+              cancel: CancelFn | None = None) -> None:
+    """The tile loop. For each tile of `grid` over `image` (H, W, ...): `run` maps the tile's window
+    (`read_window`: the context around it, mirrored past the image edge) to the model's output over
+    that window, (wh, ww, channels) float32. The output's support is blended into a float band of
+    rows with the grid's weights, and every band of rows that no later tile touches is handed to
+    `put_rows(y0, rows)` (float32 (n, W, channels)), top to bottom, so only a few tile rows of float
+    output are held at once. `cancel()` is asked before each tile (True raises `Cancelled`);
+    `progress(done, total)` is called after each."""
+    width = grid.width
+    band = np.zeros((0, width, channels), np.float32)  # float accumulator for rows not yet final
+    band_y0 = 0
+    total = len(grid)
+    for t in grid:
+        if cancel is not None and cancel():
+            raise Cancelled("denoising cancelled")
+        y = run(read_window(image, t.window))
+        sy0, sx0, sy1, sx1 = t.support
+        oy, ox = sy0 - t.window[0], sx0 - t.window[1]
+        pred = y[oy:oy + sy1 - sy0, ox:ox + sx1 - sx0]
+        if sy1 - band_y0 > band.shape[0]:
+            band = np.concatenate([band, np.zeros((sy1 - band_y0 - band.shape[0], width, channels), np.float32)])
+        band[sy0 - band_y0:sy1 - band_y0, sx0:sx1] += pred * grid.weights(t)[..., None]
+        if t.core[3] == width:  # the last tile of its row
+            done = grid.rows_done_before(t.row + 1)
+            if done > band_y0:
+                put_rows(band_y0, band[:done - band_y0])
+                band = band[done - band_y0:].copy()
+                band_y0 = done
+        if progress is not None:
+            progress(t.index + 1, total)

@@ -31,7 +31,6 @@ import struct
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,16 +42,15 @@ from ..inference.device import autocast, precision_name
 from ..imaging.imageio import ImageWarning, Photo, write_image
 from .rawfile import (RawImage, RawReadError, RawWriteError, quiet_stderr, cfa_page, noise_sigma, open_raw, read_raw,
                   unpack)
-from ..inference.tiler import make_grid, read_window
+from ..inference.tiler import CancelFn, ProgressFn, make_grid, run_tiles
 
 DEFAULT_RAW_MODEL = "raw"
 DEFAULT_RAW_TILE = 512  # packed pixels (a 1024x1024 mosaic window)
 MAX_RAW_NOISE_LEVEL = 4.0
-ProgressFn = Callable[[int, int], None]
 
 
 class RawDenoiser:
-    def __init__(self, model: str | os.PathLike = DEFAULT_RAW_MODEL, *, device: str = "cpu",
+    def __init__(self, model: str | os.PathLike = DEFAULT_RAW_MODEL, *, device: str = "auto",
                  precision: str = "auto", tile: int = DEFAULT_RAW_TILE) -> None:
         from ..inference.api import build_for_inference, resolve_model
         self.path = resolve_model(model)
@@ -68,33 +66,34 @@ class RawDenoiser:
         self.tile = int(tile)
 
     @torch.inference_mode()
-    def denoise_planes(self, planes: np.ndarray, sigma: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
+    def denoise_planes(self, planes: np.ndarray, sigma: np.ndarray, progress: ProgressFn | None = None,
+                       cancel: CancelFn | None = None) -> np.ndarray:
         """(4, h, w) packed mosaic and noise std -> (4, h, w) denoised, tile by tile (exact: the
-        overlap covers the receptive field)."""
+        overlap covers the receptive field). `cancel()` true before a tile raises `Cancelled`."""
         _, h, w = planes.shape
         stack = np.concatenate([planes, sigma]).transpose(1, 2, 0)  # (h, w, 8) for the tiler
         grid = make_grid(h, w, tile=self.tile, overlap=self.receptive, multiple=self.multiple,
                          border=self.receptive)
         out = np.zeros((h, w, 4), np.float32)
-        for t in grid:
-            win = read_window(stack, t.window)
-            x = torch.from_numpy(np.ascontiguousarray(win.transpose(2, 0, 1), np.float32))[None].to(self.device)
+
+        def run(window: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1), np.float32))[None].to(self.device)
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.amp_dtype):
                 y = self.model(x[:, :4], x[:, 4:])
             y = y.float()
             check_output(x[:, :4], y, self.path)
-            y = y.cpu()[0].permute(1, 2, 0).numpy()
-            sy0, sx0, sy1, sx1 = t.support
-            oy, ox = sy0 - t.window[0], sx0 - t.window[1]
-            out[sy0:sy1, sx0:sx1] += y[oy:oy + sy1 - sy0, ox:ox + sx1 - sx0] * grid.weights(t)[..., None]
-            if progress is not None:
-                progress(t.index + 1, len(grid))
+            return y.cpu()[0].permute(1, 2, 0).numpy()
+
+        def put_rows(y0: int, rows: np.ndarray) -> None:
+            out[y0:y0 + rows.shape[0]] = rows
+
+        run_tiles(stack, grid, run, 4, put_rows, progress=progress, cancel=cancel)
         return out.transpose(2, 0, 1)
 
     def denoise(self, img: RawImage, *, strength: float = 1.0, noise_level: float | None = None,
-                progress: ProgressFn | None = None) -> np.ndarray:
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> np.ndarray:
         """The denoised (H, W) normalized mosaic of `img`."""
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be within 0..1, got {strength}")
@@ -105,7 +104,7 @@ class RawDenoiser:
         if strength == 0.0:
             return img.mosaic.copy()
         sigma = noise_sigma(planes, img.A, img.B) * np.float32(scale)
-        den = self.denoise_planes(planes, sigma, progress)
+        den = self.denoise_planes(planes, sigma, progress, cancel)
         if strength < 1.0:
             den = planes + np.float32(strength) * (den - planes)
         return unpack(den, img.mosaic.shape[0], img.mosaic.shape[1], *img.phase)
@@ -396,12 +395,12 @@ def output_name(src: Path, out_format: str | None) -> str:
 
 def process_raw(rd: RawDenoiser, src, dst, *, strength: float = 1.0, noise_level: float | None = None,
                 out_format: str | None = None, quality: int | None = None,
-                progress: ProgressFn | None = None) -> dict:
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> dict:
     """Denoise one raw file into `dst` (format from `out_format`, else DNG for a DNG in, else TIFF).
     Returns what was done: noise source, camera, seconds."""
     t0 = time.perf_counter()
     img = read_raw(src)
-    mosaic = rd.denoise(img, strength=strength, noise_level=noise_level, progress=progress)
+    mosaic = rd.denoise(img, strength=strength, noise_level=noise_level, progress=progress, cancel=cancel)
     if out_format is None and Path(src).suffix.lower() == ".dng":
         write_dng(src, dst, mosaic, img, strength=strength)
     else:
