@@ -601,6 +601,46 @@ def test_denoise_train_domain_raw_one_photo_keeps_the_last_weights_and_resumes(t
         r.output.split("the noisy input scores ")[1].split(" dB")[0]) + 1  # the shipped weights denoise already
 
 
+def test_raw_training_interrupted_and_resumed_equals_the_uninterrupted_run(tmp_path):
+    """Raw training runs the shared loop (train.fit): stopped after step 2 (an exception out of the
+    step-3 report, before that step's state is saved) and resumed, it ends with exactly the weights
+    of the run that was never stopped."""
+    import json
+    from denoise_core.training.raw_train import train_raw
+    from denoise_core.training.train import TrainConfig, state_path
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
+    cfg = TrainConfig(arch="raw", arch_args=json.loads(TINY_RAW), patch=8, batch=2, steps=4, val_every=3,
+                      checkpoint_every=1, seed=3, threads=1, precision="fp32")
+
+    def weights(path):
+        return torch.load(state_path(path), weights_only=True)["model"]
+
+    whole = tmp_path / "whole.safetensors"
+    train_raw(cfg, whole, images=images, val_pairs=[], log=lambda _: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_3(line: str) -> None:
+        if line.startswith("step 3:"):
+            raise Stop
+
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(Stop):
+        train_raw(cfg, part, images=images, val_pairs=[], log=stop_at_step_3)
+    assert torch.load(state_path(part), weights_only=True)["step"] == 2
+    lines: list[str] = []
+    res = train_raw(cfg, part, images=images, val_pairs=[], resume=True, log=lines.append)
+    assert lines[0].startswith("resumed at step 2") and res["step"] == 4
+    a, b = weights(whole), weights(part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(cfg.seed)  # the starting weights, as the loop draws them
+    start = create_model("raw", **json.loads(TINY_RAW)).state_dict()
+    assert not all(torch.equal(a[k], start[k]) for k in a)  # four steps did train
+
+
 @pytest.mark.parametrize("args,message", [
     (["--domain", "raw", "--arch", "unet"],
      "--domain raw needs a raw-domain model (raw); --arch 'unet' is for sRGB images"),

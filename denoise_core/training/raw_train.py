@@ -17,18 +17,16 @@ Validation: fixed crops of the SELECTION photos, each under its own development 
 white balance, colour matrix and tone curve of its draw, no sharpening), PSNR in sRGB against the
 development of the clean mosaic: the quantity the raw benchmark measures.
 
-The loop is small and its own (the generic `train.train` validates single-input sRGB models):
-Adam, warm-up and cosine decay (`train.lr_at`), gradient clipping, bf16 autocast where the CPU
-has it, resumable state in `<out>.state.pt` written atomically (model, optimizer, patch generator,
-step, best, curves); the best validation weights go to `<out>` with a card, beside them the
-`.curves.png` and `.compare.png` of the sRGB trainer.
+The loop is the sRGB trainer's (`train.fit`: Adam, warm-up and cosine decay, gradient clipping,
+bf16 autocast where the CPU has it, resumable state in `<out>.state.pt`); this module gives it the
+raw batches, the loss and the developed validation. The best validation weights go to `<out>` with
+a card, beside them the `.curves.png` and `.compare.png` (developed crops).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,16 +35,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..imaging.atomic import atomic_path
-from ..inference.checkpoint import save_checkpoint
-from ..inference.device import autocast, pick_precision, precision_name
-from .metrics import psnr, ssim
-from ..models import create_model
+from ..inference.device import autocast, pick_precision
 from ..noise.camera import CameraProfile, camera_key, camera_table, interp_profile
-from ..noise.pipeline import (Development, Settings, camera_keys, add_sensor_noise, demosaic_malvar, develop,
-                       draw_development, unprocess)
-from .train import (TrainConfig, TrainingError, load_init, lr_at, random_patches, report_paths, save_comparison,
-                    save_curves, state_path)
+from ..noise.pipeline import (Development, Settings, add_sensor_noise, camera_keys, demosaic_malvar, develop,
+                              draw_development, unprocess)
+from .metrics import psnr, ssim
+from .train import TrainConfig, fit, random_patches, state_path, to_float, val_windows
 
 RAW_SETTINGS = Settings(iso=(800, 25600), cameras="train")
 SIGMA_JITTER = 0.1
@@ -137,7 +131,6 @@ def raw_batches(images: Sequence[np.ndarray], patch: int, batch: int,
 
 def val_set(images: Sequence[np.ndarray], crop: int = 256, per_image: int = 2, seed: int = 4321):
     """Fixed (noisy, clean, sigma, development) crops of whole photos, same noise every time."""
-    from .train import to_float, val_windows
     gen = torch.Generator().manual_seed(seed)
     out = []
     for im in images:
@@ -182,100 +175,31 @@ def evaluate(model: nn.Module, pairs, amp_dtype=None) -> tuple[float, float]:
 def train_raw(cfg: TrainConfig, out: str | Path, *, images: Sequence[np.ndarray], val_pairs: list,
               resume: bool = False, max_seconds: float | None = None, card: dict | None = None,
               log: Callable[[str], None] = print) -> dict:
-    """Train the `raw` model on the CPU; stops at cfg.steps or after `max_seconds` (state saved,
-    resumable). `cfg.init` starts from those weights (same arch and arch_args; ignored on resume).
-    Without `val_pairs` nothing is validated: the weights of every validation step are kept (the
-    last ones in the end). Problems with the state, the init weights or the loss raise TrainingError."""
+    """Train the `raw` model on the CPU with the shared loop (`train.fit`); stops at cfg.steps or
+    after `max_seconds` (state saved, resumable). `resume` continues `<out>.state.pt` when there is
+    one. `cfg.init` starts from those weights (same arch and arch_args; ignored on resume). Without
+    `val_pairs` nothing is validated: the weights of every validation step are kept (the last ones
+    in the end). Problems with the state, the init weights or the loss raise TrainingError."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, **cfg.arch_args)
-    if cfg.init and not resume:
-        load_init(model, cfg)
-    model = model.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]  # 2x faster on CPU; torch's stubs omit it
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    amp_dtype = pick_precision(torch.device("cpu"), cfg.precision)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, best, history, losses, loss_ema, spent = 0, -math.inf, [], [], None, 0.0
-    sp = state_path(out)
-    if resume and sp.exists():
-        st = torch.load(sp, map_location="cpu", weights_only=True)
-        if (st["config"]["arch"], st["config"]["arch_args"]) != (cfg.arch, cfg.arch_args):
-            raise TrainingError(f"{sp} holds a {st['config']['arch']!r} run with arch_args "
-                                f"{st['config']['arch_args']}, not {cfg.arch!r} with {cfg.arch_args}")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
-        step, best, history = st["step"], st["best"], list(st["history"])
-        losses, loss_ema, spent = list(st["losses"]), st["loss_ema"], float(st.get("seconds", 0.0))
-        log(f"resumed at step {step} (best {best:.3f} dB, {spent / 60:.1f} min trained)")
-    batches = raw_batches(images, cfg.patch, cfg.batch)
-    card = dict(card or {})
-    if cfg.init:
-        card.setdefault("init", Path(cfg.init).name)
-    curve_png, compare_png = report_paths(out)
-    t0 = time.time()
+    cpu = torch.device("cpu")
+    amp_dtype = pick_precision(cpu, cfg.precision)
+    draw = raw_batches(images, cfg.patch, cfg.batch)
 
-    def save_state() -> None:
-        blob = {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
-                "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step, "best": best,
-                "history": history, "losses": losses, "loss_ema": loss_ema,
-                "seconds": spent + time.time() - t0}
-        with atomic_path(sp) as tmp:
-            torch.save(blob, tmp)
+    def batches(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return tuple(t.contiguous(memory_format=torch.channels_last) for t in draw(gen))
 
-    model.train()
-    stop = False
-    while step < cfg.steps and not stop:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        noisy, clean, sigma = (t.contiguous(memory_format=torch.channels_last) for t in batches(gen))
-        with autocast(torch.device("cpu"), amp_dtype):
-            pred = model(noisy, sigma)
-        loss = sqrt_l1(pred.float(), clean)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {float(loss)} at step {step + 1}; last good state: {sp}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        step += 1
-        lv = float(loss.detach())
-        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
-        if step % 10 == 0:
-            losses.append([step, loss_ema])
-        stop = max_seconds is not None and time.time() - t0 >= max_seconds
-        if (step % cfg.val_every == 0 or step == cfg.steps or stop) and not val_pairs:
-            log(f"step {step}: loss {loss_ema:.5f} ({RAW_LOSS}), "
-                f"{step / max(spent + time.time() - t0, 1e-6):.2f} steps/s overall")
-            history.append({"step": step, "loss": loss_ema})
-            card.update({"steps": step, "loss": RAW_LOSS, "patch": cfg.patch, "batch": cfg.batch,
-                         "precision": precision_name(amp_dtype), "data": cfg.data, "noise": cfg.noise})
-            save_checkpoint(out, model, card)  # nothing to select on: the latest weights
-            save_curves(curve_png, losses, history, loss=RAW_LOSS)
-            save_state()
-        elif step % cfg.val_every == 0 or step == cfg.steps or stop:
-            vp, vs = evaluate(model, val_pairs, amp_dtype)
-            history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "val_ssim": vs})
-            elapsed = spent + time.time() - t0
-            log(f"step {step}: loss {loss_ema:.5f}, validation {vp:.3f} dB / SSIM {vs:.4f}, "
-                f"{step / max(elapsed, 1e-6):.2f} steps/s overall")
-            if vp > best:
-                best = vp
-                card.update({"steps": step, "val_psnr": round(vp, 3), "val_ssim": round(vs, 4),
-                             "loss": RAW_LOSS, "patch": cfg.patch, "batch": cfg.batch,
-                             "precision": precision_name(amp_dtype), "data": cfg.data, "noise": cfg.noise})
-                save_checkpoint(out, model, card)
-                noisy0, clean0, sigma0, d0 = val_pairs[0]
-                with torch.inference_mode(), autocast(torch.device("cpu"), amp_dtype):
-                    den0 = model.eval()(noisy0, sigma0).float()
-                model.train()
-                save_comparison(compare_png, develop_planes(noisy0, d0), develop_planes(den0, d0),
-                                develop_planes(clean0, d0))
-            save_curves(curve_png, losses, history, loss=RAW_LOSS)
-            save_state()
-        elif step % cfg.checkpoint_every == 0:
-            save_state()
-    return {"card": card, "history": history, "best_psnr": best, "step": step,
-            "seconds": spent + time.time() - t0}
+    def validate(model: nn.Module, device: torch.device) -> tuple[float, float]:
+        return evaluate(model, val_pairs, amp_dtype)
+
+    def compare(model: nn.Module, device: torch.device):
+        noisy0, clean0, sigma0, d0 = val_pairs[0]
+        with torch.inference_mode(), autocast(cpu, amp_dtype):
+            den0 = model.eval()(noisy0, sigma0).float()
+        model.train()
+        return develop_planes(noisy0, d0), develop_planes(den0, d0), develop_planes(clean0, d0)
+
+    return fit(cfg, out, batches=batches, loss_fn=sqrt_l1, loss_name=RAW_LOSS,
+               validate=validate if val_pairs else None, compare=compare,
+               resume=resume and state_path(out).exists(), device=cpu, channels_last=True, card=card, log=log,
+               max_seconds=max_seconds, loss_every=10)

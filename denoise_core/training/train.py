@@ -1,5 +1,7 @@
-"""Training loop: patches, validation split and crops, loss, Adam with cosine decay, validation,
-atomic resumable state, DistributedDataParallel under torchrun, and the progress images.
+"""Training: the one training loop (`fit`, used by sRGB training, `train`, and raw training,
+`raw_train.train_raw`), and for sRGB models patches, validation split and crops, losses, Adam with
+cosine decay, validation, atomic resumable state, DistributedDataParallel under torchrun, and the
+progress images.
 
 Training state (model, optimizer, schedule position, every rank's patch generator, AMP scaler,
 step, best PSNR, curves) goes to `<out>.state.pt`, saved with torch.save and read back with
@@ -309,38 +311,56 @@ def _rank_generator(seed: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + 7919 * rank)
 
 
-def train(
+def fit(
     cfg: TrainConfig,
     out: str | os.PathLike,
     *,
-    batches: Callable[[torch.Generator], tuple[torch.Tensor, ...]],  # (noisy, clean) or (noisy, clean, levels)
-    val_pairs: list,
+    batches: Callable[[torch.Generator], tuple[torch.Tensor, ...]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_name: str,
+    validate: Callable[[nn.Module, torch.device], tuple[float, float]] | None,
+    compare: Callable[[nn.Module, torch.device], tuple] | None = None,
     resume: bool = False,
-    on_progress: Callable[[Progress], None] | None = None,
-    card: dict | None = None,
     model: nn.Module | None = None,
+    device: torch.device | None = None,
+    channels_last: bool = False,
+    card: dict | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    max_seconds: float | None = None,
+    loss_every: int | None = None,
 ) -> dict:
-    """Train; `batches(gen)` returns one (noisy, clean) batch drawn from `gen`, or (noisy, clean,
-    level planes) for a model with a noise-level input (`denoise_core.inference.levels`). Returns the card,
-    the validation history and the best PSNR. Joins DDP when a process group is initialized
-    (see `init_distributed`); `on_progress` is called on rank 0 only."""
-    loss_fn = loss_function(cfg.loss)
+    """The training loop of every model: Adam with warm-up and cosine decay, gradient clipping,
+    autocast, validation every cfg.val_every steps keeping the best weights, resumable state, DDP.
+
+    `batches(gen)` draws one batch from `gen`: (input, target) or (input, target, second model
+    input: noise-level planes, or the raw model's noise sigma). `validate(model, device)` gives
+    (PSNR, SSIM) on the run's fixed validation set, and the best PSNR's weights are kept with
+    `compare(model, device)` -> (noisy, denoised, clean) images for `<stem>.compare.png`; without
+    `validate` every validation step keeps the latest weights. `device` None: `cfg.device`, with
+    torch's CPU threads set from `cfg.threads` (all cores shared among this machine's ranks by
+    default). `log` gets a line at every validation step and on resume; `on_progress` a `Progress`
+    after every step (rank 0 only). `max_seconds` stops the run early (state saved, resumable).
+    Returns the card, the validation history, the best PSNR, the last step and the seconds trained."""
     di = dist_info()
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and di.world > 1:
-        device = torch.device("cuda", di.local_rank)
-    if device.type == "cpu":  # every core, shared among this machine's ranks, unless cfg.threads says
-        torch.set_num_threads(cfg.threads or max(1, available_cores() // di.local_world))
+    if device is None:
+        device = pick_device(cfg.device)
+        if device.type == "cuda" and di.world > 1:
+            device = torch.device("cuda", di.local_rank)
+        if device.type == "cpu":  # every core, shared among this machine's ranks, unless cfg.threads says
+            torch.set_num_threads(cfg.threads or max(1, available_cores() // di.local_world))
     torch.manual_seed(cfg.seed)
     model = model or create_model(cfg.arch, **cfg.arch_args)
     if cfg.init and not resume:
         load_init(model, cfg)
     model.to(device)
+    if channels_last:  # about 2x faster convolutions on the CPU
+        model.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]  # torch's stubs omit it
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     amp_dtype = pick_precision(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     gen = _rank_generator(cfg.seed, di.rank)
-    step, best, history, losses, loss_ema = 0, -float("inf"), [], [], None
+    step, best, history, losses, loss_ema, spent = 0, -float("inf"), [], [], None, 0.0
     sp = state_path(out)
     if resume:
         if not sp.exists():
@@ -354,6 +374,7 @@ def train(
         opt.load_state_dict(st["opt"])
         step, best, history = st["step"], st["best"], list(st["history"])
         losses, loss_ema = list(st.get("losses", [])), st.get("loss_ema")
+        spent = float(st.get("seconds", 0.0))
         gens = st.get("gens") or [st["gen"]]
         if len(gens) == di.world:
             gen.set_state(gens[di.rank])
@@ -362,6 +383,8 @@ def train(
         torch.set_rng_state(st["torch_rng"])
         if scaler is not None and st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
+        if log is not None:
+            log(f"resumed at step {step} (best {best:.3f} dB, {spent / 60:.1f} min trained)")
     net = model
     if di.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -372,7 +395,10 @@ def train(
         card.setdefault("init", Path(cfg.init).name)
     curve_png, compare_png = report_paths(out)
     t0, s0 = time.time(), step
-    log_every = max(1, cfg.steps // 500)
+    loss_every = loss_every or max(1, cfg.steps // 500)
+
+    def elapsed() -> float:
+        return spent + time.time() - t0
 
     def save_state() -> None:
         gens = [gen.get_state()]
@@ -384,11 +410,12 @@ def train(
         blob = {"config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
                 "gen": gens[0], "gens": gens, "torch_rng": torch.get_rng_state(), "step": step,
                 "best": best, "history": history, "losses": losses, "loss_ema": loss_ema,
-                "scaler": scaler.state_dict() if scaler is not None else {}}
+                "scaler": scaler.state_dict() if scaler is not None else {}, "seconds": elapsed()}
         with atomic_path(sp) as tmp:
             torch.save(blob, tmp)
 
-    while step < cfg.steps:
+    stop = False
+    while step < cfg.steps and not stop:
         lr = lr_at(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -418,33 +445,70 @@ def train(
         step += 1
         lv = float(loss.detach())
         loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
-        if step % log_every == 0:
+        if step % loss_every == 0:
             losses.append([step, loss_ema])
+        stop = max_seconds is not None and time.time() - t0 >= max_seconds
         rate = (step - s0) / max(1e-6, time.time() - t0)
         prog = Progress(step, cfg.steps, loss_ema, lr, best_psnr=best if best > -1e9 else None,
                         eta_s=(cfg.steps - step) / rate if rate > 0 else None)
-        if step % cfg.val_every == 0 or step == cfg.steps:
+        if step % cfg.val_every == 0 or step == cfg.steps or stop:
             if di.is_main:
-                vp, vs = evaluate(model, val_pairs, device) if val_pairs else (float("nan"), float("nan"))
-                history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "val_ssim": vs})
-                prog.val_psnr, prog.val_ssim = vp, vs
-                if vp > best or not val_pairs:
-                    best = vp
-                    card.update({"steps": step, "val_psnr": round(vp, 3), "val_ssim": round(vs, 4),
-                                 "noise": cfg.noise, "data": cfg.data, "loss": cfg.loss,
-                                 "patch": cfg.patch, "batch": cfg.batch * di.world,
-                                 "precision": precision_name(amp_dtype)})
+                facts = {"noise": cfg.noise, "data": cfg.data, "loss": loss_name, "patch": cfg.patch,
+                         "batch": cfg.batch * di.world, "precision": precision_name(amp_dtype)}
+                speed = f"{step / max(elapsed(), 1e-6):.2f} steps/s overall"
+                if validate is None:  # nothing to select on: the latest weights
+                    history.append({"step": step, "loss": loss_ema})
+                    if log is not None:
+                        log(f"step {step}: loss {loss_ema:.5f} ({loss_name}), {speed}")
+                    card.update({"steps": step, **facts})
                     save_checkpoint(out, model, card)
-                    if val_pairs:
-                        save_comparison(compare_png, *_compare_images(model, val_pairs[0], device))
-                save_curves(curve_png, losses, history, loss=cfg.loss)
-                prog.best_psnr = best
+                else:
+                    vp, vs = validate(model, device)
+                    history.append({"step": step, "loss": loss_ema, "val_psnr": vp, "val_ssim": vs})
+                    prog.val_psnr, prog.val_ssim = vp, vs
+                    if log is not None:
+                        log(f"step {step}: loss {loss_ema:.5f}, validation {vp:.3f} dB / SSIM {vs:.4f}, {speed}")
+                    if vp > best:
+                        best = vp
+                        card.update({"steps": step, "val_psnr": round(vp, 3), "val_ssim": round(vs, 4), **facts})
+                        save_checkpoint(out, model, card)
+                        if compare is not None:
+                            save_comparison(compare_png, *compare(model, device))
+                    prog.best_psnr = best
+                save_curves(curve_png, losses, history, loss=loss_name)
             save_state()
         elif step % cfg.checkpoint_every == 0:
             save_state()
         if on_progress and di.is_main:
             on_progress(prog)
-    return {"card": card, "history": history, "best_psnr": best}
+    return {"card": card, "history": history, "best_psnr": best, "step": step, "seconds": elapsed()}
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    batches: Callable[[torch.Generator], tuple[torch.Tensor, ...]],  # (noisy, clean) or (noisy, clean, levels)
+    val_pairs: list,
+    resume: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    card: dict | None = None,
+    model: nn.Module | None = None,
+) -> dict:
+    """Train an sRGB model (`fit`); `batches(gen)` returns one (noisy, clean) batch drawn from `gen`,
+    or (noisy, clean, level planes) for a model with a noise-level input
+    (`denoise_core.inference.levels`). Validates on `val_pairs` (noisy, clean) crops; without them
+    the latest weights are kept. Joins DDP when a process group is initialized (see
+    `init_distributed`); `on_progress` is called on rank 0 only."""
+    def validate(m: nn.Module, device: torch.device) -> tuple[float, float]:
+        return evaluate(m, val_pairs, device)
+
+    def compare(m: nn.Module, device: torch.device):
+        return _compare_images(m, val_pairs[0], device)
+
+    return fit(cfg, out, batches=batches, loss_fn=loss_function(cfg.loss), loss_name=cfg.loss,
+               validate=validate if val_pairs else None, compare=compare, resume=resume, model=model,
+               card=card, on_progress=on_progress)
 
 
 # --------------------------------------------------------------------------- progress images
