@@ -92,6 +92,7 @@ def stub_gi(monkeypatch) -> dict:
 def load_plugin(monkeypatch, path: Path = PLUGIN_SRC, client_dir: Path = CLIENT_SRC.parent):
     """Import the plug-in script at `path` as a module, with stub gi; (module, what it asked for)."""
     seen = stub_gi(monkeypatch)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the module puts its folder on sys.path: undone after
     monkeypatch.syspath_prepend(str(client_dir))  # the installer puts denoise_client.py beside it
     monkeypatch.delitem(sys.modules, "denoise_client", raising=False)
     spec = importlib.util.spec_from_file_location("denoise_cnn_gimp_plugin", path)
