@@ -304,6 +304,8 @@ def gimp(photo_rgb):
         levels = level_model(work)
         broken = work / "broken.safetensors"
         broken.write_text("not a checkpoint")
+        mine = work / "mine.safetensors"  # a checkpoint of the user's own: here the shipped seed weights
+        shutil.copyfile(ROOT / "weights" / f"{MODEL}.safetensors", mine)
         # the model arguments for it: a shipped model by name, or a checkpoint file
         level_args = ({"model": "default"} if levels == "default"
                       else {"model": "checkpoint", "checkpoint": inner(Path(levels))})
@@ -332,6 +334,8 @@ def gimp(photo_rgb):
              **level_args, "sigma": ABS_SIGMA},
             {"name": "level-blind-model", "input": "noisy8.png", "output": "out-level-blind.png",
              "strength": 1.0, "model": MODEL, "noise_level": 1.0},
+            {"name": "checkpoint", "input": "noisy8.png", "output": "out-ckpt.png", "strength": 1.0,
+             "model": "checkpoint", "checkpoint": inner(mine)},
             # a checkpoint file GIMP accepts (it exists) that the worker refuses
             {"name": "broken-checkpoint", "input": "noisy8.png", "output": "out-err.png", "strength": 1.0,
              "model": "checkpoint", "checkpoint": inner(broken)},
@@ -483,6 +487,17 @@ def test_with_last_values(gimp):
     half = (d["n8"] + full) / 2  # strength 0.5 of the same model
     assert np.abs(out - half).mean() < 1.0, np.abs(out - half).mean()
     assert np.abs(out - full).mean() > 5 and np.abs(out - d["n8"]).mean() > 5
+
+
+def test_checkpoint_file_is_the_model(gimp):
+    """Model "checkpoint" runs the file given as `checkpoint`: the core's result with that file."""
+    _ok(gimp, "checkpoint")
+    n8 = gimp["data"]["n8"]
+    got = read_image(gimp["work"] / "out-ckpt.png").pixels.astype(int)
+    want = Denoiser(gimp["work"] / "mine.safetensors").denoise(n8).astype(int)
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
+    # not the default model's result: the file, not the choice's default, was used
+    assert np.abs(got - read_image(gimp["work"] / "out-u8.png").pixels.astype(int)).mean() > 0.5
 
 
 def test_broken_checkpoint_is_an_error_and_changes_nothing(gimp):

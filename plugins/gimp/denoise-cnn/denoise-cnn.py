@@ -119,7 +119,7 @@ def add_arguments(procedure, settings):
                                   _("A shipped model, or Checkpoint file for the file given as Checkpoint file"),
                                   make_choice(model_entries(settings["models"], settings["default_model"])),
                                   "default", rw)
-    procedure.add_file_argument("checkpoint", _("_Checkpoint file"),
+    procedure.add_file_argument("checkpoint", _("Checkpoint _file"),
                                 _("A .safetensors checkpoint (trained with denoise-train), used when "
                                   "Model is Checkpoint file"),
                                 Gimp.FileChooserAction.OPEN, True, None, rw)
@@ -135,7 +135,7 @@ def add_arguments(procedure, settings):
                                     "by itself: 1 is about automatic, 2 also removes noise that "
                                     "automatic leaves, 0 keeps the image"),
                                   0.0, MAX_NOISE_LEVEL, 1.0, rw)
-    procedure.add_boolean_argument("set-sigma", _("Set noise _sigma"),
+    procedure.add_boolean_argument("set-sigma", _("Set noise si_gma"),
                                    _("Off: automatic. On: use Noise sigma instead of the noise level; "
                                      "needs a model with a noise-level input"),
                                    False, rw)
@@ -150,7 +150,7 @@ def add_arguments(procedure, settings):
                                    False, rw)
     procedure.add_choice_argument("device", _("_Device"), _("Where the network runs"),
                                   make_choice(DEVICES), "auto", rw)
-    procedure.add_int_argument("tile", _("T_ile size"),
+    procedure.add_int_argument("tile", _("Til_e size"),
                                _("Pixels per tile side: smaller tiles use less memory, larger ones "
                                  "are a little faster"),
                                64, 4096, 1024, rw)
