@@ -6,7 +6,7 @@ The e2e fixture installs the plug-in with the real `denoise-plugin install gimp`
 fresh GIMP profile inside the chroot, recording this test's own interpreter as the worker. GIMP runs
 in a private mount namespace in which the host paths that interpreter needs (this checkout, its
 venv, its base Python) are bind-mounted at the same paths inside the chroot, so the recorded paths
-are valid there and nothing stays mounted afterwards. One GIMP session runs every case through the
+are valid there and nothing stays mounted afterwards. One GIMP start runs every case through the
 PDB (non-interactive) and reports back in JSON; the tests then check the exported files. The
 dialog runs in GUI GIMP under Xvfb, driven by a test-only plug-in (tests/host_plugins/).
 """
