@@ -1,17 +1,18 @@
 """The GIMP 3 plug-in, end to end in real GIMP 3 (gimp-console-3.0 in the Debian trixie chroot of
-.ci/setup_gimp.sh), plus its GIMP-free helper logic and the installer.
+.ci/setup_gimp.sh), plus the installer (the module's GIMP-free logic and its declared arguments are
+tested with stub `gi` modules in test_gimp_plugin.py).
 
 The e2e fixture installs the plug-in with the real `denoise-plugin install gimp` command into a
 fresh GIMP profile inside the chroot, recording this test's own interpreter as the worker. GIMP runs
 in a private mount namespace in which the host paths that interpreter needs (this checkout, its
 venv, its base Python) are bind-mounted at the same paths inside the chroot, so the recorded paths
-are valid there and nothing stays mounted afterwards. One GIMP session runs every case through the
-PDB (non-interactive) and reports back in JSON; the tests then check the exported files.
+are valid there and nothing stays mounted afterwards. One GIMP start runs every case through the
+PDB (non-interactive) and reports back in JSON; the tests then check the exported files. The
+dialog runs in GUI GIMP under Xvfb, driven by a test-only plug-in (tests/host_plugins/).
 """
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import os
 import shutil
@@ -27,13 +28,17 @@ import numpy as np
 import pytest
 import torch
 
-from denoise_core.inference.api import Denoiser
 from denoise_core.imaging.imageio import Photo, read_image, write_image
-from denoise_core.training.metrics import psnr
+from denoise_core.inference.api import RAW_ARCHS, Denoiser
 from denoise_core.noise.synth import apply_noise
+from denoise_core.training.metrics import psnr
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = ROOT / "denoise_plugins" / "gimp" / "denoise-cnn" / "denoise-cnn.py"
+# the test-only plug-in that drives the real dialog (installed beside the real one, never for users)
+DRIVER_SRC = ROOT / "tests" / "host_plugins" / "gimp_preview_driver.py"
+DRIVER = "denoise-cnn-preview-test"
+DRIVER_PROC = "test-denoise-cnn-preview"
 CHROOT = Path(os.environ.get("GIMP_CHROOT", "/work/gimp-chroot"))
 GIMP = "/usr/bin/gimp-console-3.0"
 GIMP_GUI = "/usr/bin/gimp-3.0"
@@ -45,14 +50,6 @@ LEVEL = 2.0  # the noise level the level case sets
 ABS_SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
 
 
-def load_plugin_module():
-    spec = importlib.util.spec_from_file_location("denoise_cnn_gimp_plugin", PLUGIN_SRC)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # stdlib only at import time: gi is imported in main()
-    return mod
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """`denoise-plugin ARGS`: the real click command, from this checkout."""
     code = "import sys; from denoise_cli.plugin import main; sys.argv[0] = 'denoise-plugin'; main()"
@@ -60,28 +57,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-# ------------------------------------------------------------------ helpers, no GIMP needed
-def test_helpers_formats_and_settings(tmp_path):
-    m = load_plugin_module()
-    assert m.pixel_format(False, True) == ("R'G'B'A float", 4)
-    assert m.pixel_format(False, False) == ("R'G'B' float", 3)
-    assert m.pixel_format(True, True) == ("Y'A float", 2)
-    assert m.pixel_format(True, False) == ("Y' float", 1)
-    assert m.noise_levels(False, 2.5, False, 6) == (None, None)
-    assert m.noise_levels(True, 2.5, False, 6) == (2.5, None) and m.noise_levels(True, 0, False, 6) == (0.0, None)
-    assert m.noise_levels(True, 2.5, True, 6) == (None, 6.0)  # an absolute sigma takes the level's place
-    # a missing or broken config still lets GIMP register the procedure
-    assert m.read_settings(str(tmp_path)) == {"models": [], "default_model": "default"}
-    (tmp_path / "denoise_worker.json").write_text("{not json")
-    assert m.read_settings(str(tmp_path))["default_model"] == "default"
-    (tmp_path / "denoise_worker.json").write_text(json.dumps({"python": "/x", "models": ["seed", "unet"],
-                                                              "default_model": "unet"}))
-    s = m.read_settings(str(tmp_path))
-    assert s == {"models": ["seed", "unet"], "default_model": "unet"}
-    blurb = m.model_blurb(s["models"], s["default_model"])
-    assert "default (= unet)" in blurb and "seed" in blurb and ".safetensors" in blurb
-
-
+# ------------------------------------------------------------------ the installer, no GIMP needed
 def test_install_and_uninstall_layout(tmp_path):
     profile = tmp_path / "GIMP" / "3.0"
     for _ in range(2):  # idempotent
@@ -126,7 +102,11 @@ if proc is not None:
     out["arguments"] = [a.get_name() for a in proc.get_arguments()]
     cfg = proc.create_config()
     out["defaults"] = {k: cfg.get_property(k) for k in ("strength", "model", "set-noise-level", "noise-level",
-                                                        "set-sigma", "sigma", "new-layer")}
+                                                        "set-sigma", "sigma", "new-layer", "device", "tile")}
+    ckpt = cfg.get_property("checkpoint")
+    out["defaults"]["checkpoint"] = ckpt.get_path() if ckpt is not None else None
+    out["choices"] = {k: list(Gimp.param_spec_choice_get_choice(proc.find_argument(k)).list_nicks())
+                      for k in ("model", "device")}
 
 def dump(drawable, fmt, path):
     buf = drawable.get_buffer()
@@ -165,6 +145,10 @@ for case in P["cases"] if proc is not None else []:
         config.set_core_object_array("drawables", [layer])
         config.set_property("strength", case["strength"])
         config.set_property("model", case["model"])
+        if case.get("checkpoint"):
+            config.set_property("checkpoint", Gio.File.new_for_path(case["checkpoint"]))
+        if case.get("device"):
+            config.set_property("device", case["device"])
         if case.get("new_layer"):
             config.set_property("new-layer", True)
         if "noise_level" in case:
@@ -321,7 +305,13 @@ def gimp(photo_rgb):
         sel = [150, 140, 64, 72]
         from plugin_models import level_model
         levels = level_model(work)
-        levels_inner = levels if levels == "default" else inner(Path(levels))
+        broken = work / "broken.safetensors"
+        broken.write_text("not a checkpoint")
+        mine = work / "mine.safetensors"  # a checkpoint of the user's own: here the shipped seed weights
+        shutil.copyfile(ROOT / "denoise_core" / "weights" / f"{MODEL}.safetensors", mine)
+        # the model arguments for it: a shipped model by name, or a checkpoint file
+        level_args = ({"model": "default"} if levels == "default"
+                      else {"model": "checkpoint", "checkpoint": inner(Path(levels))})
         cases = [
             {"name": "u8", "input": "noisy8.png", "output": "out-u8.png", "strength": 1.0, "model": "default"},
             {"name": "u16", "input": "noisy16.png", "output": "out-u16.png", "strength": 1.0, "model": MODEL},
@@ -336,19 +326,29 @@ def gimp(photo_rgb):
             # last values (saved by GIMP after an interactive run) are what WITH_LAST_VALS uses,
             # whatever the call passes: the same declared arguments, stored and restored by GIMP
             {"name": "last-values", "input": "noisy8.png", "output": "out-last.png", "strength": 0.0,
-             "model": "/bogus.safetensors", "run_mode": "WITH_LAST_VALS",
+             "model": "checkpoint", "run_mode": "WITH_LAST_VALS",
              "last_values": '(strength 0.5)\n(model "default")\n'},
             {"name": "group", "input": "noisy8.png", "group": True, "strength": 1.0, "model": MODEL},
             {"name": "new-layer", "input": "noisy8.png", "strength": 1.0, "model": MODEL, "new_layer": True,
              "raw": "nl.raw", "raw_top": "nl.raw.top", "raw_format": "R'G'B' u8"},
             {"name": "level", "input": "noisy8.png", "output": "out-level.png", "strength": 1.0,
-             "model": levels_inner, "noise_level": LEVEL},
+             **level_args, "noise_level": LEVEL},
             {"name": "sigma", "input": "noisy8.png", "output": "out-sigma.png", "strength": 1.0,
-             "model": levels_inner, "sigma": ABS_SIGMA},
+             **level_args, "sigma": ABS_SIGMA},
             {"name": "level-blind-model", "input": "noisy8.png", "output": "out-level-blind.png",
              "strength": 1.0, "model": MODEL, "noise_level": 1.0},
-            {"name": "missing-model", "input": "noisy8.png", "output": "out-err.png", "strength": 1.0,
-             "model": "/nonexistent/missing-model.safetensors"},
+            {"name": "checkpoint", "input": "noisy8.png", "output": "out-ckpt.png", "strength": 1.0,
+             "model": "checkpoint", "checkpoint": inner(mine)},
+            # a checkpoint file GIMP accepts (it exists) that the worker refuses
+            {"name": "broken-checkpoint", "input": "noisy8.png", "output": "out-err.png", "strength": 1.0,
+             "model": "checkpoint", "checkpoint": inner(broken)},
+            # GIMP itself refuses a file argument of an "open" kind that names no file
+            {"name": "missing-checkpoint", "input": "noisy8.png", "output": "out-missing.png", "strength": 1.0,
+             "model": "checkpoint", "checkpoint": "/nonexistent/missing.safetensors"},
+            {"name": "no-checkpoint", "input": "noisy8.png", "output": "out-nockpt.png", "strength": 1.0,
+             "model": "checkpoint"},
+            {"name": "device", "input": "noisy8.png", "output": "out-device.png", "strength": 1.0,
+             "model": MODEL, "device": "cpu" if torch.cuda.is_available() else "cuda"},
         ]
         for c in cases:
             for k in ("input", "output", "raw", "raw_top"):
@@ -396,12 +396,18 @@ def test_registered_in_filters_enhance(gimp):
     assert res["menu_label"] == "Denoise (CNN)…"
     assert "<Image>/Filters/Enhance" in res["menu_paths"]
     assert res["image_types"] == "RGB*, GRAY*"
-    assert {"strength", "model", "set-noise-level", "noise-level", "set-sigma", "sigma",
-            "new-layer"} <= set(res["arguments"])
-    assert res["defaults"] == {"strength": 1.0, "model": "default", "set-noise-level": False, "noise-level": 1.0,
-                               "set-sigma": False, "sigma": 6.0, "new-layer": False}
+    assert {"strength", "model", "checkpoint", "set-noise-level", "noise-level", "set-sigma", "sigma",
+            "new-layer", "device", "tile"} <= set(res["arguments"])
+    assert res["defaults"] == {"strength": 1.0, "model": "default", "checkpoint": None, "set-noise-level": False,
+                               "noise-level": 1.0, "set-sigma": False, "sigma": 6.0, "new-layer": False,
+                               "device": "auto", "tile": 1024}
     cfg = gimp["config"]
     assert cfg["python"] == sys.executable and MODEL in cfg["models"]
+    # the model choice: default, every shipped sRGB model (the weights files), then a checkpoint file
+    weights = ROOT / "denoise_core" / "weights"
+    shipped = sorted(p.stem for p in weights.glob("*.safetensors") if p.stem not in RAW_ARCHS)
+    assert res["choices"]["model"] == ["default", *shipped, "checkpoint"], res["choices"]
+    assert res["choices"]["device"] == ["auto", "cpu", "cuda", "mps"], res["choices"]
 
 
 def test_u8_psnr_rises(gimp):
@@ -487,12 +493,47 @@ def test_with_last_values(gimp):
     assert np.abs(out - full).mean() > 5 and np.abs(out - d["n8"]).mean() > 5
 
 
-def test_missing_model_is_an_error_and_changes_nothing(gimp):
-    r = _case(gimp, "missing-model")
+def test_checkpoint_file_is_the_model(gimp):
+    """Model "checkpoint" runs the file given as `checkpoint`: the core's result with that file."""
+    _ok(gimp, "checkpoint")
+    n8 = gimp["data"]["n8"]
+    got = read_image(gimp["work"] / "out-ckpt.png").pixels.astype(int)
+    want = Denoiser(gimp["work"] / "mine.safetensors").denoise(n8).astype(int)
+    assert np.abs(got - want).max() <= 1, np.abs(got - want).max()
+    # not the default model's result: the file, not the choice's default, was used
+    assert np.abs(got - read_image(gimp["work"] / "out-u8.png").pixels.astype(int)).mean() > 0.5
+
+
+def test_broken_checkpoint_is_an_error_and_changes_nothing(gimp):
+    r = _case(gimp, "broken-checkpoint")
     assert r["status"] == "execution-error", r
-    assert "missing-model.safetensors" in (r["message"] or "") and "not found" in r["message"], r
+    assert "broken.safetensors" in (r["message"] or "") and "not a safetensors checkpoint" in r["message"], r
     out = read_image(gimp["work"] / "out-err.png").pixels
     assert np.array_equal(out, gimp["data"]["n8"])
+
+
+def test_missing_checkpoint_file_is_refused_by_gimp(gimp):
+    r = _case(gimp, "missing-checkpoint")
+    assert r["status"] == "calling-error" and "checkpoint" in (r["message"] or ""), r
+    assert np.array_equal(read_image(gimp["work"] / "out-missing.png").pixels, gimp["data"]["n8"])
+
+
+def test_checkpoint_choice_without_a_file_is_an_error(gimp):
+    r = _case(gimp, "no-checkpoint")
+    assert r["status"] == "execution-error" and "choose the checkpoint file" in (r["message"] or ""), r
+    assert np.array_equal(read_image(gimp["work"] / "out-nockpt.png").pixels, gimp["data"]["n8"])
+
+
+def test_device_reaches_the_worker(gimp):
+    """`device` is the worker's device: CUDA where there is none is the worker's own refusal."""
+    r = _case(gimp, "device")
+    if torch.cuda.is_available():  # asked for the CPU: the core's CPU result
+        assert r["status"] == "success", r
+        want = Denoiser(MODEL, device="cpu").denoise(gimp["data"]["n8"]).astype(int)
+        assert np.abs(read_image(gimp["work"] / "out-device.png").pixels.astype(int) - want).max() <= 1
+    else:
+        assert r["status"] == "execution-error" and "CUDA is not available" in (r["message"] or ""), r
+        assert np.array_equal(read_image(gimp["work"] / "out-device.png").pixels, gimp["data"]["n8"])
 
 
 def test_layer_group_is_refused_with_a_message(gimp):
@@ -551,9 +592,11 @@ def test_one_worker_serves_every_run_and_ends_with_gimp(gimp):
     """Each procedure run is a new plug-in process; one worker (model loaded once) served them all,
     and it ended when GIMP quit."""
     log = gimp["worker_log"]
-    runs = sum(1 for r in gimp["results"]["cases"].values() if r.get("status") in ("success", "execution-error"))
+    refused_first = ("group", "no-checkpoint", "missing-checkpoint")  # refused before the worker is asked
+    runs = sum(1 for name, r in gimp["results"]["cases"].items()
+               if r.get("status") in ("success", "execution-error") and name not in refused_first)
     assert log.count("started") == 1, log
-    assert log.count("serving a client") >= runs - 1 >= 8, (runs, log)  # all but the group (refused first)
+    assert log.count("serving a client") >= runs >= 8, (runs, log)
     assert "host ended" in log, log
 
 
@@ -565,11 +608,12 @@ gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, Gio
 P = json.load(open(__JOB__))
 image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["input"]))
-proc = Gimp.get_pdb().lookup_procedure("plug-in-denoise-cnn")
+proc = Gimp.get_pdb().lookup_procedure(P["proc"])
 config = proc.create_config()
 config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
 config.set_property("image", image)
 config.set_core_object_array("drawables", image.get_layers())
+config.set_property("record-to", P["record"])
 result = proc.run(config)
 Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(P["output"]), None)
 with open(P["results"], "w") as f:
@@ -579,8 +623,10 @@ with open(P["results"], "w") as f:
 
 @pytest.fixture(scope="module")
 def gimp_gui(photo_rgb):
-    """The real dialog in GUI GIMP under Xvfb: the plug-in's test hook (DENOISE_CNN_PREVIEW_TEST)
-    records each preview, sets the strength to 0.7 after the first, and presses OK after the second."""
+    """The real dialog in GUI GIMP under Xvfb, through the test-only plug-in
+    tests/host_plugins/gimp_preview_driver.py installed beside the real one: the real procedure's
+    dialog, preview and run, whose preview records each picture, sets the strength to 0.7 after
+    the first, and presses OK after the second."""
     reason = _gimp_skip_reason() or (None if shutil.which("Xvfb") else "Xvfb not installed (.ci/setup_krita.sh)")
     if reason:
         pytest.skip(reason)
@@ -590,12 +636,18 @@ def gimp_gui(photo_rgb):
     try:
         data = _make_inputs(work, photo_rgb)
         home = work / "home"
-        r = run_cli("install", "gimp", "--dest", str(home / ".config" / "GIMP" / "3.0"), "--python", sys.executable)
+        profile = home / ".config" / "GIMP" / "3.0"
+        r = run_cli("install", "gimp", "--dest", str(profile), "--python", sys.executable)
         assert r.returncode == 0, r.stderr
+        driver = profile / "plug-ins" / DRIVER / f"{DRIVER}.py"
+        driver.parent.mkdir()
+        shutil.copyfile(DRIVER_SRC, driver)
+        driver.chmod(0o755)
         (work / "tmp").mkdir()
         (work / "job.json").write_text(json.dumps({"input": _inner(work / "noisy8.png"),
                                                    "output": _inner(work / "out.png"),
-                                                   "results": _inner(work / "results.json")}))
+                                                   "results": _inner(work / "results.json"),
+                                                   "proc": DRIVER_PROC, "record": _inner(work / "preview.log")}))
         (work / "batch.py").write_text(GUI_BATCH.replace("__JOB__", repr(_inner(work / "job.json"))))
         rfd, wfd = os.pipe()
         xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(wfd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
@@ -603,8 +655,7 @@ def gimp_gui(photo_rgb):
         os.close(wfd)
         with os.fdopen(rfd) as f:
             display = ":" + f.readline().strip()
-        proc = _run_gimp(work, home, work / "batch.py", display=display, timeout=600,
-                         env={"DENOISE_CNN_PREVIEW_TEST": _inner(work / "preview.log")})
+        proc = _run_gimp(work, home, work / "batch.py", display=display, timeout=600)
         log = f"gimp exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-5000:]}"
         assert proc.returncode == 0 and (work / "results.json").exists(), log
         previews = [json.loads(line) for line in (work / "preview.log").read_text().splitlines()]
@@ -631,6 +682,9 @@ def test_dialog_preview_is_the_result_on_one_worker(gimp_gui):
     previews = gimp_gui["previews"]
     assert len(previews) == 2 and [p["strength"] for p in previews] == [1.0, 0.7], previews
     assert previews[0]["pid"] == previews[1]["pid"] and previews[0]["view"] == previews[1]["view"]
+    # the switched-off values and the checkpoint file are greyed out until their switch or choice
+    assert previews[0]["sensitive"] == {"checkpoint": False, "noise-level": False, "sigma": False}, previews
+    assert previews[0]["checkpoint_chosen_sensitive"] is True, previews
     x, y, w, h = previews[1]["view"]
     assert w >= 64 and h >= 64, previews
     n8 = gimp_gui["data"]["n8"]

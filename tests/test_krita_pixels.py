@@ -6,6 +6,7 @@ import importlib.util
 import json
 import struct
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -146,14 +147,55 @@ def test_preview_rgba8_and_crop(px):
         px.crop(img, 4, 3, 2, 3, 0, 2, 1)
 
 
-def test_plugin_package_imports_without_krita():
-    sys.path.insert(0, str(REPO / "denoise_plugins/krita"))
+def stub_krita(monkeypatch) -> list:
+    """A stand-in `krita` module (Krita.instance(), Extension) in sys.modules, as Krita provides it
+    to plugins; returns the list the extensions registered with it land in."""
+    registered: list = []
+
+    class Extension:
+        def __init__(self, parent):
+            self.parent = parent
+
+    app = types.SimpleNamespace(addExtension=registered.append)
+    krita = types.ModuleType("krita")
+    krita.Krita = types.SimpleNamespace(instance=lambda: app)  # type: ignore[attr-defined]
+    krita.Extension = Extension  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "krita", krita)
+    return registered
+
+
+def test_plugin_package_registers_its_action(monkeypatch):
+    """Imported as Krita imports it, the package registers one extension, whose action goes into
+    Filter › Enhance and runs the job's interactive entry point."""
+    registered = stub_krita(monkeypatch)
+    monkeypatch.syspath_prepend(str(REPO / "denoise_plugins/krita"))
     try:
-        import denoise_cnn  # noqa: F401  (no krita module: registers nothing, raises nothing)
-        from denoise_cnn import job, pixels  # noqa: F401
+        import denoise_cnn  # noqa: F401
+        from denoise_cnn import job
+
+        assert len(registered) == 1
+        created, connected = [], []
+
+        class Action:
+            def __init__(self):
+                self.triggered = types.SimpleNamespace(connect=connected.append)
+
+            def setToolTip(self, text):
+                pass
+
+        class Window:
+            def createAction(self, *args):
+                created.append(args)
+                return Action()
+
+        registered[0].createActions(Window())
+        assert created == [("denoise_cnn", "Denoise (CNN)…", "filter/enhance_filters")]
+        ran = []
+        monkeypatch.setattr(job, "run_interactive", lambda: ran.append(True))
+        connected[0]()  # the menu entry, clicked
+        assert ran == [True]
         assert job.client().CONFIG_NAME == "denoise_worker.json"
     finally:
-        sys.path.remove(str(REPO / "denoise_plugins/krita"))
         for m in [m for m in sys.modules if m == "denoise_cnn" or m.startswith("denoise_cnn.")]:
             del sys.modules[m]
 

@@ -1,13 +1,10 @@
-"""Krita plugin "Denoise (CNN)": Filter › Enhance › Denoise (CNN)…
+"""Krita plugin "Denoise (CNN)": Krita imports this package at start, and it registers the extension
+that adds Filter › Enhance › Denoise (CNN)… (extension.py; the work is in job.py and dialog.py).
 
-Installed by `denoise-plugin install krita`. Importable without Krita (for tests of pixels.py).
+Installed by `denoise-plugin install krita`.
 """
-try:
-    from krita import Krita
-except ImportError:  # not inside Krita
-    Krita = None
+from krita import Krita
 
-if Krita is not None:
-    from .extension import DenoiseExtension
+from .extension import DenoiseExtension
 
-    Krita.instance().addExtension(DenoiseExtension(Krita.instance()))
+Krita.instance().addExtension(DenoiseExtension(Krita.instance()))

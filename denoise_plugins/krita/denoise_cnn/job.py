@@ -22,9 +22,6 @@ PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 TITLE = "Denoise (CNN)"
 POLL_MS = 50
 
-# The most recent run's outcome, for scripts and the end-to-end test:
-# {"state": "idle"|"dialog"|"running"|"done"|"cancelled"|"error", "message": str}
-LAST = {"state": "idle", "message": ""}
 _ACTIVE = []  # running jobs, kept alive until they finish
 
 
@@ -297,18 +294,19 @@ def show_message(parent, text: str, icon: str = "warning"):
 
 
 class DenoiseJob:
-    """Runs the worker on a Target with a QProgressDialog (Cancel works) and applies the result."""
+    """Runs the worker on a Target with a QProgressDialog (Cancel works) and applies the result.
+    `state` is "running", then "done", "cancelled" or "error"; `message` says what the user was told."""
 
     def __init__(self, target: Target, settings: dict, cfg: dict, parent=None):
         self.target, self.settings, self.cfg, self.parent = target, settings, cfg, parent
         self.run = None
+        self.state, self.message = "running", ""
 
     def start(self) -> None:
         from PyQt5.QtCore import Qt, QTimer
         from PyQt5.QtWidgets import QProgressDialog
 
         t = self.target
-        LAST.update(state="running", message="")
         self.run = RegionRun(t, (t.x, t.y, t.w, t.h), self.cfg, self.settings).start()
         self.progress = QProgressDialog(f'Denoising "{t.node.name()}" ({t.w}×{t.h})…', "Cancel", 0, 1000,
                                         self.parent)
@@ -356,11 +354,11 @@ class DenoiseJob:
                 self._finish("error", f"Could not write the result back: {e}\n\nThe layer is unchanged.",
                              "error")
                 return
-            LAST.update(state="done", message="")
+            self.state = "done"
 
     def _finish(self, state: str, message: str, icon: str) -> None:
-        LAST.update(state=state, message=message)
         self.box = show_message(self.parent, message, icon)
+        self.state, self.message = state, message
 
     def apply(self, denoised: bytes) -> None:
         """Write the result back so that Undo restores the layer.
@@ -410,21 +408,17 @@ def run_interactive() -> None:
                          if app.activeDocument() is not None else None)
         cfg = load_config()
     except JobError as e:
-        LAST.update(state="error", message=str(e))
         show_message(parent, str(e))
         return
     except Exception as e:
-        LAST.update(state="error", message=f"{type(e).__name__}: {e}")
         show_message(parent, f"Unexpected error: {type(e).__name__}: {e}", "error")
         return
     from .dialog import DenoiseDialog
 
-    LAST.update(state="dialog", message="")
     dlg = DenoiseDialog(target, cfg, parent)
     accepted = dlg.exec_() == dlg.Accepted
     settings = dlg.settings()
     dlg.deleteLater()
     if not accepted:
-        LAST.update(state="idle", message="")
         return
     DenoiseJob(target, settings, cfg, parent).start()
