@@ -34,11 +34,11 @@ import torch.nn as nn
 
 from denoise_plugins.common.denoise_protocol import DEFAULT_TILE, MAX_NOISE_LEVEL, MAX_SIGMA
 
+from ..imaging.files import file_problem
+from ..models import list_models
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import autocast, pick_device, pick_precision, precision_name
-from ..imaging.files import file_problem
 from .levels import LEVEL_RADIUS, LEVEL_UNIT, level_map, level_planes
-from ..models import list_models
 from .tiler import CancelFn, Cancelled, ProgressFn, make_grid, run_tiles
 
 DEFAULT_MODEL = "unet"

@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..inference.api import check_output
 from ..imaging.atomic import atomic_path
+from ..imaging.imageio import ImageWarning, Photo, write_image
+from ..inference.api import check_output
 from ..inference.checkpoint import load_checkpoint
 from ..inference.device import autocast, precision_name
-from ..imaging.imageio import ImageWarning, Photo, write_image
-from .rawfile import (RawImage, RawReadError, RawWriteError, quiet_stderr, cfa_page, noise_sigma, open_raw, read_raw,
-                  unpack)
 from ..inference.tiler import CancelFn, ProgressFn, make_grid, run_tiles
+from .rawfile import (RawImage, RawReadError, RawWriteError, cfa_page, noise_sigma, open_raw, quiet_stderr, read_raw,
+                      unpack)
 
 DEFAULT_RAW_MODEL = "raw"
 DEFAULT_RAW_TILE = 512  # packed pixels (a 1024x1024 mosaic window)

@@ -33,9 +33,9 @@ from PIL import Image, ImageDraw, ImageFont
 from ..imaging.atomic import atomic_path
 from ..inference.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
 from ..inference.device import autocast, available_cores, pick_device, pick_precision, precision_name
-from .metrics import psnr, ssim
 from ..models import create_model
 from ..noise.synth import NoiseSpec, noisy_pair
+from .metrics import psnr, ssim
 
 
 class TrainingError(RuntimeError):
