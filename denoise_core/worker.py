@@ -346,7 +346,7 @@ def _info(req: dict, cache: dict) -> dict:
             "model": str(dn.path), "arch": dn.arch, "device": str(dn.device), "precision": dn.precision}
 
 
-def _session(read_chunk, cache: dict, idle_s: float) -> str:
+def _serve_connection(read_chunk, cache: dict, idle_s: float) -> str:
     """Answer the requests that `read_chunk()` delivers (b"" at the end) until it ends ("eof"), none
     comes for idle_s ("idle") or "quit". A client that goes away during a job stops it at once: the
     process exits (deleting the job's `denoise-cnn-*` folder)."""
@@ -438,7 +438,7 @@ def _session(read_chunk, cache: dict, idle_s: float) -> str:
 
 def serve(idle_s: float = IDLE_S) -> int:
     """The persistent worker on stdin/stdout (see the module docstring)."""
-    _session(lambda: os.read(0, 65536), {}, idle_s)  # the raw fd, as in _exit_when_parent_dies
+    _serve_connection(lambda: os.read(0, 65536), {}, idle_s)  # the raw fd, as in _exit_when_parent_dies
     return 0
 
 
@@ -508,7 +508,7 @@ def serve_socket(path: str, host_pid: int | None, idle_s: float = IDLE_S) -> int
         _OUT[0] = out
         log("serving a client")
         try:
-            ended = _session(lambda: conn.recv(65536), cache, idle_s)
+            ended = _serve_connection(lambda: conn.recv(65536), cache, idle_s)
         except OSError:  # the client went away while we wrote
             ended = "eof"
         finally:

@@ -294,7 +294,7 @@ def test_mutated_worker_requests_get_one_readable_answer_each(tmp_path, monkeypa
         return b""
     signal.alarm(120)
     try:
-        assert worker._session(read_chunk, {}, 120) == "quit"
+        assert worker._serve_connection(read_chunk, {}, 120) == "quit"
     except _Hang:
         pytest.fail("the worker hung")
     finally:

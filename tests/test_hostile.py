@@ -418,7 +418,7 @@ class _Session:
             self.more.wait()
             return b""
         try:
-            assert self.worker._session(read_chunk, {} if cache is None else cache, 120) == "quit"
+            assert self.worker._serve_connection(read_chunk, {} if cache is None else cache, 120) == "quit"
         finally:
             self.more.set()
         return [json.loads(ln) for ln in self.out.getvalue().splitlines()][1:-1]     # less ready, bye

@@ -89,7 +89,7 @@ def test_cancel_terminates_the_worker(tmp_path, monkeypatch):
     assert seen and seen[-1] < 1.0, seen  # cancelled mid-job
     proc = procs[0]
     # ended already, and not by finishing: 3 is the worker's exit when its client leaves mid-job
-    # (denoise_core.worker._session), a negative code the client's terminate/kill
+    # (denoise_core.worker._serve_connection), a negative code the client's terminate/kill
     assert proc.returncode is not None and proc.returncode != 0, proc.returncode
     assert not w.alive()
     assert list(tmp_path.iterdir()) == []
