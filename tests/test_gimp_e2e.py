@@ -300,8 +300,8 @@ def gimp(photo_rgb):
         r = run_cli("install", "gimp", "--dest", str(profile), "--python", sys.executable)
         assert r.returncode == 0, f"denoise-plugin install gimp failed:\n{r.stdout}\n{r.stderr}"
         h, w = data["n8"].shape[:2]
-        # off the grid (150 - 98 = 52 is not a multiple of 8) and far enough from the top-left
-        # corner that the context read around it is less than the whole layer
+        # not on the model's 8 px grid; the default's 178 px of context reach the layer's top-left
+        # corner (the off-grid context arithmetic has its own tests in test_worker.py)
         sel = [150, 140, 64, 72]
         from plugin_models import level_model
         levels = level_model(work)

@@ -41,8 +41,8 @@ ABS_SIGMA = 9.0  # the absolute noise sigma (0-255) the sigma case sets
 PW, PH = 608, 576  # the preview case's document
 KRITA_TIMEOUT = 900
 W, H = 256, 192
-# x, y, w, h of the selection case: off the model's grid (160 - 98 is not a multiple of 8) and far
-# enough from the top-left corner that the context read around it is less than the whole layer
+# x, y, w, h of the selection case: not on the model's 8 px grid; the default's 178 px of context
+# reach the layer's edges (the off-grid context arithmetic has its own tests in test_worker.py)
 SEL = (160, 120, 64, 48)
 
 pytestmark = pytest.mark.skipif(

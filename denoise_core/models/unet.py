@@ -149,8 +149,8 @@ _FAST = {"widths": (16, 32, 64), "enc_blocks": (1, 1), "mid_blocks": 1, "dec_blo
 @register_model
 def unet(**kwargs) -> UNet:
     """Widths 32/64/128, about 1.0 M parameters. These defaults stay fixed: checkpoints record only
-    the arguments they were built with. The shipped weights add blocks (`enc_blocks=(2, 2)`,
-    `dec_blocks=(2, 2)`, recorded in their metadata)."""
+    the arguments they were built with. The shipped weights are deeper (`enc_blocks=(2, 3)`,
+    `mid_blocks=6`, `dec_blocks=(3, 2)`, recorded in their metadata)."""
     return UNet(**kwargs)
 
 
