@@ -88,7 +88,7 @@ def _list_cameras(ctx: click.Context, _param, value: bool) -> None:
 
 # the arguments denoise_core/weights/unet.safetensors was built with (tests/test_train.py checks them against
 # its metadata)
-SHIPPED_UNET_ARGS = '{"dec_blocks": [2, 2], "enc_blocks": [2, 2], "level_input": true}'
+SHIPPED_UNET_ARGS = '{"dec_blocks": [3, 2], "enc_blocks": [2, 3], "level_input": true, "mid_blocks": 6}'
 RAW_PATCH = 128  # --domain raw's default patch: 128x128 photosites, 64x64 per packed plane
 
 
