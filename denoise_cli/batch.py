@@ -382,16 +382,22 @@ def _process(dn: Denoiser, src: Path, dst: Path, report: Report, claimed: dict[s
                            exif=photo.exif, info=photo.info)
             _make_parent(dst)
             write_image(dst, result, format=out_format, quality=quality)  # EXIF it cannot hold: a warning
-    except ImageReadError as e:
-        report.fail(s, e.reason)
-    except ImageWriteError as e:
-        report.fail(s, f"cannot write {e.path}: {e.reason}")
-    except (ValueError, MemoryError, RuntimeError) as e:
-        report.fail(s, str(e) or type(e).__name__)
     except Exception as e:      # a bug must cost this file, not the rest of the batch
-        report.fail(s, f"unexpected {type(e).__name__}: {e}")
+        report.fail(s, failure_reason(e))
     else:
         report.done(s, dst, time.perf_counter() - t0)
+
+
+def failure_reason(e: Exception) -> str:
+    """The reason a file failed, as its error line gives it: the reader's or writer's own words, the
+    message of a refused value or exhausted memory, and for anything else (a bug) the exception's type."""
+    if isinstance(e, ImageReadError):
+        return e.reason
+    if isinstance(e, ImageWriteError):
+        return f"cannot write {e.path}: {e.reason}"
+    if isinstance(e, (ValueError, MemoryError, RuntimeError)):
+        return str(e) or type(e).__name__
+    return f"unexpected {type(e).__name__}: {e}"
 
 
 def _make_parent(dst: Path) -> None:
@@ -441,16 +447,10 @@ def _process_raw(dn: Denoiser, src: Path, dst: Path, report: Report, *, strength
                                out_format=out_format, quality=quality,
                                progress=lambda done, total: report.emit(event="progress", file=s, done=done,
                                                                         total=total))
-    except ImageReadError as e:
-        report.fail(s, e.reason)
-    except ImageWriteError as e:
-        report.fail(s, f"cannot write {e.path}: {e.reason}")
     except (ModelNotFoundError, CheckpointError) as e:
         report.fail(s, f"no raw-domain model: {e}")
-    except (ValueError, MemoryError, RuntimeError) as e:
-        report.fail(s, str(e) or type(e).__name__)
-    except Exception as e:      # a bug must cost this file, not the rest of the batch
-        report.fail(s, f"unexpected {type(e).__name__}: {e}")
+    except Exception as e:
+        report.fail(s, failure_reason(e))
     else:
         if info["noise"].startswith("estimated"):
             report.warn(s, f"noise level {info['noise']}")

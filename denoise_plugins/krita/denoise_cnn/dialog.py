@@ -99,49 +99,12 @@ class DenoiseDialog(QDialog):
         strength_row.addWidget(self.strength_slider, 1)
         strength_row.addWidget(self.strength)
 
-        self.level_check = QCheckBox("Set")
-        self.level_check.setObjectName("set_noise_level")
-        self.level_slider = QSlider(Qt.Horizontal)
-        self.level_slider.setRange(0, round(MAX_NOISE_LEVEL * 10))
-        self.level = QDoubleSpinBox()
-        self.level.setObjectName("noise_level")
-        self.level.setRange(0.0, MAX_NOISE_LEVEL)
-        self.level.setSingleStep(0.1)
-        self.level.setDecimals(1)
-        self.level.setValue(1.0)
-        self.level_slider.setValue(10)
-        self.level_slider.valueChanged.connect(lambda v: self.level.setValue(v / 10.0))
-        self.level.valueChanged.connect(lambda v: self.level_slider.setValue(round(v * 10)))
-        self.level_check.toggled.connect(self._level_toggled)
-        for w in (self.level_check, self.level_slider, self.level):
-            w.setToolTip(LEVEL_TIP)
-        level_row = QHBoxLayout()
-        level_row.addWidget(self.level_check)
-        level_row.addWidget(self.level_slider, 1)
-        level_row.addWidget(self.level)
-        self._level_toggled(False)
-
-        self.sigma_check = QCheckBox("Set")
-        self.sigma_check.setObjectName("set_sigma")
-        self.sigma_slider = QSlider(Qt.Horizontal)
-        self.sigma_slider.setRange(0, round(SIGMA_SLIDER * 2))
-        self.sigma = QDoubleSpinBox()
-        self.sigma.setObjectName("sigma")
-        self.sigma.setRange(0.0, MAX_SIGMA)
-        self.sigma.setSingleStep(0.5)
-        self.sigma.setDecimals(1)
-        self.sigma.setValue(6.0)
-        self.sigma_slider.setValue(12)
-        self.sigma_slider.valueChanged.connect(lambda v: self.sigma.setValue(v / 2.0))
-        self.sigma.valueChanged.connect(lambda v: self.sigma_slider.setValue(round(min(v, SIGMA_SLIDER) * 2)))
-        self.sigma_check.toggled.connect(self._sigma_toggled)
-        for w in (self.sigma_check, self.sigma_slider, self.sigma):
-            w.setToolTip(SIGMA_TIP)
-        sigma_row = QHBoxLayout()
-        sigma_row.addWidget(self.sigma_check)
-        sigma_row.addWidget(self.sigma_slider, 1)
-        sigma_row.addWidget(self.sigma)
-        self._sigma_toggled(False)
+        self.level_check, self.level_slider, self.level, level_row = self._set_value_row(
+            "noise_level", maximum=MAX_NOISE_LEVEL, slider_max=MAX_NOISE_LEVEL, per_unit=10, step=0.1, value=1.0,
+            tip=LEVEL_TIP, toggled=self._level_toggled)
+        self.sigma_check, self.sigma_slider, self.sigma, sigma_row = self._set_value_row(
+            "sigma", maximum=MAX_SIGMA, slider_max=SIGMA_SLIDER, per_unit=2, step=0.5, value=6.0,
+            tip=SIGMA_TIP, toggled=self._sigma_toggled)
 
         self.new_layer = QCheckBox("Put the result on a new layer above")
         self.new_layer.setObjectName("new_layer")
@@ -283,6 +246,35 @@ class DenoiseDialog(QDialog):
         if sigma is not None:
             self.sigma.setValue(min(max(float(sigma), 0.0), MAX_SIGMA))
         self.sigma_check.setChecked(sigma is not None)
+
+    @staticmethod
+    def _set_value_row(name: str, *, maximum: float, slider_max: float, per_unit: int, step: float, value: float,
+                       tip: str, toggled) -> tuple[QCheckBox, QSlider, QDoubleSpinBox, QHBoxLayout]:
+        """A "Set" check box, a slider (0..slider_max) and a spin box (0..maximum) kept in step, greyed
+        out until the box is checked. The check box is named `set_<name>`, the spin box `name`."""
+        check = QCheckBox("Set")
+        check.setObjectName(f"set_{name}")
+        slider = QSlider(Qt.Horizontal)
+        slider.setRange(0, round(slider_max * per_unit))
+        spin = QDoubleSpinBox()
+        spin.setObjectName(name)
+        spin.setRange(0.0, maximum)
+        spin.setSingleStep(step)
+        spin.setDecimals(1)
+        spin.setValue(value)
+        slider.setValue(round(min(value, slider_max) * per_unit))
+        slider.valueChanged.connect(lambda v: spin.setValue(v / per_unit))
+        spin.valueChanged.connect(lambda v: slider.setValue(round(min(v, slider_max) * per_unit)))
+        check.toggled.connect(toggled)
+        for w in (check, slider, spin):
+            w.setToolTip(tip)
+        row = QHBoxLayout()
+        row.addWidget(check)
+        row.addWidget(slider, 1)
+        row.addWidget(spin)
+        slider.setEnabled(False)
+        spin.setEnabled(False)
+        return check, slider, spin, row
 
     def _level_toggled(self, on: bool) -> None:
         self.level_slider.setEnabled(on)
