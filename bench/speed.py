@@ -33,6 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+MIN_FFDNET_RATIO = 2.0  # throughput of our models against FFDNet's, same image and tiles
+MAX_24MP_SECONDS = 20.0
 for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
           "torch, model, tiler and the uint8 input and output images. in+out images MB: the size of those "
           "two arrays alone (6 MB per MP), which any caller holds anyway; the rest should not grow with the image.")
 
-    # the speed targets
+    # the speed targets: the default's throughput at least 2x FFDNet's, 24 MP in 20 s, 2 GB peak
     ok = [r for r in rows if "error" not in r]
     ffd = {round(r["mp"], 1): r for r in ok if r["arch"].startswith("FFDNet")}
     lines = []
@@ -290,11 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         key = round(r["mp"], 1)
         if key in ffd:
             ratio = r["mp_s"] / ffd[key]["mp_s"]
-            lines.append(f"| {r['arch']} ({r['precision']}) | {key:g} MP | throughput ≥ 5× FFDNet | {ratio:.2f}× | "
-                         f"{'met' if ratio >= 5 else 'missed'} ({ratio - 5:+.2f}×) |")
+            lines.append(f"| {r['arch']} ({r['precision']}) | {key:g} MP | throughput ≥ {MIN_FFDNET_RATIO:g}× FFDNet "
+                         f"| {ratio:.2f}× | {'met' if ratio >= MIN_FFDNET_RATIO else 'missed'} "
+                         f"({ratio - MIN_FFDNET_RATIO:+.2f}×) |")
         if abs(r["mp"] - 24) < 1:
-            lines.append(f"| {r['arch']} ({r['precision']}) | 24 MP | ≤ 30 s | {r['seconds']:.1f} s | "
-                         f"{'met' if r['seconds'] <= 30 else 'missed'} ({r['seconds'] - 30:+.1f} s) |")
+            lines.append(f"| {r['arch']} ({r['precision']}) | 24 MP | ≤ {MAX_24MP_SECONDS:g} s | {r['seconds']:.1f} s "
+                         "| "
+                         f"{'met' if r['seconds'] <= MAX_24MP_SECONDS else 'missed'} "
+                         f"({r['seconds'] - MAX_24MP_SECONDS:+.1f} s) |")
         if r["mp"] >= 23:
             lines.append(f"| {r['arch']} ({r['precision']}) | {key:g} MP | peak ≤ 2048 MB | {r['peak_mb']:.0f} MB | "
                          f"{'met' if r['peak_mb'] <= 2048 else 'missed'} ({r['peak_mb'] - 2048:+.0f} MB) |")

@@ -140,6 +140,7 @@ def run_case(app, win, job, case):
         QTimer.singleShot(50, poll)
 
     def on_dialog(dlg):
+        opened = time.monotonic()
         seen["dialog"] = True
         seen["models"] = [dlg.model.itemText(i) for i in range(dlg.model.count())]
         seen["loaded"] = dlg.settings()  # what the dialog restored from the last accepted run
@@ -153,16 +154,28 @@ def run_case(app, win, job, case):
         if case.get("preview"):
             # the live preview: one at opening (the worker starts here: first preview), one after
             # the box is dragged (512x512, worker up: latency), one after a control changes; then OK
+            # seconds from each change (the dialog opening, the box moved, the strength changed)
+            # to the picture the preview puts up
+            changed = [opened]
+            shown = seen["preview_seconds"] = []
+            set_after = dlg.compare.set_after
+
+            def timed_set_after(pixmap):
+                if pixmap is not None:
+                    shown.append(time.monotonic() - changed[-1])
+                set_after(pixmap)
+            dlg.compare.set_after = timed_set_after
             w = job.worker(dlg.cfg)
             wait(lambda: not dlg.preview_busy(), 300, "the first preview")
             seen["pids"] = [w.pid]
+            changed.append(time.monotonic())
             dlg.move_box(*case["preview"])
             wait(lambda: not dlg.preview_busy(), 300, "the preview after moving the box")
             seen["pids"].append(w.pid)
+            changed.append(time.monotonic())
             dlg.strength.setValue(case["strength"])
             wait(lambda: not dlg.preview_busy(), 300, "the preview after a strength change")
             seen["pids"].append(w.pid)
-            seen["preview_seconds"] = dlg.preview_seconds
             seen["preview_box"] = list(dlg.preview_box)
             seen["preview_status"] = dlg.preview_status.text()
             with open(os.path.join(OUT, case["name"] + ".preview"), "wb") as f:

@@ -157,7 +157,6 @@ class DenoiseDialog(QDialog):
         self.preview_status.setWordWrap(True)
         self.preview_result = None  # the box's pixels as OK would write them (Krita's bytes), last shown
         self.preview_box = None  # the box that preview_result shows
-        self.preview_seconds = []  # how long each preview took, request to picture
         self._pending = False  # a change came in while a preview ran: run one more
         self._requested_at = None
         self._debounce = QTimer(self)
@@ -388,7 +387,6 @@ class DenoiseDialog(QDialog):
             self.compare.set_before(_rgba8_pixmap(run.rgba8_before, w, h))
             self.compare.set_after(_rgba8_pixmap(run.rgba8, w, h))
             secs = time.monotonic() - self._preview_started
-            self.preview_seconds.append(secs)
             self.preview_status.setText(f"{w}×{h} px at 1:1 in {secs:.2f} s.\nLeft of the line: before.")
         elif run.cancelled:
             self.preview_status.setText("Preview cancelled.")
