@@ -238,6 +238,9 @@ def _run_gimp(work: Path, home: Path, batch: Path, display: str | None = None, e
         t = f'"$C"{dst}'
         make = f'mkdir -p "$(dirname {t})"; [ -e {t} ] || touch {t}' if os.path.isfile(src) else f"mkdir -p {t}"
         script.append(f'{make}; mount --bind "{src}" {t}')
+    # /proc and /sys as on any system: torch reads the CPU's features there (without them its
+    # fp32 pixel shuffle fails with "Your CPU does not support FBGEMM")
+    script.append('mount -t proc proc "$C/proc"; mount --rbind /sys "$C/sys"')
     extra = " ".join(f"{k}={v}" for k, v in (env or {}).items())
     program = f"{GIMP} -i" if not display else f"DISPLAY={display} {GIMP_GUI} --no-splash"
     script.append(f'exec chroot "$C" /usr/bin/env -i PATH=/usr/bin:/bin HOME={_inner(home)} LANG=C.UTF-8 '
